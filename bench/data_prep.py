@@ -1,0 +1,88 @@
+"""Data preparation of full LFW vs ``tar xzf`` of the same archive, measured in one run.
+
+    python -m bench.data_prep [--archive ../shared/data/lfw/lfw.tgz] [--rounds 2]
+
+Ours = extract + index + preprocess (tensor store) + whole-set skew + pairs for all three
+protocols, written to a local storage directory; the archive is already on disk. The steps
+run as plain functions (no Prefect), so this measures the pipeline's own work. Rounds
+alternate tar and ours; the best of each is compared (target: ours <= 3x tar).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tasks.data_steps import run_dataset_skew, run_index, run_pairs
+from tasks.datasets import LFW
+from tasks.pairs import FaceComparerConfig, IdentityDisjointConfig
+from tasks.preprocess import PreprocessConfig
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
+
+
+def time_tar(archive: Path, work: Path) -> float:
+    dest = work / "tar"
+    dest.mkdir()
+    start = time.perf_counter()
+    subprocess.run(["tar", "xzf", str(archive), "-C", str(dest)], check=True)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(dest)
+    return seconds
+
+
+def time_ours(archive: Path, lfw_dir: Path, work: Path) -> tuple[float, dict[str, float]]:
+    os.environ["SIAMESE_HOME"] = str(work / "home")
+    storage = str(work / "store")
+    files = {f.name: str(lfw_dir / f.name) for f in LFW.files}
+    steps = {}
+    start = time.perf_counter()
+    index = run_index("lfw", storage, str(archive), "bench", PreprocessConfig())
+    steps["extract+index+preprocess"] = time.perf_counter() - start
+    t = time.perf_counter()
+    run_dataset_skew("lfw", storage, index)
+    steps["skew"] = time.perf_counter() - t
+    configs = {"face_comparer": asdict(FaceComparerConfig(test_pairs=1_000)),
+               "identity_disjoint": asdict(IdentityDisjointConfig()), "lfw_official": {}}
+    for protocol, config in configs.items():
+        t = time.perf_counter()
+        run_pairs("lfw", storage, index, protocol, config, files)
+        steps[f"pairs {protocol}"] = time.perf_counter() - t
+    seconds = time.perf_counter() - start
+    shutil.rmtree(work / "home")
+    shutil.rmtree(work / "store")
+    return seconds, steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lfw-dir", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    archive = args.lfw_dir / "lfw.tgz"
+    if not archive.is_file():
+        raise SystemExit(f"no LFW archive at {archive}; pass --lfw-dir")
+    tar_times, our_times, last_steps = [], [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        work = Path(tmp)
+        subprocess.run(["cat", str(archive)], stdout=subprocess.DEVNULL, check=True)  # same page-cache start
+        for _ in range(args.rounds):
+            tar_times.append(time_tar(archive, work))
+            seconds, last_steps = time_ours(archive, args.lfw_dir, work)
+            our_times.append(seconds)
+    print(f"cpu cores: {os.cpu_count()}")
+    print("tar xzf     : " + ", ".join(f"{t:.2f}" for t in tar_times) + " s")
+    print("data prep   : " + ", ".join(f"{t:.2f}" for t in our_times) + " s")
+    for step, s in last_steps.items():
+        print(f"  {step:<28} {s:6.2f} s")
+    ratio = min(our_times) / min(tar_times)
+    print(f"ratio (best data prep / best tar xzf): {ratio:.2f}x  (target <= 3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The one interface every storage location implements (local directory or S3).
+
+Keys are relative POSIX paths such as ``datasets/lfw/index.parquet``; a location
+maps them onto a directory or a bucket prefix. Everything above this package
+speaks keys only, never paths or buckets.
+"""
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the location and key."""
+
+
+class NotFoundError(StorageError, FileNotFoundError):
+    """The key does not exist at the location."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # S3 ETag, or "<size>-<mtime_ns>" for local files
+
+
+def normalize_key(key: str) -> str:
+    """Validate a key and return its canonical form.
+
+    Rejects absolute keys, empty parts and ``..`` so that no key can escape
+    its location (a local root or a bucket prefix).
+    """
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"storage key must be a non-empty string, got {key!r}")
+    if key.startswith("/") or "\\" in key or "\x00" in key:
+        raise ValueError(f"storage key {key!r} must be a relative POSIX path")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"storage key {key!r} has an empty, '.' or '..' part")
+    return posixpath.join(*parts)
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Like :func:`normalize_key` but the empty prefix (everything) is allowed."""
+    prefix = prefix.strip("/")
+    return normalize_key(prefix) + "/" if prefix else ""
+
+
+class Storage(ABC):
+    """Read, write, list and delete objects by key; writes are atomic."""
+
+    url: str  # where this location points, without credentials
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, in key order, across all pages."""
+
+    @abstractmethod
+    def info(self, key: str) -> ObjectInfo | None:
+        """Size and ETag of ``key``, or None when it does not exist."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error (idempotent)."""
+
+    @abstractmethod
+    def download_file(self, key: str, local_path: str | Path) -> Path:
+        """Copy ``key`` to ``local_path`` atomically and return the path."""
+
+    @abstractmethod
+    def upload_file(self, local_path: str | Path, key: str) -> None:
+        """Copy a local file to ``key`` atomically (multipart for large files on S3)."""
+
+    def exists(self, key: str) -> bool:
+        return self.info(key) is not None
+
+    def uri(self, key: str) -> str:
+        """A human-readable address of ``key`` for logs and reports."""
+        return f"{self.url.rstrip('/')}/{normalize_key(key)}"
+
+    # Typed helpers built on the primitives above.
+    def write_parquet(self, key: str, table: pd.DataFrame | pa.Table) -> None:
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(key, buf.getvalue())
+
+    def read_parquet(self, key: str) -> pd.DataFrame:
+        return self.read_arrow(key).to_pandas()
+
+    def read_arrow(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)))
+
+    def write_json(self, key: str, value: Any) -> None:
+        self.write_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def read_json_or_none(self, key: str) -> Any:
+        try:
+            return self.read_json(key)
+        except NotFoundError:
+            return None
+
+    def write_text(self, key: str, text: str) -> None:
+        self.write_bytes(key, text.encode("utf-8"))

@@ -1,0 +1,139 @@
+"""Storage under an S3 prefix through boto3 (AWS, MinIO, moto: anything with an endpoint URL).
+
+A PUT is atomic in S3, so a single PUT (or a multipart upload, which becomes visible
+only when completed) never exposes a half-written object.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from storage.base import NotFoundError, ObjectInfo, Storage, StorageError, normalize_key, normalize_prefix
+
+# Objects above this size go up and down in parallel 16 MiB parts.
+TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def _is_missing(err: ClientError) -> bool:
+    return str(err.response.get("Error", {}).get("Code")) in _MISSING
+
+
+class S3Storage(Storage):
+    list_page_size = 1000  # S3's maximum; tests lower it to exercise pagination
+
+    def __init__(self, bucket: str, prefix: str, client: Any):
+        if not bucket:
+            raise ValueError("S3 storage needs a bucket name")
+        self.bucket = bucket
+        self.prefix = normalize_prefix(prefix)
+        self.client = client
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + normalize_key(key)
+
+    def _fail(self, action: str, key: str, err: Exception) -> StorageError:
+        # Only the operation, the address and the service's error code: never request headers.
+        if isinstance(err, ClientError):
+            code = err.response.get("Error", {}).get("Code", "?")
+            return StorageError(f"S3 {action} of {self.uri(key)} failed: {code}")
+        return StorageError(f"S3 {action} of {self.uri(key)} failed: {type(err).__name__}: {err}")
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as err:
+            if _is_missing(err):
+                raise NotFoundError(f"{self.uri(key)} does not exist") from None
+            raise self._fail("read", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("read", key, err) from err
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        try:
+            if len(data) >= TRANSFER.multipart_threshold:
+                self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=TRANSFER)
+            else:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("write", key, err) from err
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self.prefix + normalize_prefix(prefix) if prefix.strip("/") else self.prefix
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=full,
+                                       PaginationConfig={"PageSize": self.list_page_size})
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=obj["Key"][len(self.prefix):], size=int(obj["Size"]), etag=obj["ETag"].strip('"')
+                    )
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("list", prefix or ".", err) from err
+
+    def info(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as err:
+            if _is_missing(err):
+                return None
+            raise self._fail("head", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("head", key, err) from err
+        return ObjectInfo(key=normalize_key(key), size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("delete", key, err) from err
+
+    def download_file(self, key: str, local_path: str | Path) -> Path:
+        dst = Path(local_path)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        os.close(fd)
+        try:
+            self.client.download_file(self.bucket, self._key(key), tmp, Config=TRANSFER)
+            os.replace(tmp, dst)
+        except ClientError as err:
+            Path(tmp).unlink(missing_ok=True)
+            if _is_missing(err):
+                raise NotFoundError(f"{self.uri(key)} does not exist") from None
+            raise self._fail("download", key, err) from err
+        except BaseException as err:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, BotoCoreError):
+                raise self._fail("download", key, err) from err
+            raise
+        return dst
+
+    def upload_file(self, local_path: str | Path, key: str) -> None:
+        src = Path(local_path)
+        if not src.is_file():
+            raise FileNotFoundError(f"cannot upload {src}: not a file")
+        try:
+            self.client.upload_file(str(src), self.bucket, self._key(key), Config=TRANSFER)
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("upload", key, err) from err
+
+    def open_range(self, key: str, start: int) -> tuple[Any, int]:
+        """A streaming body of ``key`` from byte ``start`` and the object's total size."""
+        try:
+            extra = {"Range": f"bytes={start}-"} if start else {}
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
+        except ClientError as err:
+            if _is_missing(err):
+                raise NotFoundError(f"{self.uri(key)} does not exist") from None
+            raise self._fail("read", key, err) from err
+        total = int(resp["ContentRange"].rpartition("/")[2]) if start else int(resp["ContentLength"])
+        return resp["Body"], total

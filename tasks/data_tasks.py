@@ -1,0 +1,82 @@
+"""Thin Prefect ``@task`` wrappers around the data steps: retries, names, logs and artifacts."""
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.data_steps import (
+    Downloaded, IndexSummary, PairsSummary, SkewReport, run_dataset_skew, run_download, run_index, run_pairs,
+)
+from tasks.download import redact_url
+from tasks.preprocess import PreprocessConfig
+
+
+def _artifact_key(*parts: str) -> str:
+    return "-".join(parts).lower().replace("_", "-")
+
+
+# Skipping finished work is done by content manifests in storage (see tasks.data_steps), which
+# hold across machines and storage backends; Prefect's input-hash cache is therefore off.
+@task(name="download", task_run_name="download-{dataset}", retries=2, retry_delay_seconds=[5, 30],
+      cache_policy=NO_CACHE)
+def download(dataset: str, mirror: str | None, trust_mirror_checksums: bool | None) -> Downloaded:
+    log = get_run_logger()
+    result = run_download(dataset, mirror, trust_mirror_checksums)
+    where = redact_url(mirror) if mirror else "official sources"
+    log.info("%s: %d files from %s, %.1f MB transferred in %.1f s", dataset, len(result.files), where,
+             result.bytes_transferred / 1e6, result.seconds)
+    create_table_artifact(
+        key=_artifact_key(dataset, "downloads"),
+        table=[{"file": n, "sha256": result.sha256[n]} for n in sorted(result.files)],
+        description=f"{dataset}: files verified by sha256 ({result.bytes_transferred:,} bytes transferred)",
+    )
+    return result
+
+
+@task(name="index", task_run_name="index-{dataset}", cache_policy=NO_CACHE)
+def index(dataset: str, storage_url: str | None, archive_path: str, archive_sha256: str,
+          preprocess: PreprocessConfig) -> IndexSummary:
+    log = get_run_logger()
+    result = run_index(dataset, storage_url, archive_path, archive_sha256, preprocess)
+    verb = "reused" if result.reused else f"built in {result.seconds:.1f} s"
+    log.info("%s index %s: %d images of %d people, %d undecodable, tensors %s", dataset, verb, result.images,
+             result.people, result.errors, preprocess.id)
+    for example in result.error_examples:
+        log.warning("undecodable image: %s", example)
+    return result
+
+
+@task(name="skew", task_run_name="skew-{dataset}", cache_policy=NO_CACHE)
+def dataset_skew(dataset: str, storage_url: str | None, index_summary: IndexSummary) -> SkewReport:
+    log = get_run_logger()
+    report = run_dataset_skew(dataset, storage_url, index_summary)
+    log.info("%s skew:\n%s", dataset, "\n".join(report.lines))
+    create_markdown_artifact(key=_artifact_key(dataset, "skew"), markdown=report.markdown,
+                             description=f"{dataset}: people per images-per-person bucket")
+    create_table_artifact(key=_artifact_key(dataset, "skew-table"), table=report.table,
+                          description=f"{dataset}: people per bucket")
+    return report
+
+
+@task(name="pairs", task_run_name="pairs-{dataset}-{protocol}", cache_policy=NO_CACHE)
+def pairs(dataset: str, storage_url: str | None, index_summary: IndexSummary, protocol: str, config: dict,
+          files: dict[str, str]) -> PairsSummary:
+    log = get_run_logger()
+    result = run_pairs(dataset, storage_url, index_summary, protocol, config, files)
+    for split, c in result.counts.items():
+        log.info("%s/%s %s: %d pairs (%d same), %d people, %d images", dataset, protocol, split, c["pairs"],
+                 c["same"], c["people"], c["images"])
+    create_table_artifact(
+        key=_artifact_key(dataset, protocol, "pairs"),
+        table=[{"split": s, **c} for s, c in result.counts.items()],
+        description=f"{dataset}/{protocol}: pairs per split ({'reused' if result.reused else 'generated'}); "
+                    f"file {result.pairs_key}",
+    )
+    create_markdown_artifact(
+        key=_artifact_key(dataset, protocol, "skew"),
+        markdown=result.skew_markdown + "\n\nImages-per-person plots: "
+        + ", ".join(f"`{k}`" for k in result.plot_keys.values()) + "\n",
+        description=f"{dataset}/{protocol}: skew per split",
+    )
+    return result

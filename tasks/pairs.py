@@ -1,0 +1,229 @@
+"""Pair generation for face verification, in three protocols, as tables with one schema.
+
+Schema (one row per pair; the Parquet files hold exactly these columns):
+  pair_id       int32   position within the file (stable for a seed)
+  split         string  train | validation | test (``face_comparer``, ``identity_disjoint``);
+                        dev_train | dev_test | view2 (``lfw_official``)
+  fold          int16   1..10 for LFW View 2, null elsewhere
+  left_image    string  image_id (index key), e.g. ``Aaron_Peirsol/Aaron_Peirsol_0001.jpg``
+  right_image   string
+  left_person   string
+  right_person  string
+  same          bool    both images show the same person
+
+Sampling follows aleju/face-comparer: for a same-person pair pick a person with >= 2
+remaining images first, then two distinct images of theirs; for a different-person pair
+pick two distinct people, then one image each; exactly half of the pairs are same-person;
+no pair appears twice in either order; a fixed seed gives identical rows.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from tasks.lfw_protocol import OfficialPair, lfw_image_id
+
+PAIR_COLUMNS = ["pair_id", "split", "fold", "left_image", "right_image", "left_person", "right_person", "same"]
+PROTOCOLS = ("face_comparer", "identity_disjoint", "lfw_official")
+
+
+class PairCapacityError(ValueError):
+    """More pairs were asked for than the images allow."""
+
+
+Pair = tuple[str, str, str, str, bool]  # left_image, right_image, left_person, right_person, same
+
+
+def pair_capacity(images_by_person: Mapping[str, Sequence[str]]) -> tuple[int, int]:
+    """(distinct unordered same-person pairs, distinct unordered different-person pairs)."""
+    sizes = [len(v) for v in images_by_person.values()]
+    total = sum(sizes)
+    same = sum(k * (k - 1) // 2 for k in sizes)
+    return same, total * (total - 1) // 2 - same
+
+
+def draw_pairs(images_by_person: Mapping[str, Sequence[str]], n_pairs: int, rng: random.Random,
+               what: str = "pairs") -> list[Pair]:
+    """Draw ``n_pairs`` distinct pairs, half same-person, with face-comparer's stratified rules.
+
+    The capacity is checked first, and a person (or image combination) is retired once all
+    its pairs are used, so the loop always ends.
+    """
+    if n_pairs <= 0 or n_pairs % 2:
+        raise ValueError(f"{what}: the number of pairs must be a positive even number, got {n_pairs}")
+    half = n_pairs // 2
+    same_cap, diff_cap = pair_capacity(images_by_person)
+    n_people = len(images_by_person)
+    if half > same_cap or half > diff_cap:
+        raise PairCapacityError(
+            f"{what}: asked for {n_pairs} pairs ({half} same + {half} different) but {n_people} people with "
+            f"{sum(map(len, images_by_person.values()))} images allow at most {same_cap} same-person and "
+            f"{diff_cap} different-person pairs"
+        )
+    people = sorted(images_by_person)
+    images = {p: sorted(images_by_person[p]) for p in people}
+    used: set[tuple[str, str]] = set()
+    pairs: list[Pair] = []
+
+    # Same person: stratified over people with >= 2 images.
+    eligible = [p for p in people if len(images[p]) >= 2]
+    left = {p: len(images[p]) * (len(images[p]) - 1) // 2 for p in eligible}
+    while len(pairs) < half:
+        i = rng.randrange(len(eligible))
+        person = eligible[i]
+        a, b = rng.sample(images[person], 2)
+        key = (a, b) if a < b else (b, a)
+        if key in used:
+            continue
+        used.add(key)
+        pairs.append((a, b, person, person, True))
+        left[person] -= 1
+        if not left[person]:  # all its pairs are used: retire it
+            eligible[i] = eligible[-1]
+            eligible.pop()
+
+    # Different people: two distinct people first, then one image of each.
+    total = sum(len(v) for v in images.values())
+    candidates = list(people)
+    left = {p: len(images[p]) * (total - len(images[p])) for p in people}
+    while len(pairs) < n_pairs:
+        i = rng.randrange(len(candidates))
+        j = rng.randrange(len(candidates))
+        if i == j:
+            continue
+        p1, p2 = candidates[i], candidates[j]
+        a, b = rng.choice(images[p1]), rng.choice(images[p2])
+        key = (a, b) if a < b else (b, a)
+        if key in used:
+            continue
+        used.add(key)
+        pairs.append((a, b, p1, p2, False))
+        for p in (p1, p2):
+            left[p] -= 1
+        for k in sorted((i, j), reverse=True):
+            if not left[candidates[k]]:
+                candidates[k] = candidates[-1]
+                candidates.pop()
+    rng.shuffle(pairs)
+    return pairs
+
+
+def group_by_person(index: pd.DataFrame, exclude_images: Iterable[str] = (), people: Iterable[str] | None = None
+                    ) -> dict[str, list[str]]:
+    """person -> usable image ids, minus ``exclude_images``, optionally only ``people``."""
+    usable = index[index["error"].isna()]
+    if people is not None:
+        usable = usable[usable["person"].isin(set(people))]
+    excluded = set(exclude_images)
+    if excluded:
+        usable = usable[~usable["image_id"].isin(excluded)]
+    return {p: list(g) for p, g in usable.groupby("person", sort=True)["image_id"]}
+
+
+def pairs_frame(rows_by_split: Sequence[tuple[str, Sequence[Pair], Sequence[int | None] | None]]) -> pd.DataFrame:
+    records = []
+    for split, pairs, folds in rows_by_split:
+        for k, (a, b, pa, pb, same) in enumerate(pairs):
+            records.append((split, folds[k] if folds else None, a, b, pa, pb, same))
+    df = pd.DataFrame(records, columns=PAIR_COLUMNS[1:])
+    df.insert(0, "pair_id", pd.RangeIndex(len(df)).astype("int32"))
+    return df.astype({"split": "string", "fold": "Int16", "left_image": "string", "right_image": "string",
+                      "left_person": "string", "right_person": "string", "same": "bool"})
+
+
+def _images_of(pairs: Iterable[Pair]) -> set[str]:
+    return {img for p in pairs for img in p[:2]}
+
+
+@dataclass(frozen=True)
+class FaceComparerConfig:
+    validation_pairs: int = 256
+    train_pairs: int = 40_000
+    test_pairs: int = 0  # 0 reproduces face-comparer's two splits exactly
+    seed: int = 42
+
+
+def face_comparer_pairs(index: pd.DataFrame, cfg: FaceComparerConfig = FaceComparerConfig()) -> pd.DataFrame:
+    """Validation first, then (optionally) test from images not in validation, then training from
+    images in neither: no image is in two splits."""
+    rng = random.Random(cfg.seed)
+    val = draw_pairs(group_by_person(index), cfg.validation_pairs, rng, "face_comparer validation")
+    used = _images_of(val)
+    splits: list[tuple[str, Sequence[Pair], None]] = [("validation", val, None)]
+    if cfg.test_pairs:
+        test = draw_pairs(group_by_person(index, used), cfg.test_pairs, rng, "face_comparer test")
+        used |= _images_of(test)
+        splits.append(("test", test, None))
+    train = draw_pairs(group_by_person(index, used), cfg.train_pairs, rng, "face_comparer train")
+    splits.insert(0, ("train", train, None))
+    return pairs_frame(splits)
+
+
+@dataclass(frozen=True)
+class IdentityDisjointConfig:
+    train_pairs: int = 40_000
+    validation_pairs: int = 1_000
+    test_pairs: int = 2_000
+    validation_share: float = 0.1  # of the training people, held out for validation
+    test_share: float = 0.3  # only when no people split is given
+    seed: int = 42
+
+
+def split_people(people: Sequence[str], cfg: IdentityDisjointConfig,
+                 given: tuple[Iterable[str], Iterable[str]] | None = None) -> dict[str, list[str]]:
+    """train / validation / test people: ``given`` (train, test) lists or a seeded split,
+    then a seeded share of the training people for validation."""
+    rng = random.Random(cfg.seed)
+    known = set(people)
+    if given is not None:
+        train, test = sorted(set(given[0])), sorted(set(given[1]))
+        missing = sorted((set(train) | set(test)) - known)
+        if missing:
+            raise ValueError(f"the people split names {len(missing)} people absent from the index, e.g. {missing[:3]}")
+        if set(train) & set(test):
+            raise ValueError("the people split puts the same person in train and test")
+    else:
+        shuffled = sorted(known)
+        rng.shuffle(shuffled)
+        n_test = round(len(shuffled) * cfg.test_share)
+        test, train = sorted(shuffled[:n_test]), sorted(shuffled[n_test:])
+    shuffled = list(train)
+    rng.shuffle(shuffled)
+    n_val = round(len(shuffled) * cfg.validation_share)
+    return {"train": sorted(shuffled[n_val:]), "validation": sorted(shuffled[:n_val]), "test": test}
+
+
+def identity_disjoint_pairs(index: pd.DataFrame, cfg: IdentityDisjointConfig = IdentityDisjointConfig(),
+                            people_split: tuple[Iterable[str], Iterable[str]] | None = None) -> pd.DataFrame:
+    """People are split first, so no person appears in two splits; pairs are drawn inside each split."""
+    groups = split_people(sorted(index.loc[index["error"].isna(), "person"].unique()), cfg, people_split)
+    rng = random.Random(cfg.seed + 1)
+    counts = {"train": cfg.train_pairs, "validation": cfg.validation_pairs, "test": cfg.test_pairs}
+    splits = []
+    for split in ("train", "validation", "test"):
+        if counts[split]:
+            pairs = draw_pairs(group_by_person(index, people=groups[split]), counts[split], rng,
+                               f"identity_disjoint {split}")
+            splits.append((split, pairs, None))
+    return pairs_frame(splits)
+
+
+def official_pairs(index: pd.DataFrame, files: Mapping[str, Sequence[OfficialPair]]) -> pd.DataFrame:
+    """Import LFW's own pair lists unchanged (split name -> parsed pairs)."""
+    known = set(index["image_id"])
+    splits = []
+    for split, parsed in files.items():
+        pairs, folds, missing = [], [], []
+        for p in parsed:
+            a, b = lfw_image_id(p.left_person, p.left_number), lfw_image_id(p.right_person, p.right_number)
+            missing += [x for x in (a, b) if x not in known]
+            pairs.append((a, b, p.left_person, p.right_person, p.same))
+            folds.append(p.fold)
+        if missing:
+            raise ValueError(f"{split}: {len(missing)} images named by the protocol are not in the index, "
+                             f"e.g. {missing[:3]}")
+        splits.append((split, pairs, folds))
+    return pairs_frame(splits)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+# Settings that must exist before prefect is imported anywhere.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="siamese-prefect-")
+os.environ.update({
+    "PREFECT_HOME": _PREFECT_HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+})
+os.environ.pop("PREFECT_API_URL", None)
+# Test credentials for the moto server; the leak tests grep for them.
+TEST_ACCESS_KEY = "AKIATESTSIAMESE00001"
+TEST_SECRET_KEY = "siamese-test-secret-DO-NOT-LEAK-0123456789"
+os.environ.update({"AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+                   "AWS_DEFAULT_REGION": "us-east-1"})
+for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SIAMESE_STORAGE", "SIAMESE_MIRROR", "AWS_ENDPOINT_URL"):
+    os.environ.pop(var, None)
+
+import pytest  # noqa: E402
+
+from tests.fakes import make_tiny_lfw  # noqa: E402
+from tests.servers import HttpFiles, free_port  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LFW_DIR = SHARED_DATA / "lfw"
+
+
+def lfw_available() -> bool:
+    return (LFW_DIR / "lfw.tgz").is_file() and (LFW_DIR / "pairs.txt").is_file()
+
+
+requires_lfw = pytest.mark.skipif(
+    not lfw_available(), reason=f"real LFW not found at {LFW_DIR} (a fresh clone has no ../shared/data)")
+
+
+@pytest.fixture(autouse=True)
+def siamese_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own cache and default storage."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SIAMESE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real S3 endpoint over HTTP: moto's server on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["SIAMESE_S3_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint) -> str:
+    """A fresh bucket on the moto server; returns its name."""
+    from storage.location import s3_client
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def http_files(tmp_path):
+    server = HttpFiles(tmp_path / "served").start()
+    server.root.mkdir(parents=True, exist_ok=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path / "mirror" / "tiny"
+    return folder, make_tiny_lfw(folder)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test API for the whole session (start-up takes ~20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,89 @@
+"""Small generated datasets in LFW's layout, made by the tests (no real faces needed)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tasks.datasets import LFW, DatasetSpec, RemoteFile
+
+# people -> number of images; 12 people, 57 images: every skew bucket up to 11-25 is touched.
+TINY_PEOPLE = {f"Person_{c}": n for c, n in zip("ABCDEFGHIJKL", [1, 1, 2, 2, 3, 3, 4, 5, 6, 8, 10, 12])}
+
+
+def jpeg(seed: int, size: int = 250) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = (rng.random((size // 10, size // 10, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).resize((size, size)).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 1_191_196_800
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_tiny_lfw(folder: Path, people: dict[str, int] = TINY_PEOPLE, corrupt: str | None = None) -> dict[str, str]:
+    """Write ``tiny.tgz`` plus LFW protocol files and a SHA256SUMS into ``folder``; returns name -> sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        seed = 0
+        for person, n in sorted(people.items()):
+            for k in range(1, n + 1):
+                name = f"{person}_{k:04d}.jpg"
+                data = b"\xff\xd8 not really a jpeg" if name == corrupt else jpeg(seed)
+                add_file(tar, f"lfw/{person}/{name}", data)
+                seed += 1
+        add_file(tar, "lfw/README.txt", b"tiny generated faces\n")
+    files = {"tiny.tgz": buf.getvalue()}
+    multi = [p for p, n in sorted(people.items()) if n >= 2]
+    rng = random.Random(0)
+
+    def pair_lines(k: int) -> list[str]:
+        same = [f"{p}\t1\t2" for p in rng.sample(multi, k)]
+        diff = []
+        for _ in range(k):
+            a, b = rng.sample(sorted(people), 2)
+            diff.append(f"{a}\t1\t{b}\t1")
+        return same + diff
+
+    files["pairsDevTrain.txt"] = ("3\n" + "\n".join(pair_lines(3)) + "\n").encode()
+    files["pairsDevTest.txt"] = ("2\n" + "\n".join(pair_lines(2)) + "\n").encode()
+    files["pairs.txt"] = ("2\t2\n" + "\n".join(pair_lines(2) + pair_lines(2)) + "\n").encode()
+    names = sorted(people)
+    train, test = names[::2] + names[1:4:2], names[5::2]
+    for fname, group in (("peopleDevTrain.txt", train), ("peopleDevTest.txt", test)):
+        files[fname] = (f"{len(group)}\n" + "".join(f"{p}\t{people[p]}\n" for p in group)).encode()
+    sums = {}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    (folder / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    return sums
+
+
+def tiny_spec(sums: dict[str, str] | None = None, name: str = "tiny") -> DatasetSpec:
+    """LFW's layout and protocols with the tiny archive; checksums pinned when ``sums`` is given."""
+    sums = sums or {}
+    files = tuple(RemoteFile("tiny.tgz" if f.archive else f.name, None, sums.get("tiny.tgz" if f.archive else f.name),
+                             archive=f.archive) for f in LFW.files)
+    return replace(LFW, name=name, files=files)
+
+
+def synthetic_index(people: dict[str, int]) -> pd.DataFrame:
+    """An index table (no pixels) for pair tests: image ids ``Person/Person_0001.jpg``."""
+    rows = [(f"{p}/{p}_{k:04d}.jpg", p) for p, n in sorted(people.items()) for k in range(1, n + 1)]
+    df = pd.DataFrame(rows, columns=["image_id", "person"])
+    df["error"] = pd.array([None] * len(df), dtype="string")
+    return df

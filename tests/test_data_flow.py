@@ -1,0 +1,88 @@
+"""The data flow as real Prefect flow runs (test API), on local storage and on a moto S3 bucket."""
+from __future__ import annotations
+
+import pytest
+
+from flows.data import DataParams, data_flow
+from storage import open_storage
+from tasks.datasets import DATASETS
+from tasks.pairs import FaceComparerConfig, IdentityDisjointConfig
+from tests.fakes import tiny_spec
+
+PROTOCOL_FILES = ("pairs.parquet", "manifest.json", "skew.md", "skew.csv")
+
+
+@pytest.fixture
+def tiny_params(tiny_mirror, http_files, monkeypatch):
+    folder, sums = tiny_mirror
+    for f in folder.iterdir():
+        (http_files.root / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+
+    def make(storage: str) -> DataParams:
+        return DataParams(
+            dataset="tiny", mirror=http_files.url, storage=storage,
+            face_comparer=FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1),
+            identity_disjoint=IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
+                                                     validation_share=0.25, seed=1),
+        )
+    return make
+
+
+def stored_outputs(storage: str) -> dict[str, bytes]:
+    store = open_storage(storage)
+    return {o.key: store.read_bytes(o.key) for o in store.list("datasets/tiny/pairs")
+            if o.key.endswith("pairs.parquet")}
+
+
+def test_data_flow_writes_every_output_and_reruns_skip_work(prefect_harness, tiny_params, tmp_path, http_files):
+    storage = str(tmp_path / "store")
+    first = data_flow(tiny_params(storage))
+    store = open_storage(storage)
+    assert first.bytes_downloaded > 0 and not first.index.reused
+    assert first.index.images == 57 and first.index.people == 12
+    assert [r["people"] for r in first.skew.table] == [2, 2, 4, 3, 1, 0, 0, 0]
+    for key in ("datasets/tiny/index.parquet", "datasets/tiny/index.json", "datasets/tiny/skew.md",
+                first.index.tensors_key):
+        assert store.exists(key), key
+    for protocol in ("face_comparer", "identity_disjoint", "lfw_official"):
+        for name in PROTOCOL_FILES:
+            assert store.exists(f"datasets/tiny/pairs/{protocol}/{name}"), (protocol, name)
+        for key in first.pairs[protocol].plot_keys.values():
+            assert store.read_bytes(key)[:8] == b"\x89PNG\r\n\x1a\n"
+    official = {s: (c["pairs"], c["same"]) for s, c in first.pairs["lfw_official"].counts.items()}
+    assert official == {"dev_train": (6, 3), "dev_test": (4, 2), "view2": (8, 4)}
+    requests_before = len(http_files.requests)
+    second = data_flow(tiny_params(storage))
+    assert second.bytes_downloaded == 0 and len(http_files.requests) == requests_before
+    assert second.index.reused and all(p.reused for p in second.pairs.values())
+    assert second.pairs["face_comparer"].pairs_sha256 == first.pairs["face_comparer"].pairs_sha256
+
+
+def test_data_flow_on_s3_writes_the_same_outputs(prefect_harness, tiny_params, tmp_path, s3_bucket):
+    local = str(tmp_path / "store")
+    remote = f"s3://{s3_bucket}/siamese"
+    data_flow(tiny_params(local))
+    result = data_flow(tiny_params(remote))
+    assert not result.index.reused  # a new storage location starts empty
+    assert stored_outputs(remote) == stored_outputs(local) and len(stored_outputs(remote)) == 3
+    assert open_storage(remote).exists(result.index.tensors_key)
+
+
+def test_flow_publishes_artifacts(prefect_harness, tiny_params, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    data_flow(tiny_params(str(tmp_path / "store")))
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="tiny-")))}
+    assert {"tiny-downloads", "tiny-skew", "tiny-skew-table", "tiny-face-comparer-pairs",
+            "tiny-identity-disjoint-skew", "tiny-lfw-official-pairs"} <= keys
+
+
+def test_unknown_protocol_is_a_clear_error(prefect_harness, tiny_params, tmp_path):
+    params = tiny_params(str(tmp_path / "store"))
+    params.protocols = ["face_comparer", "made_up"]
+    with pytest.raises(ValueError, match="unknown protocols \\['made_up'\\]"):
+        data_flow(params)

@@ -1,0 +1,130 @@
+"""Every storage operation, on a local directory and on a real S3 endpoint (moto server)."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from storage import NotFoundError, open_storage
+from storage.local import LocalStorage
+from storage.s3 import S3Storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return open_storage(str(tmp_path / "store"))
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_storage(f"s3://{bucket}/some/prefix")
+
+
+def test_open_storage_picks_backend(tmp_path, s3_bucket):
+    assert isinstance(open_storage(str(tmp_path)), LocalStorage)
+    assert isinstance(open_storage(tmp_path.as_uri()), LocalStorage)
+    s3 = open_storage(f"s3://{s3_bucket}/p")
+    assert isinstance(s3, S3Storage) and s3.url == f"s3://{s3_bucket}/p"
+    with pytest.raises(ValueError, match="unsupported scheme"):
+        open_storage("ftp://example/x")
+    with pytest.raises(ValueError, match="no bucket"):
+        open_storage("s3:///prefix")
+
+
+def test_default_storage_is_local_under_home(siamese_home):
+    store = open_storage()
+    assert isinstance(store, LocalStorage) and store.root == (siamese_home / "store").resolve()
+
+
+def test_bytes_roundtrip_exists_info_delete(store):
+    assert not store.exists("a/b.bin") and store.info("a/b.bin") is None
+    store.write_bytes("a/b.bin", b"hello")
+    assert store.read_bytes("a/b.bin") == b"hello"
+    info = store.info("a/b.bin")
+    assert info.key == "a/b.bin" and info.size == 5 and info.etag
+    store.write_bytes("a/b.bin", b"replaced")  # overwrite
+    assert store.read_bytes("a/b.bin") == b"replaced"
+    store.delete("a/b.bin")
+    assert not store.exists("a/b.bin")
+    store.delete("a/b.bin")  # deleting again is fine
+    with pytest.raises(NotFoundError, match="a/b.bin"):
+        store.read_bytes("a/b.bin")
+
+
+def test_parquet_and_json_roundtrip(store):
+    df = pd.DataFrame({"x": [1, 2, 3], "name": ["a", "b", None], "same": [True, False, True]})
+    store.write_parquet("t/table.parquet", df)
+    back = store.read_parquet("t/table.parquet")
+    assert back["x"].tolist() == [1, 2, 3] and back["same"].tolist() == [True, False, True]
+    assert back["name"].isna().tolist() == [False, False, True]
+    store.write_json("t/m.json", {"k": [1, 2]})
+    assert store.read_json("t/m.json") == {"k": [1, 2]}
+    assert store.read_json_or_none("t/missing.json") is None
+
+
+def test_list_is_sorted_filtered_and_paginated(store):
+    keys = [f"many/{i:03d}.txt" for i in range(7)] + ["other/x.txt", "manyx/y.txt"]
+    for k in keys:
+        store.write_bytes(k, k.encode())
+    if isinstance(store, S3Storage):
+        store.list_page_size = 2  # force four pages for seven objects
+    listed = [o.key for o in store.list("many")]
+    assert listed == [f"many/{i:03d}.txt" for i in range(7)]
+    assert {o.key for o in store.list()} == set(keys)
+    assert [o.size for o in store.list("other/")] == [len("other/x.txt")]
+    assert list(store.list("nothing-here")) == []
+
+
+def test_upload_and_download_files(store, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 10_000)
+    store.upload_file(src, "files/src.bin")
+    assert store.info("files/src.bin").size == 10_000
+    dst = store.download_file("files/src.bin", tmp_path / "out" / "dst.bin")
+    assert dst.read_bytes() == src.read_bytes()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name != "dst.bin"]  # no temp files left
+    with pytest.raises(NotFoundError):
+        store.download_file("files/missing.bin", tmp_path / "out" / "missing.bin")
+    assert not (tmp_path / "out" / "missing.bin").exists()
+    with pytest.raises(FileNotFoundError):
+        store.upload_file(tmp_path / "nope.bin", "files/nope.bin")
+
+
+@pytest.mark.parametrize("bad", ["/abs", "../up", "a/../b", "a//b", "", "a/./b"])
+def test_keys_cannot_escape_the_location(store, bad):
+    with pytest.raises(ValueError):
+        store.write_bytes(bad, b"x")
+
+
+def test_local_write_is_atomic(tmp_path):
+    store = LocalStorage(tmp_path)
+    store.write_bytes("k.bin", b"old")
+
+    # A failing write (here: data that is not bytes-like) leaves the old content and no temp file.
+    with pytest.raises(TypeError):
+        store.write_bytes("k.bin", object())  # type: ignore[arg-type]
+    assert store.read_bytes("k.bin") == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["k.bin"]
+
+
+def test_s3_multipart_upload(s3_bucket, tmp_path, monkeypatch):
+    from boto3.s3.transfer import TransferConfig
+
+    import storage.s3 as s3mod
+
+    monkeypatch.setattr(s3mod, "TRANSFER", TransferConfig(multipart_threshold=5 * 2**20,
+                                                          multipart_chunksize=5 * 2**20))
+    store = open_storage(f"s3://{s3_bucket}/mp")
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (11 * 2**20 // 256))
+    store.upload_file(big, "big.bin")
+    assert store.info("big.bin").etag.endswith("-3")  # three parts: a multipart upload
+    store.write_bytes("big2.bin", big.read_bytes())
+    assert store.info("big2.bin").etag.endswith("-3")
+    assert store.read_bytes("big2.bin") == big.read_bytes()
+
+
+def test_s3_errors_never_show_credentials(s3_bucket):
+    from tests.conftest import TEST_SECRET_KEY
+
+    store = open_storage("s3://no-such-bucket-siamese/x")
+    with pytest.raises(Exception) as err:
+        store.write_bytes("k", b"x")
+    assert "NoSuchBucket" in str(err.value) and TEST_SECRET_KEY not in str(err.value)
