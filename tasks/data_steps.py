@@ -201,8 +201,8 @@ def generate_pairs(protocol: str, index: pd.DataFrame, config: dict, inputs: dic
     raise ValueError(f"unknown protocol {protocol!r}; use face_comparer, identity_disjoint or lfw_official")
 
 
-def pair_counts(pairs: pd.DataFrame) -> dict[str, dict[str, int]]:
-    per_split = split_images_per_person(pairs)
+def pair_counts(pairs: pd.DataFrame, per_split: dict[str, pd.Series]) -> dict[str, dict[str, int]]:
+    """split -> pairs, same-person pairs, people and images (``per_split`` from split_images_per_person)."""
     return {
         str(split): {"pairs": int(len(g)), "same": int(g["same"].sum()), "people": int(len(per_split[str(split)])),
                      "images": int(per_split[str(split)].sum())}
@@ -238,7 +238,7 @@ def run_pairs(dataset: str, storage_url: str | None, index: IndexSummary, protoc
         key = f"{base}/images_per_person_{split}.png"
         store.write_bytes(key, plot_images_per_person(same_pair_images_per_person(pairs, split), f"{protocol} {split}"))
         plot_keys[split] = key
-    summary = PairsSummary(protocol, f"{base}/pairs.parquet", sha256_bytes(data), pair_counts(pairs), md, plot_keys,
+    summary = PairsSummary(protocol, f"{base}/pairs.parquet", sha256_bytes(data), pair_counts(pairs, per_split), md, plot_keys,
                            seconds=time.perf_counter() - start)
     store.write_json(f"{base}/manifest.json", {**wanted, "summary": asdict(summary)})
     return summary

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -47,6 +49,20 @@ def _decode_chunk(chunk: list[tuple[str, str, str, bytes]], cfg: PreprocessConfi
     return out
 
 
+def decode_pool(workers: int | None = None) -> Executor:
+    """Processes for decoding: threads lose to the GIL here (measured: extraction plus decoding
+    took 21 s in threads against 9 s in one thread), because reading a tar is Python-heavy.
+
+    ``fork`` starts workers without re-importing the caller's main module (a flow script or a
+    Prefect worker); they only run Pillow, numpy and hashlib, which share no locks with the
+    parent's threads. Where fork is unavailable, threads are the portable fallback.
+    """
+    workers = workers or os.cpu_count() or 1
+    if sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+
+
 def index_files(
     spec: DatasetSpec,
     files: Iterable[tuple[str, bytes]],
@@ -56,13 +72,11 @@ def index_files(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Index the images among ``files`` (name, bytes); ``on_file`` sees every file (extraction).
 
-    Decoding runs in threads: Pillow and zlib release the GIL, and threads avoid re-importing
-    the caller's main module in worker processes.
+    Decoding runs in worker processes while this process reads the archive and writes files.
     """
-    workers = workers or os.cpu_count() or 1
     results: list = []
     seen: set[str] = set()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with decode_pool(workers) as pool:
         futures, chunk = [], []
         for name, data in files:
             if on_file:

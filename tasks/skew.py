@@ -65,15 +65,15 @@ def plot_images_per_person(counts: pd.Series, title: str, top: int = 50) -> byte
 
     shown = counts.head(top)
     values = counts.to_numpy(dtype=float) if len(counts) else np.zeros(1)
-    fig = Figure(figsize=(12, 4.5), dpi=90)
+    fig = Figure(figsize=(12, 4.5), dpi=80)
     ax = fig.subplots()
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.92, bottom=0.3)  # tight_layout costs ~0.4 s a plot
     ax.bar(range(len(shown)), shown.to_numpy(), color="#3b6ea8")
     ax.set_xticks(range(len(shown)))
     ax.set_xticklabels([str(p)[:18] for p in shown.index], rotation=90, fontsize=6)
     ax.set_ylabel("images in same-person pairs")
     ax.set_title(f"{title}: top {len(shown)} of {len(counts)} people | median {np.median(values):.1f}, "
                  f"mean {values.mean():.2f}, std {values.std():.2f}", fontsize=9)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

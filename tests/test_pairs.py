@@ -10,35 +10,14 @@ import pytest
 
 from tasks.lfw_protocol import ProtocolFileError, parse_pairs_file, parse_people_file
 from tasks.pairs import (
-    PAIR_COLUMNS, FaceComparerConfig, IdentityDisjointConfig, PairCapacityError, draw_pairs, face_comparer_pairs,
+    FaceComparerConfig, IdentityDisjointConfig, PairCapacityError, draw_pairs, face_comparer_pairs,
     identity_disjoint_pairs, official_pairs, pair_capacity, split_people,
 )
 from tests.fakes import synthetic_index
+from tests.pair_checks import assert_valid_pairs, images_of, people_of
 
 # A skewed population like LFW's: many singletons, a few large classes.
 PEOPLE = {f"P{i:03d}": n for i, n in enumerate([1] * 120 + [2] * 30 + [4] * 20 + [9] * 8 + [40, 80])}
-
-
-def assert_valid_pairs(df: pd.DataFrame) -> None:
-    assert list(df.columns) == PAIR_COLUMNS
-    for split, g in df.groupby("split"):
-        assert g["same"].sum() * 2 == len(g), f"{split} is not exactly half same"
-    assert (df["same"] == (df["left_person"] == df["right_person"])).all()
-    assert (df["left_image"] != df["right_image"]).all()
-    keys = {tuple(sorted(k)) for k in zip(df["left_image"], df["right_image"])}
-    assert len(keys) == len(df), "duplicate pairs (order-insensitive)"
-    for side in ("left", "right"):  # images belong to the person the row says
-        assert (df[f"{side}_image"].str.split("/").str[0] == df[f"{side}_person"]).all()
-
-
-def images_of(df, split):
-    g = df[df["split"] == split]
-    return set(g["left_image"]) | set(g["right_image"])
-
-
-def people_of(df, split):
-    g = df[df["split"] == split]
-    return set(g["left_person"]) | set(g["right_person"])
 
 
 def test_face_comparer_splits_share_no_image():

@@ -9,10 +9,10 @@ from tasks.data_steps import generate_pairs
 from tasks.datasets import LFW
 from tasks.index import extract_and_index, people_counts
 from tasks.lfw_protocol import parse_pairs_file, parse_people_file
-from tasks.pairs import PAIR_COLUMNS
 from tasks.preprocess import PreprocessConfig
 from tasks.skew import skew_table
 from tests.conftest import LFW_DIR, requires_lfw
+from tests.pair_checks import assert_valid_pairs, images_of, people_of
 
 pytestmark = [requires_lfw, pytest.mark.lfw]
 
@@ -24,23 +24,6 @@ def lfw_index(tmp_path_factory):
     return built.index
 
 
-def images(df, split):
-    g = df[df["split"] == split]
-    return set(g["left_image"]) | set(g["right_image"])
-
-
-def people(df, split):
-    g = df[df["split"] == split]
-    return set(g["left_person"]) | set(g["right_person"])
-
-
-def check_pairs(df):
-    assert list(df.columns) == PAIR_COLUMNS
-    for _, g in df.groupby("split"):
-        assert g["same"].sum() * 2 == len(g)
-    assert len({tuple(sorted(k)) for k in zip(df["left_image"], df["right_image"])}) == len(df)
-
-
 def test_full_lfw_index_and_skew(lfw_index):
     assert len(lfw_index) == 13_233 and lfw_index["person"].nunique() == 5_749 and lfw_index["error"].isna().all()
     assert skew_table(people_counts(lfw_index))["people"].tolist() == [4069, 779, 590, 168, 102, 35, 4, 2]
@@ -49,10 +32,10 @@ def test_full_lfw_index_and_skew(lfw_index):
 def test_face_comparer_on_lfw(lfw_index):
     config = {"validation_pairs": 256, "train_pairs": 40_000, "test_pairs": 1_000, "seed": 42}
     df = generate_pairs("face_comparer", lfw_index, config, {})
-    check_pairs(df)
+    assert_valid_pairs(df)
     assert df.groupby("split").size().to_dict() == {"train": 40_000, "validation": 256, "test": 1_000}
     for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
-        assert len(images(df, a) & images(df, b)) == 0
+        assert len(images_of(df, a) & images_of(df, b)) == 0
     assert generate_pairs("face_comparer", lfw_index, config, {}).equals(df)
 
 
@@ -62,10 +45,10 @@ def test_identity_disjoint_on_lfw_view1_people(lfw_index):
     config = {"train_pairs": 40_000, "validation_pairs": 1_000, "test_pairs": 2_000, "validation_share": 0.1,
               "test_share": 0.3, "seed": 42}
     df = generate_pairs("identity_disjoint", lfw_index, config, {"people_split": (sorted(train), sorted(test))})
-    check_pairs(df)
+    assert_valid_pairs(df)
     for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
-        assert len(people(df, a) & people(df, b)) == 0
-    assert people(df, "test") <= set(test)
+        assert len(people_of(df, a) & people_of(df, b)) == 0
+    assert people_of(df, "test") <= set(test)
 
 
 def test_official_protocols_imported_as_they_are(lfw_index):
