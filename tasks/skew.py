@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure  # the object API: thread-safe, unlike pyplot
 
 # (label, lowest, highest) image counts; face-comparer's buckets.
 BUCKETS: tuple[tuple[str, int, float], ...] = (
@@ -59,13 +60,11 @@ def format_skew_lines(table: pd.DataFrame) -> list[str]:
             for r in table.itertuples()]
 
 
-def plot_images_per_person(counts: pd.Series, title: str, top: int = 50) -> bytes:
+def plot_images_per_person(counts: pd.Series, title: str, top: int = 25) -> bytes:
     """PNG bar chart of the ``top`` people by same-pair image occurrences, with median/mean/std."""
-    from matplotlib.figure import Figure  # the object API: thread-safe, unlike pyplot
-
     shown = counts.head(top)
     values = counts.to_numpy(dtype=float) if len(counts) else np.zeros(1)
-    fig = Figure(figsize=(12, 4.5), dpi=80)
+    fig = Figure(figsize=(8, 4.5), dpi=80)
     ax = fig.subplots()
     fig.subplots_adjust(left=0.05, right=0.99, top=0.92, bottom=0.3)  # tight_layout costs ~0.4 s a plot
     ax.bar(range(len(shown)), shown.to_numpy(), color="#3b6ea8")

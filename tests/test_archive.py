@@ -60,3 +60,37 @@ def test_not_an_archive(tmp_path):
     (tmp_path / "x.tgz").write_bytes(b"plain text")
     with pytest.raises(UnsafeArchiveError, match="not a readable tar archive"):
         list(iter_archive_files(tmp_path / "x.tgz"))
+
+
+LONG = "lfw/" + "A" * 120 + "/" + "A" * 120 + "_0001.jpg"
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("mode", ["w:gz", "w"])
+def test_reader_matches_tarfile_for_every_format(tmp_path, fmt, mode):
+    names = ["lfw/A/A_0001.jpg", "lfw/dir/with space/é_0002.jpg", "lfw/empty.txt"]
+    if fmt != tarfile.USTAR_FORMAT:
+        names.append(LONG)  # needs a pax record or a GNU long-name member
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, mode, format=fmt) as tar:
+        for i, name in enumerate(names):
+            add_file(tar, name, bytes([i]) * (i * 700))
+        tar.addfile(member("lfw/B", tarfile.DIRTYPE)[0])
+    expected = [(m.name, tar_bytes) for m, tar_bytes in
+                ((m, tarfile.open(path).extractfile(m).read()) for m in tarfile.open(path) if m.isfile())]
+    assert list(iter_archive_files(path)) == expected
+
+
+def test_corrupt_header_and_truncated_archives_are_refused(tmp_path):
+    path = build_tar(tmp_path / "ok.tar", [member("lfw/A/A_0001.jpg", data=b"x" * 2000)])
+    raw = bytearray((tmp_path / "ok.tar").read_bytes())
+    import gzip
+
+    plain = bytearray(gzip.decompress(bytes(raw)))
+    plain[0] ^= 0x01  # flip a bit in the first header's name
+    (tmp_path / "bad.tar").write_bytes(bytes(plain))
+    with pytest.raises(UnsafeArchiveError, match="checksum mismatch"):
+        list(iter_archive_files(tmp_path / "bad.tar"))
+    (tmp_path / "short.tgz").write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(UnsafeArchiveError, match="truncated|not a readable"):
+        list(iter_archive_files(tmp_path / "short.tgz"))

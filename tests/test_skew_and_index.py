@@ -49,6 +49,15 @@ def test_bad_image_bytes_raise_a_reason(data, reason):
         preprocess_image(data, PreprocessConfig())
 
 
+def test_decompression_bomb_is_refused_before_decoding():
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = (20000).to_bytes(4, "big") + (20000).to_bytes(4, "big")  # claim 20000x20000
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        preprocess_image(bytes(data), PreprocessConfig())
+
+
 def test_small_image_cannot_be_cropped():
     buf = io.BytesIO()
     Image.new("L", (20, 20)).save(buf, format="PNG")
@@ -83,3 +92,20 @@ def test_tensor_store_roundtrip_refuses_pickles():
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
         npy_to_tensors(buf.getvalue())
+
+
+def test_fast_and_portable_decoders_agree_and_truncation_is_caught():
+    from tasks.preprocess import _fast_path, header_size
+
+    data = jpeg(3)
+    cfg = PreprocessConfig()
+    assert header_size(data) == ("JPEG", 250, 250)
+    fast = _fast_path(data, "JPEG", cfg)
+    assert fast is not None
+    # Bytes after the end marker send the same image down Pillow's path: nearly the same pixels.
+    slow = preprocess_image(data + b"trailing garbage", cfg).pixels
+    assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.0
+    truncated = data[: len(data) // 2]
+    assert _fast_path(truncated, "JPEG", cfg) is None
+    with pytest.raises(ImageDecodeError, match="corrupt image data"):
+        preprocess_image(truncated, cfg)
