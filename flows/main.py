@@ -1,6 +1,7 @@
-"""The main job: one command runs the whole pipeline (today: the data stages).
+"""The main job: one command runs the whole pipeline: the data stages, then training.
 
     python -m flows.main --mirror ../shared/data/lfw [--storage s3://bucket/prefix]
+                         [--train-minutes 45 | --no-train]
 
 With no Prefect server configured (PREFECT_API_URL unset) Prefect starts its ephemeral API;
 with no storage given, outputs go to ./var/store.
@@ -21,15 +22,20 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow  # noqa: E402
 
 from flows.data import DataParams, DataResult, data_flow  # noqa: E402
+from flows.train import train_flow  # noqa: E402
 from storage import open_storage  # noqa: E402
+from tasks.train import TrainConfig, TrainResult  # noqa: E402
 
 
 @flow(name="siamese-faces", flow_run_name="main-{data.dataset}", log_prints=True)
-def main_flow(data: DataParams = DataParams()) -> DataResult:
-    return data_flow(data)
+def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = None
+              ) -> tuple[DataResult, TrainResult | None]:
+    prepared = data_flow(data)
+    model = train_flow(train, data.storage) if train else None
+    return prepared, model
 
 
-def report(result: DataResult, storage_url: str | None, seconds: float) -> str:
+def report(result: DataResult, storage_url: str | None, seconds: float, model: TrainResult | None = None) -> str:
     store = open_storage(storage_url)
     idx = result.index
     out = [f"{idx.dataset}: {idx.images} images of {idx.people} people, {idx.errors} undecodable "
@@ -42,6 +48,10 @@ def report(result: DataResult, storage_url: str | None, seconds: float) -> str:
         out.append(f"{protocol}: {store.uri(p.pairs_key)} [{'reused' if p.reused else 'generated'}] {splits}")
     out.append(f"index: {store.uri(idx.index_key)}")
     out.append(f"tensors: {store.uri(idx.tensors_key)}")
+    if model:
+        m = model.metrics
+        out.append(f"model: {store.uri('models/' + model.version)}: validation accuracy {m['val_accuracy']:.4f} "
+                   f"(epoch {m['best_epoch']} of {m['epochs_run']}, {model.wall_seconds / 60:.1f} min)")
     out.append(f"total {seconds:.1f} s")
     return "\n".join(out)
 
@@ -59,6 +69,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--protocols", default=None, help="comma-separated subset of face_comparer,identity_disjoint,"
                                                       "lfw_official")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--train-minutes", type=float, default=45.0, help="training time budget (default 45)")
+    ap.add_argument("--train-protocol", default="face_comparer", help="pairs to train on (default face_comparer)")
+    ap.add_argument("--no-train", action="store_true", help="only the data stages")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     return ap.parse_args(argv)
 
@@ -71,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         params.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     params.face_comparer = replace(params.face_comparer, seed=args.seed)
     params.identity_disjoint = replace(params.identity_disjoint, seed=args.seed)
+    train = None if args.no_train else TrainConfig(dataset=args.dataset, protocol=args.train_protocol,
+                                                     time_budget_minutes=args.train_minutes, seed=args.seed)
     start = time.perf_counter()
-    result = main_flow(params)
+    result, model = main_flow(params, train)
     seconds = time.perf_counter() - start
     if args.json:
-        print(json.dumps(asdict(result), default=str, indent=2))
+        print(json.dumps({"data": asdict(result), "model": asdict(model) if model else None}, default=str, indent=2))
     else:
-        print(report(result, args.storage, seconds))
+        print(report(result, args.storage, seconds, model))
     return 0
 
 

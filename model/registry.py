@@ -1,0 +1,72 @@
+"""The model registry in storage: ``models/<version>/`` with everything needed to trust a model.
+
+Files: ``pair.keras`` (the verification model), ``embedder.keras`` (for matching),
+``config.json``, ``history.csv``, ``curve.png``, and ``manifest.json`` last: sha256 of every
+file, data fingerprint, metrics, machine and wall time. Loading verifies the sha256 and uses
+Keras safe mode, so no pickled or arbitrary code is ever run from storage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import keras
+
+import model.layers  # noqa: F401 - registers the custom layers before any load
+import model.losses  # noqa: F401
+from storage import Storage
+
+MODEL_FILES = ("pair.keras", "embedder.keras")
+
+
+class ModelIntegrityError(RuntimeError):
+    pass
+
+
+def version_prefix(version: str) -> str:
+    if not version or "/" in version or version.startswith("."):
+        raise ValueError(f"invalid model version {version!r}")
+    return f"models/{version}"
+
+
+def publish(store: Storage, version: str, files: dict[str, Path], manifest: dict) -> dict:
+    """Upload ``files`` (name -> local path) and then the manifest with their checksums."""
+    prefix = version_prefix(version)
+    sums = {}
+    for name, path in files.items():
+        sums[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        store.upload_file(path, f"{prefix}/{name}")
+    manifest = {**manifest, "version": version, "files": sums}
+    store.write_json(f"{prefix}/manifest.json", manifest)
+    return manifest
+
+
+def read_manifest(store: Storage, version: str) -> dict:
+    return store.read_json(f"{version_prefix(version)}/manifest.json")
+
+
+def load_model(store: Storage, version: str, name: str = "pair.keras") -> keras.Model:
+    """Download, verify the sha256 against the manifest, and load in safe mode."""
+    manifest = read_manifest(store, version)
+    expected = manifest["files"].get(name)
+    if expected is None:
+        raise ModelIntegrityError(f"model {version} has no {name}")
+    data = store.read_bytes(f"{version_prefix(version)}/{name}")
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        raise ModelIntegrityError(f"{store.uri(version_prefix(version) + '/' + name)}: sha256 {got} does not "
+                                  f"match the manifest's {expected}; refusing to load it")
+    with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def list_versions(store: Storage) -> list[str]:
+    return sorted({o.key.split("/")[1] for o in store.list("models") if o.key.endswith("/manifest.json")})
+
+
+def describe(manifest: dict) -> str:
+    return json.dumps({k: manifest[k] for k in ("version", "metrics") if k in manifest}, sort_keys=True)

@@ -1,0 +1,235 @@
+"""Train a siamese network on a protocol's pairs and register it (plain functions, no Prefect)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from storage import open_storage, siamese_home
+from tasks.data_steps import IndexSummary, dataset_key, load_index, load_tensors
+
+
+class TrainingDivergedError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "lfw"
+    protocol: str = "face_comparer"  # whose train/validation pairs to use
+    architecture: str = "resnet"
+    input_size: int = 64
+    width: int = 32  # resnet: filters of the first stage
+    embedding_dim: int = 128  # resnet
+    pair_mode: str = "in_batch"  # or "pairs": the Parquet pairs as they are
+    epochs: int = 200
+    steps_per_epoch: int = 50  # in_batch mode; pairs mode takes one pass over the pairs
+    batch_size: int = 64  # pairs mode
+    people_per_batch: int = 32  # in_batch: P
+    images_per_person: int = 4  # in_batch: K
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: bool = True
+    early_stopping_patience: int = 30
+    time_budget_minutes: float = 45.0
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.pair_mode not in ("in_batch", "pairs"):
+            raise ValueError(f"pair_mode must be 'in_batch' or 'pairs', got {self.pair_mode!r}")
+        if self.epochs < 1 or self.time_budget_minutes <= 0:
+            raise ValueError("epochs and time_budget_minutes must be positive")
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class TrainResult:
+    version: str
+    metrics: dict
+    epochs_run: int
+    wall_seconds: float
+    manifest: dict = field(default_factory=dict)
+
+
+def configure_cpu_threads() -> None:
+    """Must run before TensorFlow starts its pools; harmless on other backends."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def _machine() -> dict:
+    import keras
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "keras": keras.__version__, "backend": keras.backend.backend(), "gpus": []}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return info
+
+
+def _resize_store(tensors: np.ndarray, size: int) -> np.ndarray:
+    if tensors.shape[1] == size:
+        return tensors
+    import cv2
+
+    return np.stack([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in tensors])
+
+
+def _load_pairs(store, dataset: str, protocol: str) -> tuple[pd.DataFrame, str]:
+    from model.inputs import TrainingDataError
+
+    key = dataset_key(dataset, "pairs", protocol, "pairs.parquet")
+    try:
+        data = store.read_bytes(key)
+        return pd.read_parquet(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
+    except FileNotFoundError:
+        raise TrainingDataError(f"no pairs at {store.uri(key)}: run the data flow for {dataset}/{protocol} first") \
+            from None
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise TrainingDataError(f"{store.uri(key)} is not a readable pairs Parquet file: {err}") from None
+
+
+def plot_curves(history: pd.DataFrame, title: str) -> bytes:
+    """face-comparer's loss/accuracy figure: raw values and a 20-epoch moving average."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=80)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for column, colour in ((f"train_{metric}", "#d62728"), (f"val_{metric}", "#1f77b4")):
+            if column in history:
+                values = history[column]
+                ax.plot(history["epoch"], values, color=colour, alpha=0.35, lw=1)
+                ax.plot(history["epoch"], values.rolling(20, min_periods=1).mean(), color=colour, lw=2,
+                        label=f"{column} (20-epoch mean)")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | None = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train, keep the best validation epoch, and publish the model to the registry."""
+    configure_cpu_threads()
+    import keras
+
+    from model.augment import AugmentConfig
+    from model.inputs import (
+        IdentityBatches, PairBatches, TrainingDataError, pair_rows, rows_by_person, split_pairs,
+    )
+    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss
+    from model.networks import NetworkConfig, build_models
+    from model.registry import publish
+    from model.training_callbacks import PairValidation, TimeBudget
+
+    start = time.perf_counter()
+    store = open_storage(storage_url)
+    manifest = store.read_json_or_none(dataset_key(config.dataset, "index.json"))
+    if not manifest:
+        raise TrainingDataError(f"no index for {config.dataset} in {store.url}: run the data flow first")
+    index_summary = IndexSummary(**manifest["summary"])
+    index = load_index(store, index_summary)
+    tensors = _resize_store(load_tensors(store, index_summary), config.input_size)
+    pairs, pairs_sha = _load_pairs(store, config.dataset, config.protocol)
+    train_pairs, val_pairs = split_pairs(pairs, "train"), split_pairs(pairs, "validation")
+    val_left, val_right, val_same = pair_rows(val_pairs, index)
+
+    keras.utils.set_random_seed(config.seed)
+    gpus = _machine()["gpus"]
+    if gpus:  # mixed precision on GPUs; the final sigmoid stays float32
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    net = NetworkConfig(architecture=config.architecture, input_size=config.input_size,
+                        weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
+    models = build_models(net)
+    augment = AugmentConfig() if config.augment else None
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.pair_mode == "in_batch":
+        data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
+                               config.images_per_person, config.steps_per_epoch, augment, config.seed, workers=2,
+                               use_multiprocessing=False)
+        trained = models.in_batch
+        trained.compile(optimizer=optimizer, loss=InBatchPairLoss(), metrics=[InBatchBalancedAccuracy()])
+    else:
+        left, right, same = pair_rows(train_pairs, index)
+        data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed, workers=2,
+                           use_multiprocessing=False)
+        trained = models.pair
+        trained.compile(optimizer=optimizer, loss="binary_crossentropy",
+                        metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
+
+    run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs_sha[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best_path = run_dir / "best.keras"
+    callbacks = [
+        PairValidation(models.pair, tensors, val_left, val_right, val_same),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),  # a killed run resumes at its last epoch
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_pair_accuracy", mode="max",
+                                        save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_pair_accuracy", mode="max",
+                                      patience=config.early_stopping_patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_pair_loss", mode="min", factor=0.5, patience=8, min_lr=1e-5),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+        TimeBudget(config.time_budget_minutes * 60),
+        *(extra_callbacks or []),
+    ]
+    history = trained.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    losses = history.history.get("loss", [])
+    if any(not math.isfinite(v) for v in losses):
+        raise TrainingDivergedError(f"the training loss became NaN/inf at epoch {len(losses)}; "
+                                    f"lower the learning rate (was {config.learning_rate})")
+    if not best_path.exists():
+        raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
+    trained.set_weights(keras.saving.load_model(best_path, safe_mode=True, compile=False).get_weights())
+
+    log_df = pd.read_csv(run_dir / "history.csv").rename(columns={"pair_accuracy": "train_accuracy",
+                                                                  "loss": "train_loss",
+                                                                  "val_pair_accuracy": "val_accuracy",
+                                                                  "val_pair_loss": "val_loss"})
+    log_df["epoch"] = log_df["epoch"] + 1
+    best = log_df.loc[log_df["val_accuracy"].idxmax()]
+    wall = time.perf_counter() - start
+    version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
+    metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
+               "best_epoch": int(best["epoch"]), "epochs_run": int(len(log_df))}
+    with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
+        tmp = Path(tmp)
+        models.pair.save(tmp / "pair.keras")
+        models.embedder.save(tmp / "embedder.keras")
+        (tmp / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+        shutil.copy(run_dir / "history.csv", tmp / "history.csv")
+        (tmp / "curve.png").write_bytes(plot_curves(log_df, f"{config.architecture} on {config.dataset}/"
+                                                            f"{config.protocol} ({config.pair_mode})"))
+        published = publish(store, version, {n: tmp / n for n in ("pair.keras", "embedder.keras", "config.json",
+                                                                     "history.csv", "curve.png")}, {
+            "config": asdict(config), "metrics": metrics, "wall_seconds": wall, "machine": _machine(),
+            "data": {"pairs_sha256": pairs_sha, "tensors_sha256": index_summary.tensors_sha256,
+                     "index_sha256": index_summary.index_sha256},
+        })
+    shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
+    log(f"registered {version}: val accuracy {metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']} "
+        f"of {metrics['epochs_run']}, {wall / 60:.1f} min")
+    return TrainResult(version, metrics, metrics["epochs_run"], wall, published)

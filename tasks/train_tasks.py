@@ -1,0 +1,39 @@
+"""Thin Prefect wrapper around training: a progress artifact per epoch, the curve as an artifact."""
+from __future__ import annotations
+
+import keras
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.train import TrainConfig, TrainResult, train
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    def __init__(self, epochs: int, log):
+        super().__init__()
+        self.epochs, self.log = epochs, log
+        self.artifact_id = create_progress_artifact(progress=0.0, description="training epochs")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        update_progress_artifact(self.artifact_id, progress=100.0 * (epoch + 1) / self.epochs)
+        self.log.info("epoch %d: loss %.4f, val accuracy %.4f, val loss %.4f", epoch + 1, logs.get("loss", float("nan")),
+                      logs.get("val_pair_accuracy", float("nan")), logs.get("val_pair_loss", float("nan")))
+
+
+@task(name="train", task_run_name="train-{config.architecture}-{config.protocol}", cache_policy=NO_CACHE)
+def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
+    log = get_run_logger()
+    result = train(config, storage_url, extra_callbacks=[_EpochProgress(config.epochs, log)], log=log.info)
+    m = result.metrics
+    create_markdown_artifact(
+        key=f"model-{config.protocol}".replace("_", "-"),
+        markdown=(f"### Model `{result.version}`\n\n| metric | value |\n|---|---:|\n"
+                  f"| validation accuracy | {m['val_accuracy']:.4f} |\n| validation loss | {m['val_loss']:.4f} |\n"
+                  f"| best epoch | {m['best_epoch']} of {m['epochs_run']} |\n"
+                  f"| wall time | {result.wall_seconds / 60:.1f} min |\n\n"
+                  f"Curve: `models/{result.version}/curve.png`\n"),
+        description=f"{config.architecture} trained on {config.dataset}/{config.protocol}",
+    )
+    return result
