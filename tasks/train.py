@@ -214,7 +214,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     wall = time.perf_counter() - start
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
     metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
-               "best_epoch": int(best["epoch"]), "epochs_run": int(len(log_df))}
+               "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max())}  # counts resumed runs
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
         tmp = Path(tmp)
         models.pair.save(tmp / "pair.keras")
