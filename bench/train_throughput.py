@@ -32,7 +32,6 @@ def _timed_fit(model, data, steps: int, **fit_kwargs) -> float:
 
 def measure(storage: str, steps: int) -> dict:
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from model.augment import AugmentConfig

@@ -44,7 +44,8 @@ def report(result: DataResult, storage_url: str | None, seconds: float, model: T
            "people by number of images:"]
     out += result.skew.lines
     for protocol, p in result.pairs.items():
-        splits = ", ".join(f"{s} {c['pairs']} ({c['people']} people, {c['images']} images)" for s, c in p.counts.items())
+        splits = ", ".join(f"{s} {c['pairs']} ({c['people']} people, {c['images']} images)"
+                           for s, c in p.counts.items())
         out.append(f"{protocol}: {store.uri(p.pairs_key)} [{'reused' if p.reused else 'generated'}] {splits}")
     out.append(f"index: {store.uri(idx.index_key)}")
     out.append(f"tensors: {store.uri(idx.tensors_key)}")

@@ -8,7 +8,6 @@ Keras safe mode, so no pickled or arbitrary code is ever run from storage.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from pathlib import Path
 
@@ -63,10 +62,3 @@ def load_model(store: Storage, version: str, name: str = "pair.keras") -> keras.
         path.write_bytes(data)
         return keras.saving.load_model(path, safe_mode=True, compile=False)
 
-
-def list_versions(store: Storage) -> list[str]:
-    return sorted({o.key.split("/")[1] for o in store.list("models") if o.key.endswith("/manifest.json")})
-
-
-def describe(manifest: dict) -> str:
-    return json.dumps({k: manifest[k] for k in ("version", "metrics") if k in manifest}, sort_keys=True)

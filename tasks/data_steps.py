@@ -238,7 +238,7 @@ def run_pairs(dataset: str, storage_url: str | None, index: IndexSummary, protoc
         key = f"{base}/images_per_person_{split}.png"
         store.write_bytes(key, plot_images_per_person(same_pair_images_per_person(pairs, split), f"{protocol} {split}"))
         plot_keys[split] = key
-    summary = PairsSummary(protocol, f"{base}/pairs.parquet", sha256_bytes(data), pair_counts(pairs, per_split), md, plot_keys,
-                           seconds=time.perf_counter() - start)
+    summary = PairsSummary(protocol, f"{base}/pairs.parquet", sha256_bytes(data), pair_counts(pairs, per_split), md,
+                           plot_keys, seconds=time.perf_counter() - start)
     store.write_json(f"{base}/manifest.json", {**wanted, "summary": asdict(summary)})
     return summary

@@ -220,7 +220,8 @@ def fetch_file(
         except _Transient as err:
             _log_retry(name, url, attempt, attempts, err)
             if attempt == attempts:
-                raise DownloadError(f"{name}: giving up on {redact_url(url)} after {attempts} attempts: {err}") from None
+                raise DownloadError(
+                    f"{name}: giving up on {redact_url(url)} after {attempts} attempts: {err}") from None
             sleep(min(backoff * 2 ** (attempt - 1), 30.0))
             continue
         try:
@@ -326,7 +327,8 @@ class PlannedFile:
     sha256: str
 
 
-def plan_downloads(spec: DatasetSpec, mirror: str | None, trust_mirror_checksums: bool | None = None) -> list[PlannedFile]:
+def plan_downloads(spec: DatasetSpec, mirror: str | None,
+                   trust_mirror_checksums: bool | None = None) -> list[PlannedFile]:
     """Where each file comes from and which checksum it must have.
 
     A mirror's SHA256SUMS is trusted by default for local mirrors (the user's own disk) and

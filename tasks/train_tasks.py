@@ -18,8 +18,9 @@ class _EpochProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         update_progress_artifact(self.artifact_id, progress=100.0 * (epoch + 1) / self.epochs)
-        self.log.info("epoch %d: loss %.4f, val accuracy %.4f, val loss %.4f", epoch + 1, logs.get("loss", float("nan")),
-                      logs.get("val_pair_accuracy", float("nan")), logs.get("val_pair_loss", float("nan")))
+        nan = float("nan")
+        self.log.info("epoch %d: loss %.4f, val accuracy %.4f, val loss %.4f", epoch + 1, logs.get("loss", nan),
+                      logs.get("val_pair_accuracy", nan), logs.get("val_pair_loss", nan))
 
 
 @task(name="train", task_run_name="train-{config.architecture}-{config.protocol}", cache_policy=NO_CACHE)

@@ -82,7 +82,7 @@ def test_reader_matches_tarfile_for_every_format(tmp_path, fmt, mode):
 
 
 def test_corrupt_header_and_truncated_archives_are_refused(tmp_path):
-    path = build_tar(tmp_path / "ok.tar", [member("lfw/A/A_0001.jpg", data=b"x" * 2000)])
+    build_tar(tmp_path / "ok.tar", [member("lfw/A/A_0001.jpg", data=b"x" * 2000)])
     raw = bytearray((tmp_path / "ok.tar").read_bytes())
     import gzip
 
