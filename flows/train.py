@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # ~1.5x on this CPU's conv/matmul, off by default
+from prefect import flow
 
-from prefect import flow  # noqa: E402
-
-from tasks.train import TrainConfig, TrainResult  # noqa: E402
-from tasks.train_tasks import train_model  # noqa: E402
+from tasks.train import TrainConfig, TrainResult  # sets the oneDNN default before TensorFlow loads
+from tasks.train_tasks import train_model
 
 
 @flow(name="train", flow_run_name="train-{config.dataset}-{config.protocol}", log_prints=True)

@@ -64,8 +64,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     version: str
-    metrics: dict
-    epochs_run: int
+    metrics: dict  # val_accuracy, val_loss, best_epoch, epochs_run
     wall_seconds: float
     manifest: dict = field(default_factory=dict)
 
@@ -155,8 +154,8 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     val_left, val_right, val_same = pair_rows(val_pairs, index)
 
     keras.utils.set_random_seed(config.seed)
-    gpus = _machine()["gpus"]
-    if gpus:  # mixed precision on GPUs; the final sigmoid stays float32
+    machine = _machine()
+    if machine["gpus"]:  # mixed precision on GPUs; the final sigmoid stays float32
         keras.mixed_precision.set_global_policy("mixed_float16")
     net = NetworkConfig(architecture=config.architecture, input_size=config.input_size,
                         weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
@@ -223,11 +222,11 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
                                                             f"{config.protocol} ({config.pair_mode})"))
         published = publish(store, version, {n: tmp / n for n in ("pair.keras", "embedder.keras", "config.json",
                                                                      "history.csv", "curve.png")}, {
-            "config": asdict(config), "metrics": metrics, "wall_seconds": wall, "machine": _machine(),
+            "config": asdict(config), "metrics": metrics, "wall_seconds": wall, "machine": machine,
             "data": {"pairs_sha256": pairs_sha, "tensors_sha256": index_summary.tensors_sha256,
                      "index_sha256": index_summary.index_sha256},
         })
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
     log(f"registered {version}: val accuracy {metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']} "
         f"of {metrics['epochs_run']}, {wall / 60:.1f} min")
-    return TrainResult(version, metrics, metrics["epochs_run"], wall, published)
+    return TrainResult(version, metrics, wall, published)

@@ -1,12 +1,12 @@
 """Thin Prefect wrapper around training: a progress artifact per epoch, the curve as an artifact."""
 from __future__ import annotations
 
-import keras
-from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
+from tasks.train import TrainConfig, TrainResult, train  # first: it sets TensorFlow's oneDNN default
 
-from tasks.train import TrainConfig, TrainResult, train
+import keras  # noqa: E402, I001
+from prefect import get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
 class _EpochProgress(keras.callbacks.Callback):

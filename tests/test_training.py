@@ -42,7 +42,7 @@ def test_tiny_model_trains_and_registers(tiny_store):
     store = open_storage(tiny_store)
     history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
-    assert result.epochs_run == 6 and 0.0 <= result.metrics["val_accuracy"] <= 1.0
+    assert result.metrics["epochs_run"] == 6 and 0.0 <= result.metrics["val_accuracy"] <= 1.0
     manifest = store.read_json(f"models/{result.version}/manifest.json")
     assert set(manifest["files"]) == {"pair.keras", "embedder.keras", "config.json", "history.csv", "curve.png"}
     assert manifest["data"]["pairs_sha256"] and manifest["machine"]["cpus"] and manifest["wall_seconds"] > 0
@@ -84,7 +84,7 @@ def test_killed_run_resumes_at_the_next_epoch(tiny_store):
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
     result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
     assert seen == [2, 3]  # epochs 3 and 4 (0-based 2, 3): the first two were not redone
-    assert result.epochs_run == 4
+    assert result.metrics["epochs_run"] == 4
 
 
 def test_in_batch_batches_only_draw_training_images(tiny_store):
