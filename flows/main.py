@@ -1,4 +1,5 @@
-"""The main job: one command runs the whole pipeline: the data stages, then training.
+"""The main job: one command runs the whole pipeline: the data stages, training, evaluation, and
+promotion of the new model to champion when it beats the current one on the same test pairs.
 
     python -m flows.main --mirror ../shared/data/lfw [--storage s3://bucket/prefix]
                          [--train-minutes 45 | --no-train]
@@ -22,20 +23,28 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow  # noqa: E402
 
 from flows.data import DataParams, DataResult, data_flow  # noqa: E402
+from flows.evaluate import evaluate_flow  # noqa: E402
 from flows.train import train_flow  # noqa: E402
 from storage import open_storage  # noqa: E402
+from tasks.champion_tasks import promote_if_better  # noqa: E402
+from tasks.evaluate import EvalConfig  # noqa: E402
 from tasks.train import TrainConfig, TrainResult  # noqa: E402
 
 
 @flow(name="siamese-faces", flow_run_name="main-{data.dataset}", log_prints=True)
-def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = None
-              ) -> tuple[DataResult, TrainResult | None]:
+def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = None,
+              evaluation: EvalConfig = EvalConfig()) -> tuple[DataResult, TrainResult | None, dict | None]:
     prepared = data_flow(data)
-    model = train_flow(train, data.storage) if train else None
-    return prepared, model
+    if not train:
+        return prepared, None, None
+    model = train_flow(train, data.storage)
+    evaluated = evaluate_flow(model.version, data.storage, evaluation)
+    decision = promote_if_better(evaluated.report, data.storage)
+    return prepared, model, {"report": evaluated.report_key, **decision}
 
 
-def report(result: DataResult, storage_url: str | None, seconds: float, model: TrainResult | None = None) -> str:
+def report(result: DataResult, storage_url: str | None, seconds: float, model: TrainResult | None = None,
+           evaluation: dict | None = None) -> str:
     store = open_storage(storage_url)
     idx = result.index
     out = [f"{idx.dataset}: {idx.images} images of {idx.people} people, {idx.errors} undecodable "
@@ -53,6 +62,9 @@ def report(result: DataResult, storage_url: str | None, seconds: float, model: T
         m = model.metrics
         out.append(f"model: {store.uri('models/' + model.version)}: validation accuracy {m['val_accuracy']:.4f} "
                    f"(epoch {m['best_epoch']} of {m['epochs_run']}, {model.wall_seconds / 60:.1f} min)")
+    if evaluation:
+        out.append(f"evaluation: {store.uri(evaluation['report'])}")
+        out.append(f"champion: {'promoted' if evaluation['promote'] else 'kept'} ({evaluation['reason']})")
     out.append(f"total {seconds:.1f} s")
     return "\n".join(out)
 
@@ -88,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     train = None if args.no_train else TrainConfig(dataset=args.dataset, protocol=args.train_protocol,
                                                      time_budget_minutes=args.train_minutes, seed=args.seed)
     start = time.perf_counter()
-    result, model = main_flow(params, train)
+    result, model, evaluation = main_flow(params, train)
     seconds = time.perf_counter() - start
     if args.json:
-        print(json.dumps({"data": asdict(result), "model": asdict(model) if model else None}, default=str, indent=2))
+        print(json.dumps({"data": asdict(result), "model": asdict(model) if model else None,
+                          "evaluation": evaluation}, default=str, indent=2))
     else:
-        print(report(result, args.storage, seconds, model))
+        print(report(result, args.storage, seconds, model, evaluation))
     return 0
 
 

@@ -50,6 +50,15 @@ def rows_by_person(pairs: pd.DataFrame, index: pd.DataFrame) -> dict[str, np.nda
     return {p: np.sort(g["row"].to_numpy()) for p, g in rows.groupby("person")}
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, H, W) store images at the model's input size (INTER_AREA, as preprocessing)."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    import cv2
+
+    return np.stack([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in images])
+
+
 def _with_channel(images: np.ndarray) -> np.ndarray:
     return images[..., None] if images.ndim == 3 else images
 

@@ -18,6 +18,7 @@ import model.losses  # noqa: F401
 from storage import Storage
 
 MODEL_FILES = ("pair.keras", "embedder.keras")
+CHAMPION_KEY = "models/champion.json"  # which version matching uses when none is given
 
 
 class ModelIntegrityError(RuntimeError):
@@ -62,3 +63,41 @@ def load_model(store: Storage, version: str, name: str = "pair.keras") -> keras.
         path.write_bytes(data)
         return keras.saving.load_model(path, safe_mode=True, compile=False)
 
+
+
+def read_champion(store: Storage) -> str | None:
+    pointer = store.read_json_or_none(CHAMPION_KEY)
+    return pointer["version"] if pointer else None
+
+
+def set_champion(store: Storage, version: str, decision: dict) -> dict:
+    """Point the champion at ``version`` (which must be registered); ``decision`` says why."""
+    read_manifest(store, version)  # refuses an unregistered version
+    pointer = {"version": version, "decision": decision}
+    store.write_json(CHAMPION_KEY, pointer)
+    return pointer
+
+
+def list_versions(store: Storage) -> list[str]:
+    """Registered versions (those with a manifest), oldest first (versions start with a UTC time)."""
+    return sorted(info.key.split("/")[1] for info in store.list("models/")
+                  if info.key.count("/") == 2 and info.key.endswith("/manifest.json"))
+
+
+def resolve_version(store: Storage, version: str) -> str:
+    """``latest``, ``champion`` or a registered version -> a registered version."""
+    if version == "latest":
+        versions = list_versions(store)
+        if not versions:
+            raise LookupError(f"no models registered in {store.url}: run training first")
+        return versions[-1]
+    if version == "champion":
+        champion = read_champion(store)
+        if champion is None:
+            raise LookupError(f"no champion model in {store.url}: evaluate and promote a model first")
+        return champion
+    try:
+        read_manifest(store, version)
+    except FileNotFoundError:
+        raise LookupError(f"model version {version!r} is not registered in {store.url}") from None
+    return version

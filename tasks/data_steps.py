@@ -21,11 +21,19 @@ from tasks.download import download_dataset
 from tasks.index import INDEX_FORMAT, extract_and_index, npy_to_tensors, people_counts, tensors_to_npy
 from tasks.lfw_protocol import parse_pairs_file, parse_people_file
 from tasks.pairs import (
-    FaceComparerConfig, IdentityDisjointConfig, face_comparer_pairs, identity_disjoint_pairs, official_pairs,
+    FaceComparerConfig,
+    IdentityDisjointConfig,
+    face_comparer_pairs,
+    identity_disjoint_pairs,
+    official_pairs,
 )
 from tasks.preprocess import PreprocessConfig
 from tasks.skew import (
-    format_skew_lines, plot_images_per_person, same_pair_images_per_person, skew_markdown, skew_table,
+    format_skew_lines,
+    plot_images_per_person,
+    same_pair_images_per_person,
+    skew_markdown,
+    skew_table,
     split_images_per_person,
 )
 

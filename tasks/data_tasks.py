@@ -6,7 +6,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.data_steps import (
-    Downloaded, IndexSummary, PairsSummary, SkewReport, run_dataset_skew, run_download, run_index, run_pairs,
+    Downloaded,
+    IndexSummary,
+    PairsSummary,
+    SkewReport,
+    run_dataset_skew,
+    run_download,
+    run_index,
+    run_pairs,
 )
 from tasks.download import redact_url
 from tasks.preprocess import PreprocessConfig

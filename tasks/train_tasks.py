@@ -1,12 +1,14 @@
 """Thin Prefect wrapper around training: a progress artifact per epoch, the curve as an artifact."""
 from __future__ import annotations
 
-from tasks.train import TrainConfig, TrainResult, train  # first: it sets TensorFlow's oneDNN default
-
 import keras  # noqa: E402, I001
 from prefect import get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from storage import open_storage  # noqa: E402
+from tasks.artifacts import png_markdown  # noqa: E402
+from tasks.train import TrainConfig, TrainResult, train  # first: it sets TensorFlow's oneDNN default
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -28,13 +30,16 @@ def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
     log = get_run_logger()
     result = train(config, storage_url, extra_callbacks=[_EpochProgress(config.epochs, log)], log=log.info)
     m = result.metrics
+    store = open_storage(storage_url)
     create_markdown_artifact(
         key=f"model-{config.protocol}".replace("_", "-"),
         markdown=(f"### Model `{result.version}`\n\n| metric | value |\n|---|---:|\n"
                   f"| validation accuracy | {m['val_accuracy']:.4f} |\n| validation loss | {m['val_loss']:.4f} |\n"
                   f"| best epoch | {m['best_epoch']} of {m['epochs_run']} |\n"
                   f"| wall time | {result.wall_seconds / 60:.1f} min |\n\n"
-                  f"Curve: `models/{result.version}/curve.png`\n"),
+                  f"Files: `{store.uri('models/' + result.version)}/`\n\n"
+                  + png_markdown("loss and accuracy per epoch",
+                                 store.read_bytes(f"models/{result.version}/curve.png"))),
         description=f"{config.architecture} trained on {config.dataset}/{config.protocol}",
     )
     return result

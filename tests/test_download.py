@@ -6,7 +6,13 @@ import hashlib
 import pytest
 
 from tasks.download import (
-    ChecksumMismatchError, DownloadError, download_dataset, fetch_file, mirror_checksums, plan_downloads, redact_url,
+    ChecksumMismatchError,
+    DownloadError,
+    download_dataset,
+    fetch_file,
+    mirror_checksums,
+    plan_downloads,
+    redact_url,
 )
 from tests.fakes import tiny_spec
 

@@ -10,8 +10,15 @@ import pytest
 
 from tasks.lfw_protocol import ProtocolFileError, parse_pairs_file, parse_people_file
 from tasks.pairs import (
-    FaceComparerConfig, IdentityDisjointConfig, PairCapacityError, draw_pairs, face_comparer_pairs,
-    identity_disjoint_pairs, official_pairs, pair_capacity, split_people,
+    FaceComparerConfig,
+    IdentityDisjointConfig,
+    PairCapacityError,
+    draw_pairs,
+    face_comparer_pairs,
+    identity_disjoint_pairs,
+    official_pairs,
+    pair_capacity,
+    split_people,
 )
 from tests.fakes import synthetic_index
 from tests.pair_checks import assert_valid_pairs, images_of, people_of

@@ -11,6 +11,7 @@ import pytest
 from model.inputs import IdentityBatches, TrainingDataError, rows_by_person
 from model.networks import NetworkConfig, build_models
 from model.registry import ModelIntegrityError, load_model, publish
+from model.training_callbacks import cosine_learning_rate
 from storage import open_storage
 from tasks.data_steps import preprocess_for, run_index, run_pairs
 from tasks.datasets import DATASETS
@@ -128,3 +129,14 @@ def test_nan_loss_stops_with_a_clear_error(tiny_store):
     with pytest.raises(TrainingDivergedError, match="NaN"):
         train(small(learning_rate=1e30, pair_mode="pairs", batch_size=8, weight_decay=0.0), tiny_store,
               log=lambda _: None)
+
+
+def test_cosine_schedule_warms_up_peaks_and_decays_to_the_floor():
+    lrs = [cosine_learning_rate(e, 20, 2e-3, warmup=2, floor=0.01) for e in range(20)]
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(2e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] == pytest.approx(2e-5)
+    assert cosine_learning_rate(35, 20, 2e-3) == pytest.approx(2e-5)  # past the end: stays at the floor
+    # a slow machine: half the budget spent at a quarter of the epochs -> already half-way down
+    assert cosine_learning_rate(6, 20, 2e-3, elapsed_fraction=0.5) == pytest.approx(2e-3 * (0.01 + 0.99 * 0.5))
+    assert cosine_learning_rate(6, 20, 2e-3, elapsed_fraction=1.2) == pytest.approx(2e-5)

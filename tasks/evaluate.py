@@ -1,0 +1,344 @@
+"""Evaluate a registered model: calibrated thresholds, its protocol's splits, the official LFW
+protocols and N-way one-shot accuracy on held-out identities (plain functions, no Prefect).
+
+Thresholds are chosen on the validation split only and applied unchanged to everything else.
+Outputs go to ``models/<version>/evaluation/``; ``report.json`` is written last and records the
+evaluation settings, so a re-run with the same settings reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from model.augment import AugmentConfig
+from model.registry import load_model, read_champion, read_manifest, version_prefix
+from model.scoring import PairScorer
+from storage import Storage, open_storage
+from tasks.data_steps import IndexSummary, dataset_key, load_index, load_tensors
+from tasks.eval_plots import pair_grid_png, roc_png, score_histogram_png
+from tasks.metrics import (
+    accuracy_threshold,
+    classification_metrics,
+    far_threshold,
+    roc_metrics,
+    score_histogram,
+    tenfold_accuracy,
+)
+from tasks.oneshot import draw_nway_tasks, nway_accuracy
+
+EVAL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    far_targets: tuple[float, ...] = (1e-2, 1e-3)  # TAR is reported at these FARs
+    calibrate_far: float = 1e-3  # a second stored threshold, for a target false-accept rate
+    official: bool = True  # LFW View 1 and View 2 when the dataset has them
+    nway: tuple[int, ...] = (5, 20)
+    nway_tasks: int = 2000
+    tta_passes: int = 0  # extra augmented passes averaged into every score (face-comparer used 50)
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.tta_passes < 0 or self.nway_tasks < 1 or not 0 < self.calibrate_far < 1:
+            raise ValueError("tta_passes >= 0, nway_tasks >= 1 and 0 < calibrate_far < 1 are required")
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class EvalResult:
+    version: str
+    report: dict
+    report_key: str
+    markdown: str
+    reused: bool = False
+    files: dict[str, str] = field(default_factory=dict)  # name -> storage key
+
+
+def evaluation_prefix(version: str) -> str:
+    return f"{version_prefix(version)}/evaluation"
+
+
+class EmbeddedImages:
+    """Embeddings of the tensor-store rows an evaluation needs, one array per TTA pass."""
+
+    def __init__(self, scorer: PairScorer, tensors: np.ndarray, rows: np.ndarray, tta_passes: int, seed: int):
+        self.scorer = scorer
+        self.rows = np.unique(np.asarray(rows, dtype=np.int64))
+        self.position = np.full(len(tensors), -1, dtype=np.int64)
+        self.position[self.rows] = np.arange(len(self.rows))
+        images = tensors[self.rows]
+        rng = np.random.default_rng(seed)
+        self.passes = [scorer.embed(images)] + [scorer.embed(images, AugmentConfig(), rng) for _ in range(tta_passes)]
+
+    def scores(self, left_rows, right_rows) -> np.ndarray:
+        left, right = self.position[np.asarray(left_rows)], self.position[np.asarray(right_rows)]
+        if (left < 0).any() or (right < 0).any():
+            raise ValueError("scores asked for images that were not embedded")
+        return np.mean([self.scorer.score_pairs(e, left, right) for e in self.passes], axis=0)
+
+
+def _rows(pairs: pd.DataFrame, row_of: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    return row_of[pairs["left_image"]].to_numpy(), row_of[pairs["right_image"]].to_numpy()
+
+
+def _people(pairs: pd.DataFrame) -> set[str]:
+    return set(pairs["left_person"]).union(pairs["right_person"])
+
+
+def held_out_images(index: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, list[str]]:
+    """person -> decodable images, for the people with no image in the protocol's training or
+    validation pairs (validation chose the checkpoint, so its people are not held out)."""
+    seen = _people(pairs[pairs["split"].isin(["train", "validation"])])
+    valid = index[index["error"].isna() & ~index["person"].isin(seen)]
+    return {p: sorted(g) for p, g in valid.groupby("person")["image_id"]}
+
+
+def _read_pairs(store: Storage, dataset: str, protocol: str) -> tuple[pd.DataFrame | None, str | None]:
+    key = dataset_key(dataset, "pairs", protocol, "pairs.parquet")
+    if not store.exists(key):
+        return None, None
+    data = store.read_bytes(key)
+    return pd.read_parquet(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
+
+
+def _split_report(labels, scores, thresholds: dict[str, float], far_targets) -> dict:
+    out = classification_metrics(labels, scores, thresholds["accuracy"])
+    out["accuracy_at_0.5"] = classification_metrics(labels, scores, 0.5)["accuracy"]
+    out["far_threshold"] = classification_metrics(labels, scores, thresholds["far"])
+    if 0 < int(np.sum(labels)) < len(labels):
+        roc = roc_metrics(labels, scores, far_targets)
+        out.update({k: roc[k] for k in ("auc", "eer", "tar_at_far", "far_resolution")})
+    out["histogram"] = score_histogram(labels, scores)
+    return out
+
+
+def _error_grids(split: pd.DataFrame, scores: np.ndarray, threshold: float, tensors: np.ndarray,
+                 row_of: pd.Series) -> dict[str, bytes]:
+    """False positives (most confident first) and false negatives (least confident first), up to 20."""
+    same = split["same"].to_numpy().astype(bool)
+    grids = {}
+    for name, wrong, order in (("false_positives", ~same & (scores >= threshold), -1),
+                               ("false_negatives", same & (scores < threshold), 1)):
+        idx = np.flatnonzero(wrong)
+        idx = idx[np.argsort(order * scores[idx], kind="stable")][:20]
+        chosen = split.iloc[idx]
+        left, right = _rows(chosen, row_of)
+        captions = [f"{a[:14]} | {b[:14]}" if a != b else a[:28]
+                    for a, b in zip(chosen["left_person"], chosen["right_person"])]
+        grids[name] = pair_grid_png(tensors[left], tensors[right], scores[idx], captions,
+                                    f"{name.replace('_', ' ')} at threshold {threshold:.3f} "
+                                    f"({int(wrong.sum())} in all; up to 20 shown)")
+    return grids
+
+
+def _fmt(v, digits=4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(report: dict, champion: dict | None = None) -> str:
+    """The human-readable report: the metrics table, the official protocols, one-shot, comparison."""
+    t = report["thresholds"]
+    lines = [f"# Evaluation of model `{report['version']}`", "",
+             f"Trained on `{report['dataset']}/{report['protocol']}`. Thresholds chosen on its validation split "
+             f"only: accuracy-maximising **{t['accuracy']:.4f}**; FAR <= {t['far_target']:g}: **{t['far']:.4f}**. "
+             f"Test-time augmentation passes: {report['config']['tta_passes']}.", "",
+             "| split | pairs | accuracy | error | precision | recall | F1 | accuracy at 0.5 | AUC | EER | "
+             + " | ".join(f"TAR@FAR={f:g}" for f in report["config"]["far_targets"]) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(report["config"]["far_targets"])]
+    for name, s in report["splits"].items():
+        tars = " | ".join(_fmt(s.get("tar_at_far", {}).get(f"{f:g}")) for f in report["config"]["far_targets"])
+        lines.append(f"| {name} | {s['support_same'] + s['support_different']} | {s['accuracy']:.4f} | "
+                     f"{s['error']:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | "
+                     f"{s['accuracy_at_0.5']:.4f} | {_fmt(s.get('auc'))} | {_fmt(s.get('eer'))} | {tars} |")
+    test = report["splits"].get("test")
+    if test:
+        c = test["confusion"]
+        lines += ["", "Test confusion matrix (rows: truth; columns: predicted):", "",
+                  "| | predicted different | predicted same |", "|---|---:|---:|",
+                  f"| different | {c['tn']} | {c['fp']} |", f"| same | {c['fn']} | {c['tp']} |", "",
+                  f"TAR at FAR = 1e-3 can only be read at FAR = 0 below one false accept in "
+                  f"{round(1 / test['far_resolution'])} different pairs."]
+    off = report.get("official")
+    if off:
+        v1, v2 = off["view1"], off["view2"]
+        lines += ["", "## Official LFW protocols", "",
+                  f"- **View 1**: threshold {v1['threshold']:.4f} chosen on pairsDevTrain ({v1['train_pairs']} pairs), "
+                  f"pairsDevTest accuracy **{v1['accuracy']:.4f}** ({v1['test_pairs']} pairs), AUC {v1['auc']:.4f}, "
+                  f"EER {v1['eer']:.4f}.",
+                  f"- **View 2** (10 folds, threshold chosen on the other 9): mean accuracy "
+                  f"**{v2['mean_accuracy']:.4f} +- {v2['standard_error']:.4f}** (standard error); AUC over all "
+                  f"6,000 pairs {v2['auc']:.4f}.",
+                  f"- Identities the model trained on: {off['overlap']['view1_test_pairs_with_trained_person']:.1%} "
+                  f"of View 1 test pairs and {off['overlap']['view2_pairs_with_trained_person']:.1%} of View 2 pairs "
+                  f"show a person from the model's training split. LFW's strict View 2 protocol trains a "
+                  f"model per fold; this is one model scored on all folds, so read View 2 as an upper bound "
+                  f"whenever that share is above zero."]
+    if report.get("one_shot"):
+        lines += ["", "## N-way one-shot identification on held-out identities", "",
+                  f"{report['one_shot_people']} identities with no image in the model's training or validation "
+                  f"split; one support image per identity, the query never its own support.", "",
+                  "| N | tasks | accuracy | standard error | chance |", "|---:|---:|---:|---:|---:|"]
+        for r in report["one_shot"].values():
+            lines.append(f"| {r['n_way']} | {r['tasks']} | **{r['accuracy']:.4f}** | {r['standard_error']:.4f} | "
+                         f"{r['chance']:.4f} |")
+    if champion:
+        lines += ["", f"## Against the champion `{champion['version']}`", "",
+                  "| metric | this model | champion |", "|---|---:|---:|"]
+        for label, path in COMPARED:
+            lines.append(f"| {label} | {_fmt(_dig(report, path))} | {_fmt(_dig(champion, path))} |")
+    lines += ["", "Figures: `roc.png`, `scores.png`, `false_positives.png`, `false_negatives.png` beside this "
+                  "report."]
+    return "\n".join(lines) + "\n"
+
+
+COMPARED = [("test accuracy", ("splits", "test", "accuracy")), ("test AUC", ("splits", "test", "auc")),
+            ("test EER", ("splits", "test", "eer")), ("View 1 accuracy", ("official", "view1", "accuracy")),
+            ("View 2 mean accuracy", ("official", "view2", "mean_accuracy")),
+            ("5-way one-shot", ("one_shot", "5", "accuracy")), ("20-way one-shot", ("one_shot", "20", "accuracy"))]
+
+
+def _dig(d: dict | None, path: tuple[str, ...]):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def read_report(store: Storage, version: str) -> dict | None:
+    return store.read_json_or_none(f"{evaluation_prefix(version)}/report.json")
+
+
+def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
+             log: Callable[[str], None] = print) -> EvalResult:
+    start = time.perf_counter()
+    store = open_storage(storage_url)
+    manifest = read_manifest(store, version)
+    prefix = evaluation_prefix(version)
+    dataset, protocol = manifest["config"]["dataset"], manifest["config"]["protocol"]
+    pairs, pairs_sha = _read_pairs(store, dataset, protocol)
+    if pairs is None:
+        raise FileNotFoundError(f"no {protocol} pairs for {dataset} in {store.url}: run the data flow first")
+    official, official_sha = _read_pairs(store, dataset, "lfw_official") if config.official else (None, None)
+    summary = IndexSummary(**store.read_json(dataset_key(dataset, "index.json"))["summary"])
+    wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
+              "data": {"pairs_sha256": pairs_sha, "official_pairs_sha256": official_sha,
+                       "tensors_sha256": summary.tensors_sha256}}
+    prior = read_report(store, version)
+    if prior and all(prior.get(k) == v for k, v in json.loads(json.dumps(wanted)).items()):
+        log(f"evaluation of {version} with these settings and data exists: reused")
+        return EvalResult(version, prior, f"{prefix}/report.json", store.read_bytes(f"{prefix}/report.md").decode(),
+                          reused=True, files=prior["files"])
+
+    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
+    trained_people = _people(pairs[pairs["split"] == "train"])
+    held_out = held_out_images(index, pairs)
+    tasks = {}
+    for n in config.nway:
+        try:
+            tasks[n] = draw_nway_tasks(held_out, n, config.nway_tasks, config.seed + n)
+        except ValueError as err:
+            log(f"{n}-way one-shot skipped: {err}")
+
+    needed = [row_of[pairs["left_image"]], row_of[pairs["right_image"]]]
+    if official is not None:
+        needed += [row_of[official["left_image"]], row_of[official["right_image"]]]
+    for t in tasks.values():
+        needed += [row_of[t.query], row_of[t.support.reshape(-1)]]
+    scorer = PairScorer(load_model(store, version, "pair.keras"))
+    t0 = time.perf_counter()
+    emb = EmbeddedImages(scorer, tensors, np.concatenate([np.asarray(n) for n in needed]), config.tta_passes,
+                         config.seed)
+    log(f"embedded {len(emb.rows)} images x {config.tta_passes + 1} pass(es) in {time.perf_counter() - t0:.1f} s")
+
+    def split_scores(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return frame["same"].to_numpy().astype(int), emb.scores(*_rows(frame, row_of))
+
+    by_split = {s: pairs[pairs["split"] == s] for s in ("train", "validation", "test") if (pairs["split"] == s).any()}
+    if "validation" not in by_split:
+        raise ValueError(f"{protocol} has no validation split to calibrate thresholds on")
+    scored = {s: split_scores(f) for s, f in by_split.items()}
+    val_labels, val_scores = scored["validation"]
+    thresholds = {"accuracy": accuracy_threshold(val_labels, val_scores),
+                  "far": far_threshold(val_labels, val_scores, config.calibrate_far),
+                  "far_target": config.calibrate_far, "calibrated_on": f"{dataset}/{protocol}/validation"}
+    splits = {s: _split_report(*scored[s], thresholds, config.far_targets) for s in scored}
+
+    files: dict[str, bytes] = {}
+    curves = {f"{protocol} test": roc_metrics(*scored["test"])} if "auc" in splits.get("test", {}) else {}
+    report_official = None
+    if official is not None and {"dev_train", "dev_test", "view2"} <= set(official["split"]):
+        dev_train, dev_test, view2 = (official[official["split"] == s] for s in ("dev_train", "dev_test", "view2"))
+        y_tr, s_tr = split_scores(dev_train)
+        y_te, s_te = split_scores(dev_test)
+        y_v2, s_v2 = split_scores(view2)
+        v1_threshold = accuracy_threshold(y_tr, s_tr)
+        v1 = {**classification_metrics(y_te, s_te, v1_threshold), **{
+            k: v for k, v in roc_metrics(y_te, s_te, config.far_targets).items() if k != "roc"},
+            "train_pairs": len(dev_train), "test_pairs": len(dev_test)}
+        v2_roc = roc_metrics(y_v2, s_v2, config.far_targets)
+        v2 = {**tenfold_accuracy(y_v2, s_v2, view2["fold"].to_numpy()), "auc": v2_roc["auc"], "eer": v2_roc["eer"]}
+        overlap = {
+            "view1_test_pairs_with_trained_person": float(
+                (dev_test["left_person"].isin(trained_people) | dev_test["right_person"].isin(trained_people)).mean()),
+            "view2_pairs_with_trained_person": float(
+                (view2["left_person"].isin(trained_people) | view2["right_person"].isin(trained_people)).mean())}
+        report_official = {"view1": v1, "view2": v2, "overlap": overlap}
+        curves["LFW View 1 test"] = roc_metrics(y_te, s_te)
+        curves["LFW View 2 (all folds)"] = v2_roc
+
+    one_shot = {}
+    for n, t in tasks.items():
+        scores = emb.scores(np.broadcast_to(row_of[t.query].to_numpy()[:, None], t.support.shape),
+                            row_of[t.support.reshape(-1)].to_numpy().reshape(t.support.shape))
+        one_shot[str(n)] = nway_accuracy(scores, t.answer)
+
+    if curves:
+        files["roc.png"] = roc_png(curves, f"model {version}")
+    if "test" in splits:
+        files["scores.png"] = score_histogram_png(splits["test"]["histogram"], {
+            "accuracy": thresholds["accuracy"], f"FAR {config.calibrate_far:g}": thresholds["far"]},
+            f"{protocol} test: P(same) by pair kind")
+        files.update({f"{k}.png": v for k, v in _error_grids(by_split["test"], scored["test"][1],
+                                                             thresholds["accuracy"], tensors, row_of).items()})
+    roc_rows = [pd.DataFrame({"curve": name, "fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
+                for name, c in curves.items()]
+    report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol, "config": asdict(config),
+              "thresholds": thresholds, "splits": splits, "official": report_official, "one_shot": one_shot,
+              "one_shot_people": len(held_out), "embedded_images": int(len(emb.rows)),
+              "seconds": time.perf_counter() - start}
+    champion_version = read_champion(store)
+    champion = read_report(store, champion_version) if champion_version and champion_version != version else None
+    markdown = report_markdown(report, champion)
+    keys = {}
+    for name, data in files.items():
+        keys[name] = f"{prefix}/{name}"
+        store.write_bytes(keys[name], data)
+    if roc_rows:
+        buf = io.BytesIO()
+        pd.concat(roc_rows).to_csv(buf, index=False)
+        keys["roc.csv"] = f"{prefix}/roc.csv"
+        store.write_bytes(keys["roc.csv"], buf.getvalue())
+    keys["report.md"] = f"{prefix}/report.md"
+    store.write_text(keys["report.md"], markdown)
+    report["files"] = keys
+    report = json.loads(json.dumps(report))  # the stored form, so a fresh and a reused result are equal
+    store.write_json(f"{prefix}/report.json", report)  # last: its presence means the rest is complete
+    log(f"evaluated {version} in {report['seconds']:.1f} s: "
+        + "; ".join(f"{s} accuracy {r['accuracy']:.4f}" for s, r in splits.items())
+        + (f"; View 1 {report_official['view1']['accuracy']:.4f}; View 2 "
+           f"{report_official['view2']['mean_accuracy']:.4f} +- {report_official['view2']['standard_error']:.4f}"
+           if report_official else "")
+        + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in one_shot.items()))
+    return EvalResult(version, report, f"{prefix}/report.json", markdown, files=keys)

@@ -1,0 +1,91 @@
+"""Evaluation of a tiny trained model: the report, calibration on validation only, artifacts."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from model.networks import NetworkConfig, build_models
+from model.registry import read_champion
+from model.scoring import PairScorer
+from storage import open_storage
+from tasks.data_steps import IndexSummary, run_pairs
+from tasks.evaluate import EvalConfig, evaluate
+from tasks.train import train
+from tests.test_training import small, tiny_store  # noqa: F401 - the fixture
+
+SMALL_EVAL = EvalConfig(nway=(2, 3), nway_tasks=50)
+
+
+@pytest.mark.parametrize("architecture", ["resnet", "face_comparer"])
+def test_scorer_from_embeddings_matches_the_pair_model(architecture):
+    models = build_models(NetworkConfig(architecture=architecture, input_size=32, width=8, embedding_dim=16))
+    images = np.random.default_rng(0).integers(0, 255, (6, 32, 32)).astype("uint8")
+    expected = models.pair.predict([images[:3, ..., None], images[3:, ..., None]], verbose=0)
+    scorer = PairScorer(models.pair)
+    emb = scorer.embed(images)
+    np.testing.assert_allclose(scorer.score(emb[:3], emb[3:]), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scorer.score_pairs(emb, [0, 1, 2], [3, 4, 5]), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def tiny_model(tiny_mirror, tiny_store):  # noqa: F811
+    folder, _ = tiny_mirror
+    index = IndexSummary(**open_storage(tiny_store).read_json("datasets/tiny/index.json")["summary"])
+    run_pairs("tiny", tiny_store, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
+    result = train(small(epochs=3, steps_per_epoch=4), tiny_store, log=lambda _: None)
+    return tiny_store, result.version
+
+
+def test_evaluation_writes_the_report_and_calibrates_on_validation_only(tiny_model):
+    storage, version = tiny_model
+    store = open_storage(storage)
+    first = evaluate(version, storage, SMALL_EVAL, log=lambda _: None)
+    report = first.report
+    assert set(report["splits"]) == {"train", "validation", "test"}
+    assert report["thresholds"]["calibrated_on"] == "tiny/face_comparer/validation"
+    assert report["official"]["view2"]["folds"] and len(report["official"]["view2"]["folds"]) == 2
+    for name in ("roc.png", "scores.png", "false_positives.png", "false_negatives.png", "report.md", "roc.csv"):
+        assert store.read_bytes(report["files"][name])
+    assert store.exists(f"models/{version}/evaluation/report.json")
+    assert "Thresholds chosen on its validation split" in first.markdown
+
+    again = evaluate(version, storage, SMALL_EVAL, log=lambda _: None)
+    assert again.reused and again.report == report
+
+    # reverse every test label: the data changed, so it is evaluated again, with the same thresholds
+    key = "datasets/tiny/pairs/face_comparer/pairs.parquet"
+    pairs = store.read_parquet(key)
+    test = pairs["split"] == "test"
+    pairs.loc[test, "same"] = ~pairs.loc[test, "same"]
+    store.write_parquet(key, pairs)
+    flipped = evaluate(version, storage, SMALL_EVAL, log=lambda _: None)
+    assert not flipped.reused
+    assert flipped.report["thresholds"] == report["thresholds"]
+    assert flipped.report["splits"]["validation"] == report["splits"]["validation"]
+    assert flipped.report["splits"]["test"]["accuracy"] == pytest.approx(1 - report["splits"]["test"]["accuracy"])
+
+
+def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.evaluate import evaluate_flow
+    from tasks.champion_tasks import promote_if_better
+
+    storage, version = tiny_model
+    result = evaluate_flow("latest", storage, SMALL_EVAL)
+    assert result.version == version
+    decision = promote_if_better(result.report, storage)
+    assert decision["promote"] and read_champion(open_storage(storage)) == version
+
+    async def artifacts(key):
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    slug = version.lower()
+    (report_artifact,) = asyncio.run(artifacts(f"evaluation-{slug}"[:60]))[:1]
+    assert "data:image/png;base64," in report_artifact.data and "Evaluation of model" in report_artifact.data
+    assert asyncio.run(artifacts(f"metrics-{slug}"[:60]))
+    assert asyncio.run(artifacts("champion-decision"))
