@@ -93,3 +93,12 @@ def open_storage(url: str | Path | None = None) -> Storage:
     if parsed.scheme and len(parsed.scheme) > 1:  # "C:" style drive letters are paths
         raise ValueError(f"storage address {url!r}: unsupported scheme {parsed.scheme!r} (use a path, file://, s3://)")
     return LocalStorage(url)
+
+
+def split_object_url(url: str | Path) -> tuple[Storage, str]:
+    """A single object's address (a path, file://, s3://bucket/key) -> (its folder's storage, its name)."""
+    url = str(url).rstrip("/")
+    head, _, name = url.rpartition("/")
+    if not name or (urlparse(url).scheme in ("s3", "s3-block") and head.endswith(":/")):
+        raise ValueError(f"{url!r} does not name an object")
+    return open_storage(head or "."), name

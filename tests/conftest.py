@@ -92,3 +92,57 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory):
+    """A tiny model trained, evaluated and made champion in a local storage, once per session:
+    (storage path, version). Tests that need it elsewhere copy ``models/`` over."""
+    import dataclasses
+
+    from model.registry import set_champion
+    from storage import open_storage
+    from tasks.data_steps import preprocess_for, run_index, run_pairs
+    from tasks.datasets import DATASETS
+    from tasks.evaluate import EvalConfig, evaluate
+    from tasks.train import TrainConfig, train
+    from tests.fakes import tiny_spec
+
+    root = tmp_path_factory.mktemp("registry")
+    folder = root / "mirror"
+    sums = make_tiny_lfw(folder)
+    previous = DATASETS.get("tiny")
+    DATASETS["tiny"] = tiny_spec(sums)
+    old_home = os.environ.get("SIAMESE_HOME")
+    os.environ["SIAMESE_HOME"] = str(root / "home")
+    try:
+        storage = str(root / "store")
+        index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
+        run_pairs("tiny", storage, index, "face_comparer",
+                  {"validation_pairs": 8, "train_pairs": 30, "test_pairs": 8, "seed": 1}, {})
+        run_pairs("tiny", storage, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
+        config = dataclasses.replace(TrainConfig(), dataset="tiny", input_size=16, width=8, embedding_dim=16,
+                                     epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
+                                     augment=False, seed=1)
+        version = train(config, storage, log=lambda _: None).version
+        report = evaluate(version, storage, EvalConfig(nway=(2,), nway_tasks=20), log=lambda _: None).report
+        set_champion(open_storage(storage), version, {"reason": "test"})
+        yield storage, version, report
+    finally:
+        if previous is None:
+            DATASETS.pop("tiny", None)
+        else:
+            DATASETS["tiny"] = previous
+        if old_home is None:
+            os.environ.pop("SIAMESE_HOME", None)
+        else:
+            os.environ["SIAMESE_HOME"] = old_home
+
+
+def copy_models(source: str, target) -> None:
+    """Copy the registry (models/) from one storage to another (e.g. into a moto bucket)."""
+    from storage import open_storage
+
+    src = open_storage(source)
+    for info in src.list("models/"):
+        target.write_bytes(info.key, src.read_bytes(info.key))

@@ -1,0 +1,111 @@
+"""Face matching for people at a terminal, without Prefect (the first ancestor's main.py):
+
+    python -m flows.cli match --gallery DIR_OR_S3 [--model champion] IMAGE...
+        one line per face: path,identity,score  (identity "unknown" below the threshold)
+    python -m flows.cli verify A.jpg B.jpg
+        same|different,score
+
+Exit status: 0 when every image was read, 1 when some could not be (each is named on stderr),
+2 for a usage error or a missing model or gallery.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _model(storage: str | None, model: str):
+    from model.registry import load_model, resolve_version
+    from model.scoring import PairScorer
+    from storage import open_storage
+    from tasks.evaluate import read_report
+
+    store = open_storage(storage)
+    version = resolve_version(store, model)
+    return store, version, PairScorer(load_model(store, version, "pair.keras")), read_report(store, version)
+
+
+def _faces(path: str, detect: str, size: int):
+    from tasks.faces import faces_from_bytes
+
+    return faces_from_bytes(Path(path).read_bytes(), detect, size)
+
+
+def cmd_match(args) -> int:
+    from tasks.gallery import enrol, read_gallery
+    from tasks.matching import UNKNOWN, resolve_threshold, score_against_gallery
+
+    store, version, scorer, report = _model(args.storage, args.model)
+    threshold = resolve_threshold(args.threshold, report)
+    enrolled = enrol(args.gallery, version, args.storage, args.detect, scorer=scorer, log=lambda _: None)
+    if not enrolled.images:
+        print(f"error: no usable images in the gallery {args.gallery}", file=sys.stderr)
+        return 2
+    gallery = read_gallery(store, enrolled.embeddings_key)
+    failed = 0
+    print("path,identity,score")
+    for path in args.images:
+        try:
+            faces = _faces(path, args.detect, scorer.input_size)
+        except (OSError, ValueError) as err:
+            print(f"{path}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        names, scores = score_against_gallery(scorer, scorer.embed(np.stack([f.pixels for f in faces])), gallery, 1)
+        for name, score in zip(names[:, 0], scores[:, 0]):
+            print(f"{path},{name if score >= threshold else UNKNOWN},{score:.4f}")
+    return 1 if failed else 0
+
+
+def cmd_verify(args) -> int:
+    from tasks.matching import resolve_threshold
+
+    _, _, scorer, report = _model(args.storage, args.model)
+    threshold = resolve_threshold(args.threshold, report)
+    embeddings = []
+    for path in (args.a, args.b):
+        try:
+            embeddings.append(scorer.embed(np.stack([_faces(path, args.detect, scorer.input_size)[0].pixels])))
+        except (OSError, ValueError) as err:
+            print(f"{path}: {err}", file=sys.stderr)
+            return 1
+    score = float(scorer.score(embeddings[0], embeddings[1])[0])
+    print(f"{'same' if score >= threshold else 'different'},{score:.4f}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage", default=os.environ.get("SIAMESE_STORAGE") or None,
+                    help="where models and galleries are stored (default ./var/store)")
+    common.add_argument("--model", "-m", default="champion", help="a model version, champion (default) or latest")
+    common.add_argument("--threshold", default="accuracy", help="accuracy (default), far, or a number")
+    common.add_argument("--detect", default="none", choices=["none", "largest", "all"],
+                    help="none: aligned LFW-style portraits (default); largest/all: find faces in photos")
+    ap = argparse.ArgumentParser(prog="python -m flows.cli", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("match", parents=[common], help="name the faces in images against a gallery")
+    m.add_argument("--gallery", "-db", required=True, help="<identity>/<image> folder or s3:// prefix")
+    m.add_argument("images", nargs="+", metavar="IMAGE")
+    v = sub.add_parser("verify", parents=[common], help="are two images the same person?")
+    v.add_argument("a")
+    v.add_argument("b")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return cmd_match(args) if args.command == "match" else cmd_verify(args)
+    except (LookupError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

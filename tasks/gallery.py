@@ -1,0 +1,188 @@
+"""Gallery enrolment: ``<gallery>/<identity>/<image>`` -> a versioned Parquet embedding store.
+
+The store lives in our storage at ``galleries/<gallery id>/<model version>/embeddings.parquet``
+(identity, key, etag, box, embedding) with a manifest beside it. Re-enrolling embeds only images
+that are new or whose ETag changed, and drops images that are gone. Unusable images and bad
+identity names are reported, never enrolled, and never stop the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model.registry import load_model, version_prefix
+from model.scoring import PairScorer
+from storage import Storage, open_storage
+from tasks.faces import faces_from_bytes
+from tasks.preprocess import ImageDecodeError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+GALLERY_FORMAT = 1
+_IDENTITY = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
+
+
+class GalleryError(ValueError):
+    pass
+
+
+def validate_identity(name: str) -> str:
+    """An identity is one path segment: not empty, not '.'/'..', no control characters."""
+    if not _IDENTITY.match(name or "") or name.strip() in ("", ".", "..") or name != name.strip():
+        raise GalleryError(f"invalid identity name {name!r}")
+    return name
+
+
+def gallery_id(url: str) -> str:
+    """A readable, stable folder name for a gallery address (no credentials are ever in it)."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", url).strip("-")[-40:]
+    return f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def is_image_key(key: str) -> bool:
+    return key.lower().endswith(IMAGE_SUFFIXES)
+
+
+@dataclass
+class GalleryListing:
+    images: pd.DataFrame  # identity, key, etag
+    rejected: list[dict] = field(default_factory=list)  # key, error
+
+
+def list_gallery(source: Storage) -> GalleryListing:
+    rows, rejected = [], []
+    for info in source.list(""):
+        if not is_image_key(info.key):
+            continue
+        parts = info.key.split("/")
+        if len(parts) != 2:
+            rejected.append({"key": info.key, "error": "gallery images must be <identity>/<image>"})
+            continue
+        try:
+            rows.append((validate_identity(parts[0]), info.key, info.etag))
+        except GalleryError as err:
+            rejected.append({"key": info.key, "error": str(err)})
+    return GalleryListing(pd.DataFrame(rows, columns=["identity", "key", "etag"]), rejected)
+
+
+def fetch_faces(source: Storage, keys: Iterable[str], detect: str, size: int, workers: int = 16
+                ) -> list[tuple[str, list, str | None]]:
+    """(key, faces, error) for each key, fetched and decoded on a thread pool (I/O and OpenCV release the GIL)."""
+    def one(key: str):
+        try:
+            return key, faces_from_bytes(source.read_bytes(key), detect, size), None
+        except FileNotFoundError:
+            return key, [], "missing: the object no longer exists"
+        except ImageDecodeError as err:
+            return key, [], str(err)
+        except Exception as err:  # a storage failure after the client's retries: one error row, not a crash
+            return key, [], f"could not read: {type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        return list(pool.map(one, list(keys)))
+
+
+def embedding_table(frame: pd.DataFrame, dim: int) -> pa.Table:
+    emb = np.stack(frame["embedding"].to_numpy()).astype("float32") if len(frame) else np.zeros((0, dim), "float32")
+    return pa.table({
+        "identity": pa.array(frame["identity"].tolist(), pa.string()),
+        "key": pa.array(frame["key"].tolist(), pa.string()),
+        "etag": pa.array(frame["etag"].tolist(), pa.string()),
+        "box": pa.array([list(map(int, b)) for b in frame["box"]], pa.list_(pa.int32(), 4)),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim),
+    })
+
+
+@dataclass
+class Gallery:
+    """Enrolled embeddings, ready for matching."""
+    identities: np.ndarray  # (n,) identity of each row
+    keys: np.ndarray
+    embeddings: np.ndarray  # (n, D) float32
+
+
+def read_gallery(store: Storage, key: str) -> Gallery:
+    table = pq.read_table(io.BytesIO(store.read_bytes(key)))
+    dim = table.schema.field("embedding").type.list_size
+    emb = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return Gallery(np.array(table.column("identity").to_pylist(), dtype=object),
+                   np.array(table.column("key").to_pylist(), dtype=object), emb.reshape(-1, dim).astype("float32"))
+
+
+@dataclass
+class EnrolResult:
+    gallery_url: str
+    model_version: str
+    embeddings_key: str
+    identities: int
+    images: int
+    embedded: int  # embedded by this run
+    kept: int  # reused from the previous enrolment
+    removed: int
+    errors: list[dict]
+    seconds: float
+
+
+def enrol_prefix(storage_gallery_id: str, version: str) -> str:
+    return f"galleries/{storage_gallery_id}/{version_prefix(version).split('/', 1)[1]}"
+
+
+def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "none",
+          scorer: PairScorer | None = None, log: Callable[[str], None] = print) -> EnrolResult:
+    start = time.perf_counter()
+    store, source = open_storage(storage_url), open_storage(gallery_url)
+    prefix = enrol_prefix(gallery_id(gallery_url), version)
+    key = f"{prefix}/embeddings.parquet"
+    listing = list_gallery(source)
+    previous = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
+    prior_manifest = store.read_json_or_none(f"{prefix}/manifest.json")
+    if prior_manifest and prior_manifest.get("detect") == detect and store.exists(key):
+        previous = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pandas()
+    current = listing.images
+    merged = current.merge(previous[["key", "etag"]], on=["key", "etag"], how="left", indicator=True)
+    todo = merged.loc[merged["_merge"] == "left_only", ["identity", "key", "etag"]]
+    kept = previous[previous["key"].isin(set(merged.loc[merged["_merge"] == "both", "key"]))]
+    removed = len(previous) - len(kept) - int(previous["key"].isin(set(todo["key"])).sum())
+
+    scorer = scorer or PairScorer(load_model(store, version, "pair.keras"))
+    fetched = fetch_faces(source, todo["key"], detect, scorer.input_size) if len(todo) else []
+    errors = list(listing.rejected)
+    new_rows = []
+    faces = []
+    etag_of = dict(zip(todo["key"], todo["etag"]))
+    identity_of = dict(zip(todo["key"], todo["identity"]))
+    for k, found, error in fetched:
+        if error:
+            errors.append({"key": k, "error": error})
+            continue
+        face = max(found, key=lambda f: f.box[2] * f.box[3])  # a gallery image shows one person
+        new_rows.append({"identity": identity_of[k], "key": k, "etag": etag_of[k], "box": face.box})
+        faces.append(face.pixels)
+    if faces:
+        embeddings = scorer.embed(np.stack(faces))
+        for row, e in zip(new_rows, embeddings):
+            row["embedding"] = e
+    frame = pd.concat([kept, pd.DataFrame(new_rows, columns=["identity", "key", "etag", "box", "embedding"])],
+                      ignore_index=True).sort_values("key", kind="stable")
+    buf = io.BytesIO()
+    pq.write_table(embedding_table(frame, scorer.dim), buf)
+    store.write_bytes(key, buf.getvalue())
+    result = EnrolResult(source.url, version, key, int(frame["identity"].nunique()), len(frame), len(new_rows),
+                         len(kept), max(0, removed), errors, time.perf_counter() - start)
+    store.write_json(f"{prefix}/manifest.json", {
+        "format": GALLERY_FORMAT, "gallery": source.url, "model_version": version, "detect": detect,
+        "embeddings_key": key, "embeddings_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "identities": result.identities, "images": result.images, "errors": errors})
+    log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "
+        f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(errors)} errors) "
+        f"in {result.seconds:.1f} s")
+    return result

@@ -1,0 +1,80 @@
+"""Prefect tasks of the enrol and match flows: thin wrappers; model and gallery cached per process."""
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from model.registry import load_model
+from model.scoring import PairScorer
+from storage import open_storage
+from tasks.gallery import Gallery, enrol, read_gallery
+from tasks.matching import MatchParams, list_probes, match_shard, summarize_run
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _scorer(storage_url: str | None, version: str) -> PairScorer:
+    return PairScorer(load_model(open_storage(storage_url), version, "pair.keras"))
+
+
+@lru_cache(maxsize=4)
+def _gallery(storage_url: str | None, key: str, sha256: str) -> Gallery:  # sha256: a new enrolment, a new entry
+    return read_gallery(open_storage(storage_url), key)
+
+
+def cached_scorer(storage_url: str | None, version: str) -> PairScorer:
+    with _lock:  # one load per process, even when several shards start at once
+        return _scorer(storage_url, version)
+
+
+@task(name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=5)
+def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str) -> dict:
+    log = get_run_logger()
+    result = enrol(gallery_url, version, storage_url, detect, scorer=cached_scorer(storage_url, version), log=log.info)
+    for e in result.errors[:20]:
+        log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
+    manifest = open_storage(storage_url).read_json(result.embeddings_key.rsplit("/", 1)[0] + "/manifest.json")
+    return {"embeddings_key": result.embeddings_key, "sha256": manifest["embeddings_sha256"],
+            "identities": result.identities, "images": result.images, "embedded": result.embedded,
+            "errors": len(result.errors)}
+
+
+@task(name="list-probes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def list_probe_shards(params: MatchParams, storage_url: str | None) -> dict:
+    run = list_probes(params, open_storage(storage_url))
+    get_run_logger().info("run %s: %d probes in %d shards", run["run_id"], run["probes"], run["shards"])
+    return run
+
+
+@task(name="match-shard", task_run_name="match-shard-{shard}", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=5)
+def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
+                    progress_id=None) -> dict:
+    version = run["params"]["model_version"]
+    out = match_shard(run, shard, storage_url, cached_scorer(storage_url, version),
+                      _gallery(storage_url, gallery["embeddings_key"], gallery["sha256"]), threshold,
+                      log=get_run_logger().info)
+    if progress_id is not None:
+        store = open_storage(storage_url)
+        done = sum(1 for _ in store.list(f"matches/{run['run_id']}/results/"))
+        update_progress_artifact(progress_id, progress=100.0 * done / max(1, run["shards"]))
+    return out
+
+
+@task(name="summarize-run", cache_policy=NO_CACHE)
+def summarize(run: dict, storage_url: str | None) -> dict:
+    summary = summarize_run(run, storage_url)
+    rows = [{"measure": k, "value": str(v)} for k, v in summary.items() if k != "error_reasons"]
+    rows += [{"measure": f"errors: {reason}", "value": str(n)} for reason, n in summary.get("error_reasons",
+                                                                                             {}).items()]
+    create_table_artifact(key=f"match-{run['run_id']}", table=rows, description="batch matching run summary")
+    get_run_logger().info("run %s: %d probes, %d faces matched, %d unknown, %d errors; complete: %s",
+                          run["run_id"], summary["probes"], summary["matched"], summary["unknown"],
+                          summary["errors"], summary["complete"])
+    return summary

@@ -1,0 +1,246 @@
+"""Gallery enrolment and bulk matching against a real S3 endpoint (moto server), bad inputs, the CLI."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from storage import open_storage
+from tasks.gallery import GalleryError, enrol, read_gallery, validate_identity
+from tasks.matching import MatchParams, list_probes, match_shard, summarize_run
+from tests.conftest import copy_models
+from tests.fakes import jpeg
+
+GALLERY = {f"Person_{c}": 2 for c in "ABCD"}
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def bad_input_corpus() -> dict[str, tuple[bytes, str | None]]:
+    """name -> (bytes, the error's reason, or None when the image must give a result)."""
+    good = Image.open(io.BytesIO(jpeg(7)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    frames = [Image.fromarray(np.full((250, 250), v, np.uint8)) for v in (40, 200)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    wide = Image.fromarray((np.asarray(good.convert("L"), np.uint16) * 257))
+    return {
+        "truncated.jpg": (jpeg(8)[:3000], "corrupt or truncated"),
+        "empty.jpg": (b"", "empty file"),
+        "text.jpg": (b"this is not an image, only text named .jpg\n", "not an image"),
+        "tiny.png": (_png(Image.new("L", (1, 1))), "too small"),
+        "bomb.png": (_png(Image.new("1", (20000, 20000))), "decompression bomb"),
+        "cmyk.jpg": (_jpeg(good.convert("CMYK")), None),
+        "sixteen.png": (_png(wide), None),
+        "animated.gif": (gif.getvalue(), None),
+        "rotated.jpg": (_jpeg(good, exif=exif.tobytes()), None),
+        "plain.jpg": (jpeg(9), None),
+    }
+
+
+@pytest.fixture
+def s3_setup(tiny_registry, s3_bucket):
+    """Storage, gallery and probes in one moto bucket; the tiny champion model copied in."""
+    local, version, report = tiny_registry
+    storage = f"s3://{s3_bucket}/siamese"
+    store = open_storage(storage)
+    copy_models(local, store)
+    gallery = open_storage(f"s3://{s3_bucket}/gallery")
+    seed = 100
+    for person, n in GALLERY.items():
+        for k in range(1, n + 1):
+            gallery.write_bytes(f"{person}/{person}_{k:04d}.jpg", jpeg(seed))
+            seed += 1
+    probes = open_storage(f"s3://{s3_bucket}/probes")
+    for i in range(10):
+        probes.write_bytes(f"batch/p{i:03d}.jpg", jpeg(200 + i))
+    return {"storage": storage, "version": version, "report": report, "bucket": s3_bucket,
+            "gallery": f"s3://{s3_bucket}/gallery", "probes": f"s3://{s3_bucket}/probes"}
+
+
+def test_identity_names_are_validated():
+    assert validate_identity("Mary_Jo O'Neill") == "Mary_Jo O'Neill"
+    for bad in ("", ".", "..", "a/b", "a\\b", " padded", "tab\there"):
+        with pytest.raises(GalleryError, match="invalid identity"):
+            validate_identity(bad)
+
+
+def test_enrol_then_reenrol_embeds_only_what_changed(s3_setup):
+    s = s3_setup
+    first = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
+    assert (first.identities, first.images, first.embedded, first.kept) == (4, 8, 8, 0)
+    gallery = open_storage(s["gallery"])
+    gallery.write_bytes("Person_E/Person_E_0001.jpg", jpeg(999))
+    gallery.write_bytes("README.txt", b"not an image: ignored")
+    gallery.write_bytes("../escape.jpg".replace("../", "bad/nested/"), jpeg(5))  # not <identity>/<image>
+    second = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
+    assert (second.identities, second.images, second.embedded, second.kept) == (5, 9, 1, 8)
+    assert [e["key"] for e in second.errors] == ["bad/nested/escape.jpg"]
+    gallery.delete("Person_A/Person_A_0002.jpg")
+    third = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
+    assert (third.images, third.embedded, third.removed) == (8, 0, 1)
+    stored = read_gallery(open_storage(s["storage"]), third.embeddings_key)
+    assert "Person_A/Person_A_0002.jpg" not in set(stored.keys) and stored.embeddings.shape == (8, 16)
+
+
+def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup, prefect_harness):
+    from flows.match import match_flow
+    from tasks.match_tasks import cached_scorer
+    from tasks.matching import resolve_threshold
+
+    s = s3_setup
+    enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
+    params = MatchParams(probes=s["probes"], gallery=s["gallery"], model_version=s["version"], shard_size=4)
+    store = open_storage(s["storage"])
+    run = list_probes(params, store)
+    assert (run["shards"], run["probes"]) == (3, 10)
+    scorer = cached_scorer(s["storage"], s["version"])
+    gallery = read_gallery(store, enrolled.embeddings_key)
+    limit = resolve_threshold("accuracy", s["report"])
+    match_shard(run, 0, s["storage"], scorer, gallery, limit, log=lambda _: None)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        match_shard(run, 1, s["storage"], scorer, gallery, limit, fail_after=2, log=lambda _: None)
+    assert not store.exists(f"matches/{run['run_id']}/results/00001.parquet")  # nothing half-written
+
+    summary = match_flow(s["probes"], s["gallery"], "champion", s["storage"], shard_size=4)
+    assert summary["complete"] and summary["probes_with_results"] == 10 and summary["errors"] == 0
+    results = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run['run_id']}/results/")])
+    assert sorted(results["probe_key"]) == [f"batch/p{i:03d}.jpg" for i in range(10)]  # once each
+    assert set(results["identity"]) <= set(GALLERY) | {"Person_E", "unknown"}
+    assert results["top_identities"].map(len).eq(4).all()  # top 5 of 4 identities
+    again = match_flow(s["probes"], s["gallery"], "champion", s["storage"], shard_size=4)
+    assert again["probes_with_results"] == 10 and again["faces"] == 10  # a finished run re-runs as a no-op
+
+
+def test_bad_inputs_become_one_error_row_each(s3_setup):
+    s = s3_setup
+    corpus = bad_input_corpus()
+    probes = open_storage(f"s3://{s['bucket']}/bad")
+    for name, (data, _) in corpus.items():
+        probes.write_bytes(name, data)
+    manifest = open_storage(f"s3://{s['bucket']}/lists")
+    manifest.write_bytes("keys.txt", ("\n".join([*corpus, "missing.jpg", "plain.jpg"]) + "\n").encode())
+    enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
+    params = MatchParams(probes=f"s3://{s['bucket']}/bad", gallery=s["gallery"], model_version=s["version"],
+                         probe_manifest=f"s3://{s['bucket']}/lists/keys.txt", shard_size=100)
+    store = open_storage(s["storage"])
+    run = list_probes(params, store)
+    from tasks.match_tasks import cached_scorer
+
+    match_shard(run, 0, s["storage"], cached_scorer(s["storage"], s["version"]),
+                read_gallery(store, enrolled.embeddings_key), 0.5, log=lambda _: None)
+    rows = store.read_parquet(f"matches/{run['run_id']}/results/00000.parquet")
+    assert sorted(rows["probe_key"]) == sorted([*corpus, "missing.jpg"])  # each exactly once
+    by_key = rows.set_index("probe_key")
+    for name, (_, reason) in corpus.items():
+        if reason is None:
+            assert pd.isna(by_key.loc[name, "error"]) and by_key.loc[name, "identity"], name
+        else:
+            assert reason in by_key.loc[name, "error"], (name, by_key.loc[name, "error"])
+    assert "missing" in by_key.loc["missing.jpg", "error"]
+    summary = summarize_run(run, s["storage"])
+    assert summary["complete"] and summary["errors"] == 6
+
+
+def test_face_detection_modes():
+    from tasks.faces import faces_from_bytes
+    from tasks.preprocess import ImageDecodeError
+
+    blank = _jpeg(Image.new("L", (200, 200), 128))
+    assert len(faces_from_bytes(blank, "none")) == 1  # an aligned portrait needs no detector
+    with pytest.raises(ImageDecodeError, match="no face found"):
+        faces_from_bytes(blank, "largest")
+    rotated = bad_input_corpus()["rotated.jpg"][0]
+    upright = faces_from_bytes(jpeg(7), "none")[0].pixels
+    turned = faces_from_bytes(rotated, "none")[0].pixels
+    assert not np.array_equal(upright, turned)  # EXIF orientation was applied before cropping
+
+
+@pytest.fixture
+def local_gallery(tmp_path, tiny_registry):
+    folder = tmp_path / "gallery"
+    seed = 100
+    for person, n in GALLERY.items():
+        (folder / person).mkdir(parents=True)
+        for k in range(1, n + 1):
+            (folder / person / f"{person}_{k:04d}.jpg").write_bytes(jpeg(seed))
+            seed += 1
+    return folder
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_match_and_verify_print_lines_and_exit_codes(tiny_registry, local_gallery, tmp_path):
+    storage, version, report = tiny_registry
+    probe = local_gallery / "Person_B" / "Person_B_0001.jpg"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    out = _cli("match", "--storage", storage, "--gallery", str(local_gallery), "-m", version, str(probe),
+               str(broken))
+    assert out.returncode == 1, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "path,identity,score" and len(lines) == 2
+    path, identity, score = lines[1].split(",")
+    assert path == str(probe) and identity in set(GALLERY) | {"unknown"} and 0.0 <= float(score) <= 1.0
+    assert f"{broken}: not an image" in out.stderr
+
+    verify = _cli("verify", "--storage", storage, str(probe), str(probe))
+    assert verify.returncode == 0
+    verdict, score = verify.stdout.strip().split(",")
+    threshold = report["thresholds"]["accuracy"]
+    assert verdict == ("same" if float(score) >= threshold else "different")
+
+    missing = _cli("verify", "--storage", storage, "-m", "no-such-version", str(probe), str(probe))
+    assert missing.returncode == 2 and "not registered" in missing.stderr
+
+
+def test_dask_local_cluster_gives_the_same_results_as_the_local_run(s3_setup, prefect_harness, monkeypatch):
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL
+    from prefect_dask import DaskTaskRunner
+
+    from flows.match import match_flow
+
+    s = s3_setup
+    dask_storage = f"s3://{s['bucket']}/siamese-dask"
+    copy_models(s["storage"], open_storage(dask_storage))
+    open_storage(dask_storage).write_bytes("models/champion.json", open_storage(s["storage"]).read_bytes(
+        "models/champion.json"))
+    local = match_flow(s["probes"], s["gallery"], "champion", s["storage"], shard_size=3)
+    # Dask workers are separate processes: they must reach this session's Prefect API (not start
+    # their own) and import this repository.
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    monkeypatch.setenv("PYTHONPATH", str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        on_dask = match_flow.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
+            s["probes"], s["gallery"], "champion", dask_storage, shard_size=3)
+    assert local["complete"] and on_dask["complete"] and on_dask["shards"] == 4
+
+    def rows(storage, run_id):
+        store = open_storage(storage)
+        frame = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run_id}/results/")])
+        return frame.sort_values("probe_key").reset_index(drop=True)
+
+    a, b = rows(s["storage"], local["run_id"]), rows(dask_storage, on_dask["run_id"])
+    assert a["probe_key"].tolist() == b["probe_key"].tolist() and len(a) == 10
+    assert a["identity"].tolist() == b["identity"].tolist()
+    assert a["top_identities"].map(list).tolist() == b["top_identities"].map(list).tolist()
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5)
