@@ -26,7 +26,7 @@ from flows.data import DataParams, DataResult, data_flow  # noqa: E402
 from flows.evaluate import evaluate_flow  # noqa: E402
 from flows.train import train_flow  # noqa: E402
 from storage import open_storage  # noqa: E402
-from tasks.champion_tasks import promote_if_better  # noqa: E402
+from tasks.champion_tasks import decide_promotion, promote  # noqa: E402
 from tasks.evaluate import EvalConfig  # noqa: E402
 from tasks.train import TrainConfig, TrainResult  # noqa: E402
 
@@ -39,7 +39,9 @@ def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = None,
         return prepared, None, None
     model = train_flow(train, data.storage)
     evaluated = evaluate_flow(model.version, data.storage, evaluation)
-    decision = promote_if_better(evaluated.report, data.storage)
+    decision = decide_promotion(evaluated.report, data.storage)
+    if decision["promote"]:
+        promote(model.version, decision, data.storage)
     return prepared, model, {"report": evaluated.report_key, **decision}
 
 

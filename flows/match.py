@@ -10,8 +10,9 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from prefect import flow, unmapped  # noqa: E402
+from prefect import flow, task, unmapped  # noqa: E402
 from prefect.artifacts import create_progress_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from model.registry import resolve_version  # noqa: E402
 from storage import open_storage  # noqa: E402
@@ -20,10 +21,29 @@ from tasks.match_tasks import enrol_gallery, list_probe_shards, match_one_shard,
 from tasks.matching import MatchParams, resolve_threshold  # noqa: E402
 
 
+def _transient(task, task_run, state) -> bool:
+    """Retry storage outages, not a wrong model name or threshold."""
+    try:
+        state.result()
+    except (LookupError, ValueError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="resolve-model", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5, retry_condition_fn=_transient)
+def resolve_model(model: str, storage: str | None, threshold: str | None) -> tuple[str, float | None]:
+    """The model version (champion, latest or a version) and the threshold to apply."""
+    store = open_storage(storage)
+    version = resolve_version(store, model)
+    return version, None if threshold is None else resolve_threshold(threshold, read_report(store, version))
+
+
 @flow(name="enrol", flow_run_name="enrol-{model}", log_prints=True)
 def enrol_flow(gallery: str, model: str = "champion", storage: str | None = None, detect: str = "none") -> dict:
     """Embed ``<gallery>/<identity>/<image>`` with a model version (``champion`` by default)."""
-    return enrol_gallery(gallery, resolve_version(open_storage(storage), model), storage, detect)
+    return enrol_gallery(gallery, resolve_model(model, storage, None)[0], storage, detect)
 
 
 @flow(name="match", flow_run_name="match-{model}", log_prints=True)
@@ -32,9 +52,7 @@ def match_flow(probes: str, gallery: str, model: str = "champion", storage: str 
                threshold: str = "accuracy", shard_size: int = 2000) -> dict:
     """Match every probe image (a folder, an S3 prefix, or a manifest of keys under it) against the
     gallery; per face: the top identities with scores, or ``unknown`` below the threshold."""
-    store = open_storage(storage)
-    version = resolve_version(store, model)
-    limit = resolve_threshold(threshold, read_report(store, version))
+    version, limit = resolve_model(model, storage, threshold)
     enrolled = enrol_gallery(gallery, version, storage, detect)
     params = MatchParams(probes=probes, gallery=gallery, model_version=version, probe_manifest=probe_manifest,
                          detect=detect, top_k=top_k, threshold=threshold, shard_size=shard_size)

@@ -76,7 +76,8 @@ def list_gallery(source: Storage) -> GalleryListing:
 
 def fetch_faces(source: Storage, keys: Iterable[str], detect: str, size: int, workers: int = 16
                 ) -> list[tuple[str, list, str | None]]:
-    """(key, faces, error) for each key, fetched and decoded on a thread pool (I/O and OpenCV release the GIL)."""
+    """(key, faces, error) for each key, fetched and decoded on a thread pool (I/O and OpenCV release
+    the GIL). A missing object or an unusable image is that key's error; a storage outage raises."""
     def one(key: str):
         try:
             return key, faces_from_bytes(source.read_bytes(key), detect, size), None
@@ -84,8 +85,8 @@ def fetch_faces(source: Storage, keys: Iterable[str], detect: str, size: int, wo
             return key, [], "missing: the object no longer exists"
         except ImageDecodeError as err:
             return key, [], str(err)
-        except Exception as err:  # a storage failure after the client's retries: one error row, not a crash
-            return key, [], f"could not read: {type(err).__name__}: {err}"
+        # Anything else (the endpoint unreachable after the client's own retries) fails the whole
+        # call: the shard is retried or re-run, instead of a passing outage turning into error rows.
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         return list(pool.map(one, list(keys)))

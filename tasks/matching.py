@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -157,13 +158,7 @@ def results_table(rows: list[dict]) -> pa.Table:
     })
 
 
-def match_keys(source: Storage, keys: list[str], scorer: PairScorer, gallery: Gallery, threshold: float,
-               detect: str, top_k: int, fail_after: int | None = None) -> list[dict]:
-    """Rows for these probe keys: one per face, or one error row per key. ``fail_after`` (tests)
-    raises after that many keys were fetched, as a crash in the middle of a shard would."""
-    fetched = fetch_faces(source, keys, detect, scorer.input_size)
-    if fail_after is not None and len(fetched) > fail_after:
-        raise RuntimeError(f"injected failure after {fail_after} probes")
+def _score_fetched(fetched: list, scorer: PairScorer, gallery: Gallery, threshold: float, top_k: int) -> list[dict]:
     rows, faces, owners = [], [], []
     for key, found, error in fetched:
         if error:
@@ -179,6 +174,27 @@ def match_keys(source: Storage, keys: list[str], scorer: PairScorer, gallery: Ga
             best = float(s[0])
             rows[owner].update({"identity": str(n[0]) if best >= threshold else UNKNOWN, "score": best,
                                 "top_identities": [str(x) for x in n], "top_scores": [float(x) for x in s]})
+    return rows
+
+
+def match_keys(source: Storage, keys: list[str], scorer: PairScorer, gallery: Gallery, threshold: float,
+               detect: str, top_k: int, fail_after: int | None = None, chunk: int = 256) -> list[dict]:
+    """Rows for these probe keys: one per face, or one error row per key. The next chunk is fetched
+    and decoded while the current one is embedded and scored. ``fail_after`` (tests) raises once
+    that many keys were fetched, as a crash in the middle of a shard would."""
+    chunks = [keys[i:i + chunk] for i in range(0, len(keys), chunk)]
+    rows: list[dict] = []
+    fetched_so_far = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as prefetch:
+        pending = prefetch.submit(fetch_faces, source, chunks[0], detect, scorer.input_size) if chunks else None
+        for i in range(len(chunks)):
+            fetched = pending.result()
+            if i + 1 < len(chunks):
+                pending = prefetch.submit(fetch_faces, source, chunks[i + 1], detect, scorer.input_size)
+            fetched_so_far += len(fetched)
+            if fail_after is not None and fetched_so_far > fail_after:
+                raise RuntimeError(f"injected failure after {fail_after} probes")
+            rows.extend(_score_fetched(fetched, scorer, gallery, threshold, top_k))
     return rows
 
 

@@ -72,13 +72,15 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.evaluate import evaluate_flow
-    from tasks.champion_tasks import promote_if_better
+    from tasks.champion_tasks import decide_promotion, promote
 
     storage, version = tiny_model
     result = evaluate_flow("latest", storage, SMALL_EVAL)
     assert result.version == version
-    decision = promote_if_better(result.report, storage)
-    assert decision["promote"] and read_champion(open_storage(storage)) == version
+    decision = decide_promotion(result.report, storage)
+    assert decision["promote"]
+    promote(version, decision, storage)
+    assert read_champion(open_storage(storage)) == version
 
     async def artifacts(key):
         async with get_client() as client:

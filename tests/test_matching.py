@@ -244,3 +244,79 @@ def test_dask_local_cluster_gives_the_same_results_as_the_local_run(s3_setup, pr
     assert a["identity"].tolist() == b["identity"].tolist()
     assert a["top_identities"].map(list).tolist() == b["top_identities"].map(list).tolist()
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5)
+
+
+def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_registry, prefect_harness,
+                                                                          monkeypatch):
+    import threading
+
+    from moto.server import ThreadedMotoServer
+
+    from flows.match import match_flow
+    from storage.location import s3_client
+    from tasks.match_tasks import cached_scorer
+    from tests.servers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("SIAMESE_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("SIAMESE_S3_CONNECT_TIMEOUT", "1")
+    try:
+        s3_client().create_bucket(Bucket="outage")
+        local, version, report = tiny_registry
+        storage, gallery_url, probes_url = "s3://outage/siamese", "s3://outage/gallery", "s3://outage/probes"
+        store = open_storage(storage)
+        copy_models(local, store)
+        for i, person in enumerate(GALLERY):
+            open_storage(gallery_url).write_bytes(f"{person}/{person}_0001.jpg", jpeg(300 + i))
+        for i in range(9):
+            open_storage(probes_url).write_bytes(f"p{i}.jpg", jpeg(400 + i))
+        enrolled = enrol(gallery_url, version, storage, log=lambda _: None)
+        params = MatchParams(probes=probes_url, gallery=gallery_url, model_version=version, shard_size=3)
+        run = list_probes(params, store)
+        gallery = read_gallery(store, enrolled.embeddings_key)
+        scorer = cached_scorer(local, version)
+        limit = report["thresholds"]["accuracy"]
+        match_shard(run, 0, storage, scorer, gallery, limit, log=lambda _: None)
+
+        server.stop()  # the endpoint goes away in the middle of the run
+        with pytest.raises(Exception, match="(?i)connect"):
+            match_shard(run, 1, storage, scorer, gallery, limit, log=lambda _: None)
+
+        # the re-run starts while S3 is still down; Prefect's task retries carry it over the outage
+        restart = threading.Timer(3.0, lambda: (setattr(server, "_server", None), server.start()))
+        restart.start()
+        summary = match_flow(probes_url, gallery_url, version, storage, shard_size=3)
+        restart.join()
+        assert summary["complete"] and summary["shards_done"] == 3 and summary["errors"] == 0
+        rows = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run['run_id']}/results/")])
+        assert sorted(rows["probe_key"]) == [f"p{i}.jpg" for i in range(9)]  # each exactly once
+    finally:
+        server.stop()
+
+
+def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.match_tasks import cached_scorer
+
+    s = s3_setup
+    store = open_storage(s["storage"])
+    enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
+    gallery = read_gallery(store, enrolled.embeddings_key)
+    scorer = cached_scorer(s["storage"], s["version"])
+    runs = [list_probes(MatchParams(probes=s["probes"], gallery=s["gallery"], model_version=s["version"],
+                                    shard_size=5, top_k=k), store) for k in (1, 3)]
+    assert runs[0]["run_id"] != runs[1]["run_id"]
+
+    def run_all(run):
+        return [match_shard(run, i, s["storage"], scorer, gallery, 0.5, log=lambda _: None)
+                for i in range(run["shards"])]
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run_all, runs))
+    for run, k in zip(runs, (1, 3)):
+        rows = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run['run_id']}/results/")])
+        assert len(rows) == 10 and rows["top_identities"].map(len).eq(k).all()

@@ -1,0 +1,62 @@
+"""The nightly flow on tiny data: a better challenger is promoted, a worse one is not, and the
+gallery embeddings follow the champion."""
+from __future__ import annotations
+
+import dataclasses
+
+from flows.data import DataParams
+from model.registry import read_champion
+from storage import open_storage
+from tasks.datasets import DATASETS
+from tasks.evaluate import EvalConfig
+from tasks.gallery import enrol_prefix, gallery_id
+from tasks.pairs import FaceComparerConfig
+from tasks.train import TrainConfig
+from tests.fakes import jpeg, tiny_spec
+
+TINY_TRAIN = dataclasses.replace(TrainConfig(), dataset="tiny", input_size=16, width=8, embedding_dim=16, epochs=2,
+                                 steps_per_epoch=3, people_per_batch=4, images_per_person=2, augment=False, seed=1)
+
+
+def _set_test_accuracy(store, version: str, value: float) -> None:
+    key = f"models/{version}/evaluation/report.json"
+    report = store.read_json(key)
+    report["splits"]["test"]["accuracy"] = value
+    store.write_json(key, report)
+
+
+def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_mirror, tmp_path, monkeypatch,
+                                                                           prefect_harness):
+    from flows.nightly import nightly_flow
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage = str(tmp_path / "store")
+    gallery = tmp_path / "gallery"
+    for i, person in enumerate(["Ann", "Bob"]):
+        (gallery / person).mkdir(parents=True)
+        (gallery / person / f"{person}_0001.jpg").write_bytes(jpeg(50 + i))
+    data = DataParams(dataset="tiny", mirror=str(folder), storage=storage,
+                      protocols=["face_comparer", "lfw_official"],
+                      face_comparer=FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1))
+    kwargs = dict(data=data, train=TINY_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10), gallery=str(gallery))
+    store = open_storage(storage)
+
+    def enrolled(version: str) -> bool:
+        return store.exists(f"{enrol_prefix(gallery_id(str(gallery)), version)}/embeddings.parquet")
+
+    first = nightly_flow(**kwargs)
+    v1 = first["challenger"]
+    assert first["decision"]["promote"] and read_champion(store) == v1 and enrolled(v1)
+
+    _set_test_accuracy(store, v1, -1.0)  # the champion is now beaten by anything
+    second = nightly_flow(**kwargs)
+    v2 = second["challenger"]
+    assert v2 != v1 and second["decision"]["promote"] and read_champion(store) == v2 and enrolled(v2)
+
+    _set_test_accuracy(store, v2, 2.0)  # now nothing can beat it
+    third = nightly_flow(**kwargs)
+    v3 = third["challenger"]
+    assert not third["decision"]["promote"] and "does not beat" in third["decision"]["reason"]
+    assert read_champion(store) == v2 and not enrolled(v3)
+    assert store.read_json("models/champion.json")["decision"]["challenger"] == v2
