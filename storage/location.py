@@ -41,7 +41,7 @@ def _botocore_config() -> Any:
         retries={"max_attempts": int(os.environ.get("SIAMESE_S3_MAX_ATTEMPTS", "8")), "mode": "standard"},
         connect_timeout=float(os.environ.get("SIAMESE_S3_CONNECT_TIMEOUT", "5")),
         read_timeout=float(os.environ.get("SIAMESE_S3_READ_TIMEOUT", "60")),
-        max_pool_connections=32,
+        max_pool_connections=64,  # several shards x 16 fetch threads share one client
     )
 
 

@@ -23,7 +23,14 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tasks.preprocess import MAX_PIXELS, ImageDecodeError, PreprocessConfig, header_size, preprocess_image
+from tasks.preprocess import (
+    MAX_PIXELS,
+    ImageDecodeError,
+    PreprocessConfig,
+    fast_preprocess,
+    header_size,
+    preprocess_image,
+)
 
 DETECT_MODES = ("none", "largest", "all")
 MIN_SIDE = 24  # smaller photos hold no usable face
@@ -121,10 +128,16 @@ def find_faces(grey: np.ndarray, detect: str = "none", size: int = 64) -> list[F
 
 def faces_from_bytes(data: bytes, detect: str = "none", size: int = 64) -> list[Face]:
     """decode_grey + find_faces; ImageDecodeError when the bytes are unusable or hold no face."""
-    grey = decode_grey(data)
-    if detect == "none" and grey.shape == (250, 250):  # an LFW-sized photo: the training function itself
-        left, top, right, bottom = LFW_CROP
-        return [Face((left, top, right - left, bottom - top), preprocess_image(data, PreprocessConfig(size)).pixels)]
+    left, top, right, bottom = LFW_CROP
+    lfw_box = (left, top, right - left, bottom - top)
+    header = header_size(data) if detect == "none" else None
+    if header and header[1:] == (250, 250):  # an LFW-sized JPEG/PNG: training's own OpenCV path, one decode
+        pixels = fast_preprocess(data, PreprocessConfig(size))
+        if pixels is not None:
+            return [Face(lfw_box, pixels)]
+    grey = decode_grey(data)  # everything else, with a reason for whatever is wrong
+    if detect == "none" and grey.shape == (250, 250):
+        return [Face(lfw_box, preprocess_image(data, PreprocessConfig(size)).pixels)]
     faces = find_faces(grey, detect, size)
     if not faces:
         raise ImageDecodeError("no face found")

@@ -88,6 +88,17 @@ def _fast_path(data: bytes, fmt: str, cfg: PreprocessConfig) -> np.ndarray | Non
     return pixels if cfg.grey else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
+def fast_preprocess(data: bytes, cfg: PreprocessConfig) -> np.ndarray | None:
+    """The OpenCV path alone: pixels for a complete 8-bit JPEG/PNG inside the pixel limit, else None."""
+    header = header_size(data) if data else None
+    if not header or header[1] * header[2] > MAX_PIXELS:
+        return None
+    box = cfg.crop_box
+    if box and (box[2] > header[1] or box[3] > header[2]):
+        return None
+    return _fast_path(data, header[0], cfg)
+
+
 def _check_size(width: int, height: int, cfg: PreprocessConfig) -> None:
     """Refuse decompression bombs and images too small for the crop box, before decoding."""
     if width * height > MAX_PIXELS:

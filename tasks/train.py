@@ -71,6 +71,18 @@ class TrainResult:
     manifest: dict = field(default_factory=dict)
 
 
+def _distribution_scope(machine: dict):
+    """MirroredStrategy's scope when TensorFlow sees several GPUs; otherwise nothing changes."""
+    import contextlib
+
+    if machine.get("backend") == "tensorflow" and len(machine.get("gpus", [])) > 1:
+        import tensorflow as tf
+
+        machine["strategy"] = f"MirroredStrategy over {len(machine['gpus'])} GPUs"
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
 def _machine() -> dict:
     import keras
 
@@ -157,24 +169,25 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     machine = _machine()
     if machine["gpus"]:  # mixed precision on GPUs; the final sigmoid stays float32
         keras.mixed_precision.set_global_policy("mixed_float16")
-    net = NetworkConfig(architecture=config.architecture, input_size=config.input_size,
-                        weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
-    models = build_models(net)
-    augment = AugmentConfig() if config.augment else None
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    if config.pair_mode == "in_batch":
-        data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
-                               config.images_per_person, config.steps_per_epoch, augment, config.seed, workers=2,
+    with _distribution_scope(machine):  # several GPUs: one replica each (MirroredStrategy)
+        net = NetworkConfig(architecture=config.architecture, input_size=config.input_size,
+                            weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
+        models = build_models(net)
+        augment = AugmentConfig() if config.augment else None
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        if config.pair_mode == "in_batch":
+            data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
+                                   config.images_per_person, config.steps_per_epoch, augment, config.seed, workers=2,
+                                   use_multiprocessing=False)
+            trained = models.in_batch
+            trained.compile(optimizer=optimizer, loss=InBatchPairLoss(), metrics=[InBatchBalancedAccuracy()])
+        else:
+            left, right, same = pair_rows(train_pairs, index)
+            data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed, workers=2,
                                use_multiprocessing=False)
-        trained = models.in_batch
-        trained.compile(optimizer=optimizer, loss=InBatchPairLoss(), metrics=[InBatchBalancedAccuracy()])
-    else:
-        left, right, same = pair_rows(train_pairs, index)
-        data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed, workers=2,
-                           use_multiprocessing=False)
-        trained = models.pair
-        trained.compile(optimizer=optimizer, loss="binary_crossentropy",
-                        metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
+            trained = models.pair
+            trained.compile(optimizer=optimizer, loss="binary_crossentropy",
+                            metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
 
     run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs_sha[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)

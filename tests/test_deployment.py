@@ -22,8 +22,9 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 def _api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"}, method="POST" if body is not None else "GET")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"},
+                                 method="POST" if body is not None else "GET")
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -45,7 +46,7 @@ def prefect_server(tmp_path):
                 break
             except OSError:
                 if server.poll() is not None:
-                    raise RuntimeError((tmp_path / "server.log").read_text()[-2000:])
+                    raise RuntimeError((tmp_path / "server.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
         else:
             raise RuntimeError("prefect server did not become healthy in 120 s")
