@@ -15,7 +15,8 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-@task(name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "champion"],
+      name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
 def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOTION_METRIC,
                      min_gain: float = 0.0) -> dict:
     store = open_storage(storage_url)
@@ -35,7 +36,8 @@ def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOT
     return decision
 
 
-@task(name="promote", task_run_name="promote-{version}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "champion"],
+      name="promote", task_run_name="promote-{version}", cache_policy=NO_CACHE)
 def promote(version: str, decision: dict, storage_url: str | None) -> dict:
     pointer = set_champion(open_storage(storage_url), version, decision)
     get_run_logger().info("champion is now %s", version)

@@ -25,7 +25,8 @@ def _artifact_key(*parts: str) -> str:
 
 # Skipping finished work is done by content manifests in storage (see tasks.data_steps), which
 # hold across machines and storage backends; Prefect's input-hash cache is therefore off.
-@task(name="download", task_run_name="download-{dataset}", retries=2, retry_delay_seconds=[5, 30],
+@task(tags=["siamese-faces", "data"],
+      name="download", task_run_name="download-{dataset}", retries=2, retry_delay_seconds=[5, 30],
       cache_policy=NO_CACHE)
 def download(dataset: str, mirror: str | None, trust_mirror_checksums: bool | None) -> Downloaded:
     log = get_run_logger()
@@ -41,7 +42,8 @@ def download(dataset: str, mirror: str | None, trust_mirror_checksums: bool | No
     return result
 
 
-@task(name="index", task_run_name="index-{dataset}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "data"],
+      name="index", task_run_name="index-{dataset}", cache_policy=NO_CACHE)
 def index(dataset: str, storage_url: str | None, archive_path: str, archive_sha256: str,
           preprocess: PreprocessConfig) -> IndexSummary:
     log = get_run_logger()
@@ -54,7 +56,8 @@ def index(dataset: str, storage_url: str | None, archive_path: str, archive_sha2
     return result
 
 
-@task(name="skew", task_run_name="skew-{dataset}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "data"],
+      name="skew", task_run_name="skew-{dataset}", cache_policy=NO_CACHE)
 def dataset_skew(dataset: str, storage_url: str | None, index_summary: IndexSummary) -> SkewReport:
     log = get_run_logger()
     report = run_dataset_skew(dataset, storage_url, index_summary)
@@ -66,7 +69,8 @@ def dataset_skew(dataset: str, storage_url: str | None, index_summary: IndexSumm
     return report
 
 
-@task(name="pairs", task_run_name="pairs-{dataset}-{protocol}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "data"],
+      name="pairs", task_run_name="pairs-{dataset}-{protocol}", cache_policy=NO_CACHE)
 def pairs(dataset: str, storage_url: str | None, index_summary: IndexSummary, protocol: str, config: dict,
           files: dict[str, str]) -> PairsSummary:
     log = get_run_logger()

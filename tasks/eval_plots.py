@@ -20,7 +20,8 @@ def roc_png(curves: dict[str, dict], title: str) -> bytes:
     for label, r in curves.items():
         fpr = np.maximum(np.asarray(r["roc"]["fpr"]), 1e-4)
         ax.plot(fpr, r["roc"]["tpr"], lw=1.8, label=f"{label} (AUC {r['auc']:.3f}, EER {r['eer']:.3f})")
-    ax.plot([1e-4, 1], [1e-4, 1], color="grey", lw=0.8, ls="--", label="chance")
+    chance = np.logspace(-4, 0, 200)  # y = x is a curve on a log axis: draw it with many points
+    ax.plot(chance, chance, color="grey", lw=0.8, ls="--", label="chance")
     ax.set_xscale("log")
     ax.set_xlim(1e-3 / 2, 1)
     ax.set_ylim(0, 1.01)

@@ -25,7 +25,8 @@ def metrics_rows(report: dict) -> list[dict]:
     return rows
 
 
-@task(name="evaluate", task_run_name="evaluate-{version}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "evaluate"],
+      name="evaluate", task_run_name="evaluate-{version}", cache_policy=NO_CACHE)
 def evaluate_model(version: str, storage_url: str | None, config: EvalConfig) -> EvalResult:
     log = get_run_logger()
     result = evaluate(version, storage_url, config, log=log.info)

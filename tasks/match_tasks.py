@@ -32,7 +32,8 @@ def cached_scorer(storage_url: str | None, version: str) -> PairScorer:
         return _scorer(storage_url, version)
 
 
-@task(name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE, retries=2,
+@task(tags=["siamese-faces", "match"],
+      name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=5)
 def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str) -> dict:
     log = get_run_logger()
@@ -45,14 +46,16 @@ def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detec
             "errors": len(result.errors)}
 
 
-@task(name="list-probes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(tags=["siamese-faces", "match"],
+      name="list-probes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def list_probe_shards(params: MatchParams, storage_url: str | None) -> dict:
     run = list_probes(params, open_storage(storage_url))
     get_run_logger().info("run %s: %d probes in %d shards", run["run_id"], run["probes"], run["shards"])
     return run
 
 
-@task(name="match-shard", task_run_name="match-shard-{shard}", cache_policy=NO_CACHE, retries=2,
+@task(tags=["siamese-faces", "match"],
+      name="match-shard", task_run_name="match-shard-{shard}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=5)
 def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
                     progress_id=None) -> dict:
@@ -67,7 +70,8 @@ def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dic
     return out
 
 
-@task(name="summarize-run", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "match"],
+      name="summarize-run", cache_policy=NO_CACHE)
 def summarize(run: dict, storage_url: str | None) -> dict:
     summary = summarize_run(run, storage_url)
     rows = [{"measure": k, "value": str(v)} for k, v in summary.items() if k != "error_reasons"]

@@ -25,7 +25,8 @@ class _EpochProgress(keras.callbacks.Callback):
                       logs.get("val_pair_accuracy", nan), logs.get("val_pair_loss", nan))
 
 
-@task(name="train", task_run_name="train-{config.architecture}-{config.protocol}", cache_policy=NO_CACHE)
+@task(tags=["siamese-faces", "train"],
+      name="train", task_run_name="train-{config.architecture}-{config.protocol}", cache_policy=NO_CACHE)
 def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
     log = get_run_logger()
     result = train(config, storage_url, extra_callbacks=[_EpochProgress(config.epochs, log)], log=log.info)

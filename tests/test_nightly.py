@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from flows.data import DataParams
 from model.registry import read_champion
 from storage import open_storage
@@ -11,7 +13,7 @@ from tasks.datasets import DATASETS
 from tasks.evaluate import EvalConfig
 from tasks.gallery import enrol_prefix, gallery_id
 from tasks.pairs import FaceComparerConfig
-from tasks.train import TrainConfig
+from tasks.train import TrainConfig, TrainingDivergedError
 from tests.fakes import jpeg, tiny_spec
 
 TINY_TRAIN = dataclasses.replace(TrainConfig(), dataset="tiny", input_size=16, width=8, embedding_dim=16, epochs=2,
@@ -60,3 +62,9 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     assert not third["decision"]["promote"] and "does not beat" in third["decision"]["reason"]
     assert read_champion(store) == v2 and not enrolled(v3)
     assert store.read_json("models/champion.json")["decision"]["challenger"] == v2
+
+    _set_test_accuracy(store, v2, -1.0)  # beatable again, but this night's training diverges
+    broken = dataclasses.replace(TINY_TRAIN, learning_rate=1e30, pair_mode="pairs", batch_size=8, weight_decay=0.0)
+    with pytest.raises(TrainingDivergedError):
+        nightly_flow(**{**kwargs, "train": broken})
+    assert read_champion(store) == v2  # a failed night leaves the champion as it was
