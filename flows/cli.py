@@ -47,7 +47,6 @@ def cmd_match(args) -> int:
         return 2
     gallery = read_gallery(store, enrolled.embeddings_key)
     failed = 0
-    print("path,identity,score")
     for path in args.images:
         try:
             faces = _faces(path, args.detect, scorer.input_size)
