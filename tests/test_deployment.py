@@ -91,6 +91,13 @@ def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registr
                 break
             time.sleep(0.5)
         assert state["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+        # the run's process ships its last log batch after reporting COMPLETED: keep the worker
+        # (its parent) alive until the logs are in
+        for _ in range(120):
+            logs = _api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+            if any("evaluated" in entry["message"] for entry in logs):
+                break
+            time.sleep(0.5)
     finally:
         worker.terminate()
         worker.wait(30)
@@ -102,11 +109,6 @@ def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registr
     assert f"evaluation-{version}"[:60] in keys and f"metrics-{version}"[:60] in keys
     assert (storage / "models" / tiny_registry[1] / "evaluation" / "report.json").is_file()
 
-    for _ in range(60):  # the run's process ships its last log batch after reporting COMPLETED
-        logs = _api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-        if any("evaluated" in entry["message"] for entry in logs):
-            break
-        time.sleep(0.5)
     assert any("evaluated" in entry["message"] for entry in logs), [e["message"][:80] for e in logs]
     everything = json.dumps(artifacts) + json.dumps(logs) + (tmp_path / "worker.log").read_text()
     assert TEST_SECRET_KEY not in everything and TEST_ACCESS_KEY not in everything
