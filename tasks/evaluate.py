@@ -64,8 +64,10 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)  # name -> storage key
 
 
-def evaluation_prefix(version: str) -> str:
-    return f"{version_prefix(version)}/evaluation"
+def evaluation_prefix(version: str, tta_passes: int = 0) -> str:
+    """``evaluation/`` holds the plain evaluation, whose thresholds matching uses (matching does
+    not augment); a test-time-augmented evaluation goes beside it, ``evaluation-tta<N>/``."""
+    return f"{version_prefix(version)}/evaluation" + (f"-tta{tta_passes}" if tta_passes else "")
 
 
 class EmbeddedImages:
@@ -224,7 +226,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     start = time.perf_counter()
     store = open_storage(storage_url)
     manifest = read_manifest(store, version)
-    prefix = evaluation_prefix(version)
+    prefix = evaluation_prefix(version, config.tta_passes)
     dataset, protocol = manifest["config"]["dataset"], manifest["config"]["protocol"]
     pairs, pairs_sha = _read_pairs(store, dataset, protocol)
     if pairs is None:
@@ -234,7 +236,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
               "data": {"pairs_sha256": pairs_sha, "official_pairs_sha256": official_sha,
                        "tensors_sha256": summary.tensors_sha256}}
-    prior = read_report(store, version)
+    prior = store.read_json_or_none(f"{prefix}/report.json")
     if prior and all(prior.get(k) == v for k, v in json.loads(json.dumps(wanted)).items()):
         log(f"evaluation of {version} with these settings and data exists: reused")
         return EvalResult(version, prior, f"{prefix}/report.json", store.read_bytes(f"{prefix}/report.md").decode(),

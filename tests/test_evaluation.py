@@ -66,6 +66,11 @@ def test_evaluation_writes_the_report_and_calibrates_on_validation_only(tiny_mod
     assert flipped.report["splits"]["validation"] == report["splits"]["validation"]
     assert flipped.report["splits"]["test"]["accuracy"] == pytest.approx(1 - report["splits"]["test"]["accuracy"])
 
+    # test-time augmentation: its own folder, so matching keeps the plain thresholds
+    tta = evaluate(version, storage, EvalConfig(nway=(2, 3), nway_tasks=50, tta_passes=2), log=lambda _: None)
+    assert tta.report_key == f"models/{version}/evaluation-tta2/report.json"
+    assert store.read_json(f"models/{version}/evaluation/report.json")["thresholds"] == report["thresholds"]
+
 
 def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model, prefect_harness):
     from prefect.client.orchestration import get_client
