@@ -54,6 +54,8 @@ def match_flow(probes: str, gallery: str, model: str = "champion", storage: str 
     gallery; per face: the top identities with scores, or ``unknown`` below the threshold."""
     version, limit = resolve_model(model, storage, threshold)
     enrolled = enrol_gallery(gallery, version, storage, detect)
+    if not enrolled["images"]:
+        raise ValueError(f"the gallery {gallery} has no usable <identity>/<image> files: nothing to match against")
     params = MatchParams(probes=probes, gallery=gallery, model_version=version, probe_manifest=probe_manifest,
                          detect=detect, top_k=top_k, threshold=threshold, shard_size=shard_size)
     run = list_probe_shards(params, storage)

@@ -124,6 +124,8 @@ def score_against_gallery(scorer: PairScorer, probes: np.ndarray, gallery: Galle
 
     The weighted-L1 head is computed exactly as a blocked matrix operation; other heads go through
     the head's layers on the flattened pairs."""
+    if not len(gallery.identities):
+        raise ValueError("the gallery is empty: nothing to match against")
     order, names, starts = _identity_blocks(gallery)
     g = gallery.embeddings[order]
     k = min(top_k, len(names))
