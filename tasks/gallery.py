@@ -124,6 +124,7 @@ class EnrolResult:
     gallery_url: str
     model_version: str
     embeddings_key: str
+    embeddings_sha256: str  # names this enrolment: a cache keyed by it never serves a stale gallery
     identities: int
     images: int
     embedded: int  # embedded by this run
@@ -177,11 +178,12 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
     buf = io.BytesIO()
     pq.write_table(embedding_table(frame, scorer.dim), buf)
     store.write_bytes(key, buf.getvalue())
-    result = EnrolResult(source.url, version, key, int(frame["identity"].nunique()), len(frame), len(new_rows),
-                         len(kept), max(0, removed), errors, time.perf_counter() - start)
+    result = EnrolResult(source.url, version, key, hashlib.sha256(buf.getvalue()).hexdigest(),
+                         int(frame["identity"].nunique()), len(frame), len(new_rows), len(kept), max(0, removed),
+                         errors, time.perf_counter() - start)
     store.write_json(f"{prefix}/manifest.json", {
         "format": GALLERY_FORMAT, "gallery": source.url, "model_version": version, "detect": detect,
-        "embeddings_key": key, "embeddings_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        "embeddings_key": key, "embeddings_sha256": result.embeddings_sha256,
         "identities": result.identities, "images": result.images, "errors": errors})
     log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "
         f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(errors)} errors) "

@@ -40,8 +40,7 @@ def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detec
     result = enrol(gallery_url, version, storage_url, detect, scorer=cached_scorer(storage_url, version), log=log.info)
     for e in result.errors[:20]:
         log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
-    manifest = open_storage(storage_url).read_json(result.embeddings_key.rsplit("/", 1)[0] + "/manifest.json")
-    return {"embeddings_key": result.embeddings_key, "sha256": manifest["embeddings_sha256"],
+    return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256,
             "identities": result.identities, "images": result.images, "embedded": result.embedded,
             "errors": len(result.errors)}
 
