@@ -1,7 +1,8 @@
 # Two commands for users:
 #   make run    set up .venv from requirements.txt and run the main job
 #   make test   set up .venv and run the tests
-# Options: make run MIRROR=../shared/data/lfw STORAGE=s3://bucket/prefix
+# Options: make run MIRROR=../shared/data/lfw STORAGE=s3://bucket/prefix ARGS="--train-minutes 10"
+# Maintainers: make lock  (requirements.in -> pinned requirements.txt; UPGRADE=1 to move pins)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,13 +10,9 @@ PY := $(VENV)/bin/python
 MIRROR ?=
 STORAGE ?=
 ARGS ?=
+UPGRADE ?=
 
-# Offline-friendly Prefect defaults; values already in the environment win.
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-export TF_ENABLE_ONEDNN_OPTS ?= 1
-
-.PHONY: venv run test bench
+.PHONY: venv run test bench lock
 
 venv: $(VENV)/.installed
 
@@ -33,3 +30,9 @@ test: venv
 
 bench: venv
 	$(PY) -m bench.data_prep
+
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet pip-tools==7.6.2
+	.venv-lock/bin/pip-compile --quiet --no-emit-index-url --no-emit-find-links --allow-unsafe --strip-extras \
+		$(if $(UPGRADE),--upgrade) --output-file requirements.txt requirements.in

@@ -16,13 +16,13 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
-from tasks.data_steps import run_dataset_skew, run_index, run_pairs
-from tasks.datasets import LFW
-from tasks.pairs import FaceComparerConfig, IdentityDisjointConfig
-from tasks.preprocess import PreprocessConfig
+import settings  # noqa: F401 - first: process defaults
+from tasks.data.config import DataParams
+from tasks.data.datasets import LFW
+from tasks.data.steps import run_dataset_skew, run_index, run_pairs
+from tasks.images import PreprocessConfig
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 
@@ -56,8 +56,7 @@ def time_ours(archive: Path, lfw_dir: Path, work: Path) -> tuple[float, dict[str
     t = time.perf_counter()
     run_dataset_skew("lfw", storage, index)
     steps["skew"] = time.perf_counter() - t
-    configs = {"face_comparer": asdict(FaceComparerConfig(test_pairs=1_000)),
-               "identity_disjoint": asdict(IdentityDisjointConfig()), "lfw_official": {}}
+    configs = DataParams().pair_configs()  # the data flow's defaults
     # As in the data flow: the protocols run as concurrent tasks (threads).
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(configs)) as pool:

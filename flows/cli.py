@@ -11,18 +11,19 @@ Exit status: 0 when every image was read, 1 when some could not be (each is name
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from tasks.matching.faces import DETECT_MODES
+
 
 def _model(storage: str | None, model: str):
-    from model.registry import load_model, resolve_version
     from model.scoring import PairScorer
     from storage import open_storage
-    from tasks.evaluate import read_report
+    from tasks.evaluation.evaluate import read_report
+    from tasks.registry import load_model, resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)
@@ -30,14 +31,14 @@ def _model(storage: str | None, model: str):
 
 
 def _faces(path: str, detect: str, size: int):
-    from tasks.faces import faces_from_bytes
+    from tasks.matching.faces import faces_from_bytes
 
     return faces_from_bytes(Path(path).read_bytes(), detect, size)
 
 
 def cmd_match(args) -> int:
-    from tasks.gallery import enrol, read_gallery
-    from tasks.matching import UNKNOWN, resolve_threshold, score_against_gallery
+    from tasks.matching.gallery import enrol, read_gallery
+    from tasks.matching.search import UNKNOWN, resolve_threshold, score_against_gallery
 
     store, version, scorer, report = _model(args.storage, args.model)
     threshold = resolve_threshold(args.threshold, report)
@@ -61,7 +62,7 @@ def cmd_match(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from tasks.matching import resolve_threshold
+    from tasks.matching.search import resolve_threshold
 
     _, _, scorer, report = _model(args.storage, args.model)
     threshold = resolve_threshold(args.threshold, report)
@@ -79,12 +80,12 @@ def cmd_verify(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--storage", default=os.environ.get("SIAMESE_STORAGE") or None,
-                    help="where models and galleries are stored (default ./var/store)")
+    common.add_argument("--storage", default=None,
+                        help="where models and galleries are stored (default: SIAMESE_STORAGE or ./var/store)")
     common.add_argument("--model", "-m", default="champion", help="a model version, champion (default) or latest")
     common.add_argument("--threshold", default="accuracy", help="accuracy (default), far, or a number")
-    common.add_argument("--detect", default="none", choices=["none", "largest", "all"],
-                    help="none: aligned LFW-style portraits (default); largest/all: find faces in photos")
+    common.add_argument("--detect", default="none", choices=DETECT_MODES,
+                        help="none: aligned LFW-style portraits (default); largest/all: find faces in photos")
     ap = argparse.ArgumentParser(prog="python -m flows.cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)

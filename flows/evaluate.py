@@ -1,17 +1,19 @@
-"""The ``evaluate`` flow: calibrate thresholds and report how good a registered model is."""
+"""The ``evaluate`` flow: calibrate thresholds and report how good a registered model is.
+
+    python -m flows.evaluate [--version latest|champion|<version>] [--tta-passes 10] [--storage ...]
+"""
 from __future__ import annotations
 
-import os
+import sys
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from prefect import flow
 
-from prefect import flow  # noqa: E402
-
-from model.registry import resolve_version  # noqa: E402
-from storage import open_storage  # noqa: E402
-from tasks.eval_tasks import evaluate_model  # noqa: E402
-from tasks.evaluate import EvalConfig, EvalResult  # noqa: E402
+from flows.args import add_model_arguments, model_from_arguments
+from storage import open_storage
+from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.evaluate import EvalResult
+from tasks.evaluation.prefect_tasks import evaluate_model
+from tasks.registry import resolve_version
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{version}", log_prints=True)
@@ -21,16 +23,23 @@ def evaluate_flow(version: str = "latest", storage: str | None = None,
     return evaluate_model(resolve_version(open_storage(storage), version), storage, config)
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str]) -> tuple[str, str | None, EvalConfig]:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Evaluate a registered model and write its report.")
+    ap = argparse.ArgumentParser(prog="python -m flows.evaluate",
+                                 description="Evaluate a registered model and write its report.")
     ap.add_argument("--version", default="latest", help="a model version, latest (default) or champion")
-    ap.add_argument("--storage", default=os.environ.get("SIAMESE_STORAGE") or None)
-    ap.add_argument("--tta-passes", type=int, default=0, help="augmented passes averaged into each score")
-    ap.add_argument("--nway-tasks", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=42)
-    args = ap.parse_args()
-    result = evaluate_flow(args.version, args.storage,
-                           EvalConfig(tta_passes=args.tta_passes, nway_tasks=args.nway_tasks, seed=args.seed))
-    print(result.markdown)
+    ap.add_argument("--storage", default=None, help="default: SIAMESE_STORAGE or ./var/store")
+    add_model_arguments(ap, EvalConfig)
+    args = ap.parse_args(argv)
+    return args.version, args.storage, model_from_arguments(ap, args, EvalConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    version, storage, config = parse_args(sys.argv[1:] if argv is None else argv)
+    print(evaluate_flow(version, storage, config).markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,47 +2,76 @@
 promotion of the new model to champion when it beats the current one on the same test pairs.
 
     python -m flows.main --mirror ../shared/data/lfw [--storage s3://bucket/prefix]
-                         [--train-minutes 45 | --no-train]
+                         [--train-minutes 45 | --no-train] [--params settings.json]
 
-With no Prefect server configured (PREFECT_API_URL unset) Prefect starts its ephemeral API;
-with no storage given, outputs go to ./var/store.
+``--params`` takes a JSON file {"data": {...}, "train": {...}, "evaluation": {...}} with any of the
+data, training and evaluation flows' parameters; the options above override it. With no Prefect
+server configured (PREFECT_API_URL unset) Prefect starts its ephemeral API; with no storage given,
+outputs go to ./var/store.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
+from pathlib import Path
 
-# Offline-friendly Prefect defaults; an operator's own settings win.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from prefect import flow
+from pydantic import ValidationError
 
-from prefect import flow  # noqa: E402
-
-from flows.data import DataParams, DataResult, data_flow  # noqa: E402
-from flows.evaluate import evaluate_flow  # noqa: E402
-from flows.train import train_flow  # noqa: E402
-from storage import open_storage  # noqa: E402
-from tasks.champion_tasks import decide_promotion, promote  # noqa: E402
-from tasks.evaluate import EvalConfig  # noqa: E402
-from tasks.train import TrainConfig, TrainResult  # noqa: E402
+from flows.data import DataResult, data_flow
+from flows.evaluate import evaluate_flow
+from flows.train import train_flow
+from settings import settings
+from storage import catalog, open_storage
+from tasks.data.config import DataParams
+from tasks.data.pairs import PROTOCOLS
+from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.prefect_tasks import decide_promotion, promote
+from tasks.training.config import TrainConfig
+from tasks.training.train import TrainResult
 
 
 @flow(name="siamese-faces", flow_run_name="main-{data.dataset}", log_prints=True)
-def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = None,
-              evaluation: EvalConfig = EvalConfig()) -> tuple[DataResult, TrainResult | None, dict | None]:
-    prepared = data_flow(data)
+def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = TrainConfig(),
+              evaluation: EvalConfig = EvalConfig(), storage: str | None = None
+              ) -> tuple[DataResult, TrainResult | None, dict | None]:
+    """Data stages, training, evaluation and the champion decision; ``train: null`` runs the data stages only."""
+    prepared = data_flow(data, storage)
     if not train:
         return prepared, None, None
-    model = train_flow(train, data.storage)
-    evaluated = evaluate_flow(model.version, data.storage, evaluation)
-    decision = decide_promotion(evaluated.report, data.storage)
+    model = train_flow(train, storage)
+    evaluated = evaluate_flow(model.version, storage, evaluation)
+    decision = decide_promotion(evaluated.report, storage)
     if decision["promote"]:
-        promote(model.version, decision, data.storage)
-    return prepared, model, {"report": evaluated.report_key, **decision}
+        promote(model.version, decision, storage)
+    return prepared, model, {"report_key": evaluated.report_key, "report": evaluated.report, **decision}
+
+
+def _evaluation_lines(report: dict) -> list[str]:
+    """The numbers a user came for, each named by what it measures."""
+    t, splits = report["thresholds"], report["splits"]
+    out = [f"  thresholds calibrated on {t['calibrated_on']} only: accuracy {t['accuracy']:.4f}, "
+           f"FAR<={t['far_target']:g} {t['far']:.4f}"]
+    if "validation" in splits:
+        out.append(f"  validation accuracy at the calibrated threshold: {splits['validation']['accuracy']:.4f}")
+    test = splits.get("test")
+    if test:
+        pairs = test["support_same"] + test["support_different"]
+        out.append(f"  test accuracy: {test['accuracy']:.4f} ({pairs} pairs; AUC {test.get('auc', float('nan')):.4f},"
+                   f" EER {test.get('eer', float('nan')):.4f})")
+    off = report.get("official")
+    if off:
+        out.append(f"  LFW View 1: {off['view1']['accuracy']:.4f}; LFW View 2: {off['view2']['mean_accuracy']:.4f} "
+                   f"+- {off['view2']['standard_error']:.4f} (pairs showing a trained-on person: View 1 "
+                   f"{off['overlap']['view1_test_pairs_with_trained_person']:.0%}, View 2 "
+                   f"{off['overlap']['view2_pairs_with_trained_person']:.0%})")
+    if report.get("one_shot"):
+        out.append(f"  one-shot on {report['one_shot_people']} held-out people: " + ", ".join(
+            f"{n}-way {r['accuracy']:.4f}" for n, r in report["one_shot"].items()))
+    return out
 
 
 def report(result: DataResult, storage_url: str | None, seconds: float, model: TrainResult | None = None,
@@ -62,53 +91,85 @@ def report(result: DataResult, storage_url: str | None, seconds: float, model: T
     out.append(f"tensors: {store.uri(idx.tensors_key)}")
     if model:
         m = model.metrics
-        out.append(f"model: {store.uri('models/' + model.version)}: validation accuracy {m['val_accuracy']:.4f} "
-                   f"(epoch {m['best_epoch']} of {m['epochs_run']}, {model.wall_seconds / 60:.1f} min)")
+        out.append(f"model: {store.uri(catalog.model_prefix(model.version))}: trained {model.wall_seconds / 60:.1f} "
+                   f"min on {model.manifest['machine']['device']}; epoch {m['best_epoch']} of {m['epochs_run']} "
+                   f"kept for its validation accuracy at P(same) 0.5: {m['val_accuracy']:.4f}")
     if evaluation:
-        out.append(f"evaluation: {store.uri(evaluation['report'])}")
+        out.append(f"evaluation: {store.uri(evaluation['report_key'])}")
+        out += _evaluation_lines(evaluation["report"])
         out.append(f"champion: {'promoted' if evaluation['promote'] else 'kept'} ({evaluation['reason']})")
     out.append(f"total {seconds:.1f} s")
     return "\n".join(out)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalConfig, str | None, bool]:
+    """(data, train or None, evaluation, storage, json output) from the command line."""
     ap = argparse.ArgumentParser(prog="python -m flows.main", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default=os.environ.get("SIAMESE_DATASET", "lfw"), help="lfw (default) or att_faces")
-    ap.add_argument("--mirror", default=os.environ.get("SIAMESE_MIRROR") or None,
-                    help="where to download from: http(s)://, file://, s3:// or a directory (default: official)")
-    ap.add_argument("--storage", default=os.environ.get("SIAMESE_STORAGE") or None,
-                    help="where outputs go: a directory or s3://bucket/prefix (default: ./var/store)")
+    ap.add_argument("--params", type=Path, default=None,
+                    help='a JSON file {"data": {...}, "train": {...}, "evaluation": {...}} of flow parameters')
+    ap.add_argument("--dataset", default=None, help="lfw (default: SIAMESE_DATASET or lfw) or att_faces")
+    ap.add_argument("--mirror", default=None,
+                    help="where to download from: http(s)://, file://, s3:// or a directory (default: SIAMESE_MIRROR, "
+                         "else the official sources)")
+    ap.add_argument("--storage", default=None,
+                    help="where outputs go: a directory or s3://bucket/prefix (default: SIAMESE_STORAGE or ./var/store)")
     ap.add_argument("--trust-mirror-checksums", action="store_true", default=None,
                     help="verify against the mirror's SHA256SUMS even for a remote mirror")
-    ap.add_argument("--protocols", default=None, help="comma-separated subset of face_comparer,identity_disjoint,"
-                                                      "lfw_official")
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--train-minutes", type=float, default=45.0, help="training time budget (default 45)")
-    ap.add_argument("--train-protocol", default="face_comparer", help="pairs to train on (default face_comparer)")
+    ap.add_argument("--protocols", default=None, help=f"comma-separated subset of {','.join(PROTOCOLS)}")
+    ap.add_argument("--seed", type=int, default=None, help="seed of the pairs and of training (default 42)")
+    ap.add_argument("--train-minutes", type=float, default=None, help="training time budget (default 45)")
+    ap.add_argument("--train-protocol", default=None, choices=["identity_disjoint", "face_comparer"],
+                    help="pairs to train on (default identity_disjoint: its test people are never trained on)")
     ap.add_argument("--no-train", action="store_true", help="only the data stages")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+
+    try:
+        given = json.loads(args.params.read_text()) if args.params else {}
+    except (OSError, ValueError) as err:
+        ap.error(f"--params {args.params}: {err}")
+    if not isinstance(given, dict) or set(given) - {"data", "train", "evaluation"}:
+        ap.error('--params must hold a JSON object with the keys "data", "train" and/or "evaluation"')
+    env = settings()
+    data = {**given.get("data", {})}
+    train = {**given.get("train", {})}
+    data["dataset"] = args.dataset or data.get("dataset") or env.dataset
+    data["mirror"] = args.mirror or data.get("mirror") or env.mirror
+    if args.trust_mirror_checksums:
+        data["trust_mirror_checksums"] = True
+    if args.protocols:
+        data["protocols"] = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if args.seed is not None:
+        for name in ("face_comparer", "identity_disjoint"):
+            data[name] = {**data.get(name, {}), "seed": args.seed}
+        train["seed"] = args.seed
+    train["dataset"] = data["dataset"]
+    if args.train_minutes is not None:
+        train["time_budget_minutes"] = args.train_minutes
+    if args.train_protocol:
+        train["protocol"] = args.train_protocol
+
+    def build(cls, values: dict, name: str):
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            ap.error("; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+
+    return (build(DataParams, data, "data"), None if args.no_train else build(TrainConfig, train, "train"),
+            build(EvalConfig, given.get("evaluation", {}), "evaluation"), args.storage, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    params = DataParams(dataset=args.dataset, mirror=args.mirror, storage=args.storage,
-                        trust_mirror_checksums=args.trust_mirror_checksums)
-    if args.protocols:
-        params.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-    params.face_comparer = replace(params.face_comparer, seed=args.seed)
-    params.identity_disjoint = replace(params.identity_disjoint, seed=args.seed)
-    train = None if args.no_train else TrainConfig(dataset=args.dataset, protocol=args.train_protocol,
-                                                     time_budget_minutes=args.train_minutes, seed=args.seed)
+    data, train, evaluation, storage, as_json = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    result, model, evaluation = main_flow(params, train)
+    result, model, decision = main_flow(data, train, evaluation, storage)
     seconds = time.perf_counter() - start
-    if args.json:
+    if as_json:
         print(json.dumps({"data": asdict(result), "model": asdict(model) if model else None,
-                          "evaluation": evaluation}, default=str, indent=2))
+                          "evaluation": decision}, default=str, indent=2))
     else:
-        print(report(result, args.storage, seconds, model, evaluation))
+        print(report(result, storage, seconds, model, decision))
     return 0
 
 

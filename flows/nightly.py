@@ -6,34 +6,38 @@ sees a champion without its gallery, and a run that fails anywhere leaves the ch
 """
 from __future__ import annotations
 
-import os
+from prefect import flow, get_run_logger
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-from prefect import flow  # noqa: E402
-
-from flows.data import DataParams, data_flow  # noqa: E402
-from flows.evaluate import evaluate_flow  # noqa: E402
-from flows.match import enrol_flow  # noqa: E402
-from flows.train import train_flow  # noqa: E402
-from tasks.champion import PROMOTION_METRIC  # noqa: E402
-from tasks.champion_tasks import decide_promotion, promote  # noqa: E402
-from tasks.evaluate import EvalConfig  # noqa: E402
-from tasks.train import TrainConfig  # noqa: E402
+from flows.data import data_flow
+from flows.evaluate import evaluate_flow
+from flows.match import enrol_flow
+from flows.train import train_flow
+from settings import settings
+from tasks.data.config import DataParams
+from tasks.evaluation.champion import PROMOTION_METRIC
+from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.prefect_tasks import decide_promotion, promote
+from tasks.matching.config import EnrolParams
+from tasks.matching.faces import Detect
+from tasks.training.config import TrainConfig
 
 
 @flow(name="nightly-retrain", flow_run_name="nightly-{data.dataset}", log_prints=True)
 def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(),
-                 evaluation: EvalConfig = EvalConfig(), gallery: str | None = None, detect: str = "none",
-                 metric: str = PROMOTION_METRIC, min_gain: float = 0.0) -> dict:
-    data_flow(data)  # a no-op when the archive and the settings are unchanged
-    challenger = train_flow(train, data.storage)
-    evaluated = evaluate_flow(challenger.version, data.storage, evaluation)
-    decision = decide_promotion(evaluated.report, data.storage, metric, min_gain)
+                 evaluation: EvalConfig = EvalConfig(), gallery: str | None = None, detect: Detect = "none",
+                 metric: str = PROMOTION_METRIC, min_gain: float = 0.0, storage: str | None = None) -> dict:
+    """``gallery``: re-enrolled for a new champion; default: the SIAMESE_GALLERY setting where it runs."""
+    data_flow(data, storage)  # a no-op when the archive and the settings are unchanged
+    challenger = train_flow(train, storage)
+    evaluated = evaluate_flow(challenger.version, storage, evaluation)
+    decision = decide_promotion(evaluated.report, storage, metric, min_gain)
     enrolled = None
     if decision["promote"]:
+        gallery = gallery or settings().gallery
         if gallery:
-            enrolled = enrol_flow(gallery, challenger.version, data.storage, detect)
-        promote(challenger.version, decision, data.storage)
+            enrolled = enrol_flow(EnrolParams(gallery=gallery, model=challenger.version, detect=detect), storage)
+        else:
+            get_run_logger().warning("no gallery given and SIAMESE_GALLERY is not set: no gallery re-enrolled "
+                                     "for the new champion")
+        promote(challenger.version, decision, storage)
     return {"challenger": challenger.version, "decision": decision, "gallery": enrolled}

@@ -1,12 +1,17 @@
-"""The ``train`` flow: train a siamese network on a protocol's pairs and register it."""
+"""The ``train`` flow: train a siamese network on a protocol's pairs and register it.
+
+    python -m flows.train [--protocol identity_disjoint] [--time-budget-minutes 45] [--storage ...] [...]
+"""
 from __future__ import annotations
 
-import os
+import sys
 
 from prefect import flow
 
-from tasks.train import TrainConfig, TrainResult  # sets the oneDNN default before TensorFlow loads
-from tasks.train_tasks import train_model
+from flows.args import add_model_arguments, model_from_arguments
+from tasks.training.config import TrainConfig
+from tasks.training.prefect_tasks import train_model
+from tasks.training.train import TrainResult
 
 
 @flow(name="train", flow_run_name="train-{config.dataset}-{config.protocol}", log_prints=True)
@@ -14,17 +19,23 @@ def train_flow(config: TrainConfig = TrainConfig(), storage: str | None = None) 
     return train_model(config, storage)
 
 
-if __name__ == "__main__":
+def parse_args(argv: list[str]) -> tuple[TrainConfig, str | None]:
     import argparse
-    import dataclasses
 
-    ap = argparse.ArgumentParser(description="Train and register a siamese model (after the data flow).")
-    for f in dataclasses.fields(TrainConfig):
-        kind = type(f.default)
-        parse = (lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=f.default)
-    ap.add_argument("--storage", default=os.environ.get("SIAMESE_STORAGE") or None)
-    args = vars(ap.parse_args())
-    storage = args.pop("storage")
-    result = train_flow(TrainConfig(**args), storage)
+    ap = argparse.ArgumentParser(prog="python -m flows.train",
+                                 description="Train and register a siamese model (after the data flow).")
+    add_model_arguments(ap, TrainConfig)
+    ap.add_argument("--storage", default=None, help="default: SIAMESE_STORAGE or ./var/store")
+    args = ap.parse_args(argv)
+    return model_from_arguments(ap, args, TrainConfig), args.storage
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, storage = parse_args(sys.argv[1:] if argv is None else argv)
+    result = train_flow(config, storage)
     print(f"{result.version}: {result.metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,14 +3,15 @@ shear +-6 deg, shift +-4 px, applied as one affine warp per image (OpenCV releas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     flip: bool = True
     scale: tuple[float, float] = (0.9, 1.1)
     rotation_deg: float = 20.0

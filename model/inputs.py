@@ -64,23 +64,24 @@ def _with_channel(images: np.ndarray) -> np.ndarray:
 
 
 class PairBatches(keras.utils.PyDataset):
-    """Fixed pairs, shuffled each epoch; augmentation and a random left/right swap when training."""
+    """Fixed pairs, reshuffled every epoch; an epoch is ``steps`` batches of the fresh order (all of
+    them when None). Augmentation and a random left/right swap when ``augment`` is given."""
 
     def __init__(self, tensors: np.ndarray, left: np.ndarray, right: np.ndarray, same: np.ndarray,
-                 batch_size: int, augment: AugmentConfig | None, seed: int, **kwargs):
+                 batch_size: int, augment: AugmentConfig | None, seed: int, steps: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.tensors, self.left, self.right, self.same = tensors, left, right, same
         self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.steps = min(steps or math.inf, math.ceil(len(same) / batch_size))
         self.epoch = 0
         self.order = np.arange(len(same))
         self.on_epoch_end()
 
     def __len__(self) -> int:
-        return math.ceil(len(self.same) / self.batch_size)
+        return int(self.steps)
 
     def on_epoch_end(self) -> None:
-        if self.augment:
-            np.random.default_rng((self.seed, self.epoch)).shuffle(self.order)
+        np.random.default_rng((self.seed, self.epoch)).shuffle(self.order)
         self.epoch += 1
 
     def __getitem__(self, i: int):

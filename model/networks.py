@@ -15,29 +15,27 @@ tensor store holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import keras
 from keras import layers, regularizers
+from pydantic import BaseModel, ConfigDict, Field
 
 from model.layers import AbsDiff, PairMatrix, PairwiseAbsDiff, SqueezeLast
 
-ARCHITECTURES = ("resnet", "koch", "face_comparer")
+Architecture = Literal["resnet", "koch", "face_comparer"]
+ARCHITECTURES: tuple[str, ...] = Architecture.__args__
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
-    architecture: str = "resnet"
-    input_size: int = 64
-    channels: int = 1
-    weight_decay: float = 1e-4  # L2 on every kernel
-    embedding_dim: int = 128  # resnet only; koch: 4096, face_comparer: 512
-    width: int = 32  # resnet: filters of the first stage (doubling per stage)
+class NetworkConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; choose from {list(ARCHITECTURES)}")
-        if self.input_size < 16:
-            raise ValueError(f"input_size must be at least 16, got {self.input_size}")
+    architecture: Architecture = "resnet"
+    input_size: int = Field(64, ge=16)
+    channels: int = Field(1, ge=1)
+    weight_decay: float = Field(1e-4, ge=0)  # L2 on every kernel
+    embedding_dim: int = Field(128, ge=2)  # resnet only; koch: 4096, face_comparer: 512
+    width: int = Field(32, ge=1)  # resnet: filters of the first stage (doubling per stage)
 
 
 def _l2(cfg: NetworkConfig):

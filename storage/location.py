@@ -1,23 +1,24 @@
 """Turn a storage address into a Storage: the only place that knows local vs S3.
 
 Addresses:
-  (nothing)                 $SIAMESE_STORAGE, else the directory $SIAMESE_HOME/store (./var/store)
+  (nothing)                 the SIAMESE_STORAGE setting, else the directory SIAMESE_HOME/store (./var/store)
   /some/dir, ./dir          a local directory
   file:///some/dir          a local directory
-  s3://bucket/prefix        S3 through boto3; endpoint from $SIAMESE_S3_ENDPOINT_URL or
-                            $AWS_ENDPOINT_URL, credentials from the usual AWS chain, or from the
-                            prefect-aws AwsCredentials block named in $SIAMESE_AWS_CREDENTIALS_BLOCK
+  s3://bucket/prefix        S3 through boto3; endpoint from SIAMESE_S3_ENDPOINT_URL or
+                            AWS_ENDPOINT_URL, credentials from the usual AWS chain, or from the
+                            prefect-aws AwsCredentials block named in SIAMESE_AWS_CREDENTIALS_BLOCK
+                            (all read by ``settings``)
   s3-block://name[/prefix]  the prefect-aws S3Bucket block ``name`` (bucket, folder, credentials)
 """
 from __future__ import annotations
 
-import os
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from settings import settings, siamese_home
 from storage.base import Storage
 from storage.local import LocalStorage
 from storage.s3 import S3Storage
@@ -25,28 +26,25 @@ from storage.s3 import S3Storage
 _clients_lock = threading.Lock()
 
 
-def siamese_home() -> Path:
-    return Path(os.environ.get("SIAMESE_HOME", "var")).expanduser().resolve()
-
-
 def default_storage_url() -> str:
-    return os.environ.get("SIAMESE_STORAGE") or str(siamese_home() / "store")
+    return settings().storage or str(siamese_home() / "store")
 
 
-def _botocore_config() -> Any:
+def _botocore_config(max_attempts: int, connect_timeout: float, read_timeout: float) -> Any:
     from botocore.config import Config
 
     # Standard retry mode backs off on throttling, 5xx and connection errors.
     return Config(
-        retries={"max_attempts": int(os.environ.get("SIAMESE_S3_MAX_ATTEMPTS", "8")), "mode": "standard"},
-        connect_timeout=float(os.environ.get("SIAMESE_S3_CONNECT_TIMEOUT", "5")),
-        read_timeout=float(os.environ.get("SIAMESE_S3_READ_TIMEOUT", "60")),
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         max_pool_connections=64,  # several shards x 16 fetch threads share one client
     )
 
 
 @lru_cache(maxsize=8)
-def _env_s3_client(endpoint_url: str | None, region: str | None, credentials_block: str | None) -> Any:
+def _s3_client(endpoint_url: str | None, region: str | None, credentials_block: str | None,
+               retry: tuple[int, float, float]) -> Any:
     """One boto3 client per process and configuration (boto3 clients are thread-safe)."""
     import boto3
 
@@ -58,16 +56,16 @@ def _env_s3_client(endpoint_url: str | None, region: str | None, credentials_blo
         session = boto3.session.Session()
     return session.client(
         "s3", endpoint_url=endpoint_url, region_name=region or session.region_name or "us-east-1",
-        config=_botocore_config(),
+        config=_botocore_config(*retry),
     )
 
 
 def s3_client() -> Any:
-    endpoint = os.environ.get("SIAMESE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
-    block = os.environ.get("SIAMESE_AWS_CREDENTIALS_BLOCK") or None
+    """The process's boto3 client for the current settings (boto3 clients are thread-safe)."""
+    s = settings()
     with _clients_lock:
-        return _env_s3_client(endpoint, region, block)
+        return _s3_client(s.s3_endpoint_url, s.aws_region, s.aws_credentials_block,
+                          (s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout))
 
 
 def _block_storage(name: str, extra_prefix: str) -> S3Storage:

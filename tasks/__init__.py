@@ -1,1 +1,3 @@
-"""Pure, typed pipeline steps; the ``@task`` wrappers live beside them in ``tasks.prefect_tasks``."""
+"""Pipeline stages as packages (data, training, evaluation, matching): pure steps, each stage with
+one module of thin Prefect ``@task`` wrappers (``prefect_tasks.py``). Shared by every stage:
+``images`` (the one decoder and crop), ``registry`` (models in storage), ``artifacts``."""

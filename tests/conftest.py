@@ -98,15 +98,13 @@ def prefect_harness():
 def tiny_registry(tmp_path_factory):
     """A tiny model trained, evaluated and made champion in a local storage, once per session:
     (storage path, version). Tests that need it elsewhere copy ``models/`` over."""
-    import dataclasses
-
-    from model.registry import set_champion
     from storage import open_storage
-    from tasks.data_steps import preprocess_for, run_index, run_pairs
-    from tasks.datasets import DATASETS
-    from tasks.evaluate import EvalConfig, evaluate
-    from tasks.train import TrainConfig, train
-    from tests.fakes import tiny_spec
+    from tasks.data.datasets import DATASETS
+    from tasks.evaluation.config import EvalConfig
+    from tasks.evaluation.evaluate import evaluate
+    from tasks.registry import set_champion
+    from tasks.training.train import train
+    from tests.fakes import TINY_TRAIN, prepare_tiny, tiny_spec
 
     root = tmp_path_factory.mktemp("registry")
     folder = root / "mirror"
@@ -117,14 +115,8 @@ def tiny_registry(tmp_path_factory):
     os.environ["SIAMESE_HOME"] = str(root / "home")
     try:
         storage = str(root / "store")
-        index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
-        run_pairs("tiny", storage, index, "face_comparer",
-                  {"validation_pairs": 8, "train_pairs": 30, "test_pairs": 8, "seed": 1}, {})
-        run_pairs("tiny", storage, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
-        config = dataclasses.replace(TrainConfig(), dataset="tiny", input_size=16, width=8, embedding_dim=16,
-                                     epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
-                                     augment=False, seed=1)
-        version = train(config, storage, log=lambda _: None).version
+        prepare_tiny(storage, folder, sums, official=True)
+        version = train(TINY_TRAIN, storage, log=lambda _: None).version
         report = evaluate(version, storage, EvalConfig(nway=(2,), nway_tasks=20), log=lambda _: None).report
         set_champion(open_storage(storage), version, {"reason": "test"})
         yield storage, version, report

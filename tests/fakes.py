@@ -12,7 +12,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks.datasets import LFW, DatasetSpec, RemoteFile
+from tasks.data.datasets import LFW, DatasetSpec, RemoteFile
+from tasks.data.pairs import FaceComparerConfig
+from tasks.training.config import TrainConfig
+
+# Settings that make a whole training or evaluation take seconds on the tiny data.
+TINY_FACE_COMPARER = FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1)
+TINY_TRAIN = TrainConfig(dataset="tiny", protocol="face_comparer", input_size=16, width=8, embedding_dim=16,
+                         epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
+                         time_budget_minutes=5, augment=False, seed=1)
 
 # people -> number of images; 12 people, 57 images: every skew bucket up to 11-25 is touched.
 TINY_PEOPLE = {f"Person_{c}": n for c, n in zip("ABCDEFGHIJKL", [1, 1, 2, 2, 3, 3, 4, 5, 6, 8, 10, 12])}
@@ -87,3 +95,15 @@ def synthetic_index(people: dict[str, int]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["image_id", "person"])
     df["error"] = pd.array([None] * len(df), dtype="string")
     return df
+
+
+def prepare_tiny(storage: str, folder: Path, sums: dict[str, str], official: bool = False):
+    """The data stage's outputs for the tiny dataset ("tiny" must be registered): index, tensor
+    store, face_comparer pairs and, with ``official``, the LFW protocol pairs. Returns the index summary."""
+    from tasks.data.steps import preprocess_for, run_index, run_pairs
+
+    index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
+    run_pairs("tiny", storage, index, "face_comparer", TINY_FACE_COMPARER.model_dump(), {})
+    if official:
+        run_pairs("tiny", storage, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
+    return index

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.pairs import PAIR_COLUMNS
+from tasks.data.pairs import PAIR_COLUMNS
 
 
 def assert_valid_pairs(df: pd.DataFrame) -> None:

@@ -6,10 +6,10 @@ import tarfile
 
 import pytest
 
-from tasks.archive import UnsafeArchiveError, iter_archive_files
-from tasks.datasets import LFW
-from tasks.index import extract_and_index
-from tasks.preprocess import PreprocessConfig
+from tasks.data.archive import UnsafeArchiveError, iter_archive_files
+from tasks.data.datasets import LFW
+from tasks.data.index import extract_and_index
+from tasks.images import PreprocessConfig
 from tests.fakes import add_file, jpeg
 
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from flows.data import DataParams, data_flow
+from pydantic import ValidationError
+
+from flows.data import data_flow
 from storage import open_storage
-from tasks.datasets import DATASETS
-from tasks.pairs import FaceComparerConfig, IdentityDisjointConfig
-from tests.fakes import tiny_spec
+from tasks.data.config import DataParams
+from tasks.data.datasets import DATASETS
+from tasks.data.pairs import IdentityDisjointConfig
+from tests.fakes import TINY_FACE_COMPARER, tiny_spec
 
 PROTOCOL_FILES = ("pairs.parquet", "manifest.json", "skew.md", "skew.csv")
 
@@ -19,14 +22,11 @@ def tiny_params(tiny_mirror, http_files, monkeypatch):
         (http_files.root / f.name).write_bytes(f.read_bytes())
     monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
 
-    def make(storage: str) -> DataParams:
-        return DataParams(
-            dataset="tiny", mirror=http_files.url, storage=storage,
-            face_comparer=FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1),
-            identity_disjoint=IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
-                                                     validation_share=0.25, seed=1),
-        )
-    return make
+    return DataParams(
+        dataset="tiny", mirror=http_files.url, face_comparer=TINY_FACE_COMPARER,
+        identity_disjoint=IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
+                                                 validation_share=0.25, seed=1),
+    )
 
 
 def stored_outputs(storage: str) -> dict[str, bytes]:
@@ -37,7 +37,7 @@ def stored_outputs(storage: str) -> dict[str, bytes]:
 
 def test_data_flow_writes_every_output_and_reruns_skip_work(prefect_harness, tiny_params, tmp_path, http_files):
     storage = str(tmp_path / "store")
-    first = data_flow(tiny_params(storage))
+    first = data_flow(tiny_params, storage)
     store = open_storage(storage)
     assert first.bytes_downloaded > 0 and not first.index.reused
     assert first.index.images == 57 and first.index.people == 12
@@ -53,7 +53,7 @@ def test_data_flow_writes_every_output_and_reruns_skip_work(prefect_harness, tin
     official = {s: (c["pairs"], c["same"]) for s, c in first.pairs["lfw_official"].counts.items()}
     assert official == {"dev_train": (6, 3), "dev_test": (4, 2), "view2": (8, 4)}
     requests_before = len(http_files.requests)
-    second = data_flow(tiny_params(storage))
+    second = data_flow(tiny_params, storage)
     assert second.bytes_downloaded == 0 and len(http_files.requests) == requests_before
     assert second.index.reused and all(p.reused for p in second.pairs.values())
     assert second.pairs["face_comparer"].pairs_sha256 == first.pairs["face_comparer"].pairs_sha256
@@ -62,8 +62,8 @@ def test_data_flow_writes_every_output_and_reruns_skip_work(prefect_harness, tin
 def test_data_flow_on_s3_writes_the_same_outputs(prefect_harness, tiny_params, tmp_path, s3_bucket):
     local = str(tmp_path / "store")
     remote = f"s3://{s3_bucket}/siamese"
-    data_flow(tiny_params(local))
-    result = data_flow(tiny_params(remote))
+    data_flow(tiny_params, local)
+    result = data_flow(tiny_params, remote)
     assert not result.index.reused  # a new storage location starts empty
     assert stored_outputs(remote) == stored_outputs(local) and len(stored_outputs(remote)) == 3
     assert open_storage(remote).exists(result.index.tensors_key)
@@ -73,7 +73,7 @@ def test_flow_publishes_artifacts(prefect_harness, tiny_params, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    data_flow(tiny_params(str(tmp_path / "store")))
+    data_flow(tiny_params, str(tmp_path / "store"))
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="tiny-")))}
@@ -81,8 +81,13 @@ def test_flow_publishes_artifacts(prefect_harness, tiny_params, tmp_path):
             "tiny-identity-disjoint-skew", "tiny-lfw-official-pairs"} <= keys
 
 
-def test_unknown_protocol_is_a_clear_error(prefect_harness, tiny_params, tmp_path):
-    params = tiny_params(str(tmp_path / "store"))
-    params.protocols = ["face_comparer", "made_up"]
-    with pytest.raises(ValueError, match="unknown protocols \\['made_up'\\]"):
-        data_flow(params)
+def test_bad_parameters_fail_at_submission_with_the_field_named(prefect_harness, tiny_params, tmp_path):
+    with pytest.raises(ValidationError, match=r"protocols\.1\n.*'face_comparer', 'identity_disjoint' or "
+                                              r"'lfw_official'"):
+        tiny_params.replace(protocols=["face_comparer", "made_up"])
+    # through Prefect: the flow run is refused before any task runs
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="image_size"):
+        data_flow({**tiny_params.model_dump(), "image_size": 4}, str(tmp_path / "store"))
+    assert not (tmp_path / "store").exists()

@@ -1,11 +1,11 @@
 """Deployments for real: `prefect server start`, `prefect deploy --all` from prefect.yaml, a process
-worker, a tiny deployment run end to end, and its flow run and artifacts found through the API.
-Also: no log or artifact of that run contains the test credentials."""
+worker, a tiny deployment run end to end on S3 storage (moto), and its flow run, report and
+artifacts found through the API. The run signs every S3 request with the worker's credentials;
+none of its logs, artifacts or parameters contains them."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY
+from storage import catalog, open_storage
+from tasks.artifacts import artifact_key
+from tests.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, copy_models
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +59,18 @@ def prefect_server(tmp_path):
         log.close()
 
 
-def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registry, tmp_path):
+def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registry, tmp_path, s3_bucket):
     url, env = prefect_server
-    storage = tmp_path / "store"
-    shutil.copytree(tiny_registry[0], storage)
-    env = {**env, "SIAMESE_REPO_DIR": str(REPO), "SIAMESE_GALLERY": str(tmp_path / "gallery"),
-           "SIAMESE_HOME": str(tmp_path / "home")}
+    local, version, _ = tiny_registry
+    storage = f"s3://{s3_bucket}/siamese"
+    store = open_storage(storage)
+    copy_models(local, store)  # the model and its data, without its evaluation: the run must write that
+    for info in open_storage(local).list("datasets/"):
+        store.write_bytes(info.key, open_storage(local).read_bytes(info.key))
+    for info in store.list(catalog.evaluation_prefix(version)):
+        store.delete(info.key)
+    assert not store.exists(catalog.report_key(version))
+    env = {**env, "SIAMESE_REPO_DIR": str(REPO), "SIAMESE_HOME": str(tmp_path / "home")}
 
     def prefect(*args, timeout=180):
         out = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True, text=True,
@@ -105,10 +113,12 @@ def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registr
 
     artifacts = _api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     keys = {a["key"] for a in artifacts}
-    version = tiny_registry[1].lower()
-    assert f"evaluation-{version}"[:60] in keys and f"metrics-{version}"[:60] in keys
-    assert (storage / "models" / tiny_registry[1] / "evaluation" / "report.json").is_file()
+    assert artifact_key("evaluation", version) in keys and artifact_key("metrics", version) in keys
+    report = store.read_json(catalog.report_key(version))  # written by the deployment's run, in S3
+    assert report["version"] == version and report["config"]["nway_tasks"] == 10
 
     assert any("evaluated" in entry["message"] for entry in logs), [e["message"][:80] for e in logs]
-    everything = json.dumps(artifacts) + json.dumps(logs) + (tmp_path / "worker.log").read_text()
+    flow_run = _api(url, f"/flow_runs/{run_id}")
+    everything = (json.dumps(artifacts) + json.dumps(logs) + json.dumps(flow_run)
+                  + (tmp_path / "worker.log").read_text())
     assert TEST_SECRET_KEY not in everything and TEST_ACCESS_KEY not in everything

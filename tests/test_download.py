@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from tasks.download import (
+from tasks.data.download import (
     ChecksumMismatchError,
     DownloadError,
     download_dataset,

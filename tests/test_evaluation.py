@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from model.networks import NetworkConfig, build_models
-from model.registry import read_champion
 from model.scoring import PairScorer
 from storage import open_storage
-from tasks.data_steps import IndexSummary, run_pairs
-from tasks.evaluate import EvalConfig, evaluate
-from tasks.train import train
+from tasks.data.prepared import read_index_summary
+from tasks.data.steps import run_pairs
+from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.evaluate import evaluate
+from tasks.registry import read_champion
+from tasks.training.train import train
 from tests.test_training import small, tiny_store  # noqa: F401 - the fixture
 
 SMALL_EVAL = EvalConfig(nway=(2, 3), nway_tasks=50)
@@ -32,7 +34,7 @@ def test_scorer_from_embeddings_matches_the_pair_model(architecture):
 @pytest.fixture
 def tiny_model(tiny_mirror, tiny_store):  # noqa: F811
     folder, _ = tiny_mirror
-    index = IndexSummary(**open_storage(tiny_store).read_json("datasets/tiny/index.json")["summary"])
+    index = read_index_summary(open_storage(tiny_store), "tiny")
     run_pairs("tiny", tiny_store, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
     result = train(small(epochs=3, steps_per_epoch=4), tiny_store, log=lambda _: None)
     return tiny_store, result.version
@@ -77,7 +79,8 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.evaluate import evaluate_flow
-    from tasks.champion_tasks import decide_promotion, promote
+    from tasks.evaluation.prefect_tasks import decide_promotion, promote
+    from tasks.artifacts import artifact_key
 
     storage, version = tiny_model
     result = evaluate_flow("latest", storage, SMALL_EVAL)
@@ -91,8 +94,7 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
         async with get_client() as client:
             return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
-    slug = version.lower()
-    (report_artifact,) = asyncio.run(artifacts(f"evaluation-{slug}"[:60]))[:1]
+    (report_artifact,) = asyncio.run(artifacts(artifact_key("evaluation", version)))[:1]
     assert "data:image/png;base64," in report_artifact.data and "Evaluation of model" in report_artifact.data
-    assert asyncio.run(artifacts(f"metrics-{slug}"[:60]))
+    assert asyncio.run(artifacts(artifact_key("metrics", version)))
     assert asyncio.run(artifacts("champion-decision"))

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from storage import open_storage
-from tasks.gallery import GalleryError, enrol, read_gallery, validate_identity
-from tasks.matching import MatchParams, list_probes, match_shard, summarize_run
+from storage import catalog, open_storage
+from tasks.matching.config import MatchParams
+from tasks.matching.gallery import GalleryError, enrol, read_gallery, validate_identity
+from tasks.matching.runs import list_probes, match_shard, run_params, summarize_run
 from tests.conftest import copy_models
 from tests.fakes import jpeg
 
@@ -101,12 +102,12 @@ def test_enrol_then_reenrol_embeds_only_what_changed(s3_setup):
 
 def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup, prefect_harness):
     from flows.match import match_flow
-    from tasks.match_tasks import cached_scorer
-    from tasks.matching import resolve_threshold
+    from tasks.matching.prefect_tasks import cached_scorer
+    from tasks.matching.search import resolve_threshold
 
     s = s3_setup
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
-    params = MatchParams(probes=s["probes"], gallery=s["gallery"], model_version=s["version"], shard_size=4)
+    params = run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["version"])
     store = open_storage(s["storage"])
     run = list_probes(params, store)
     assert (run["shards"], run["probes"]) == (3, 10)
@@ -116,15 +117,15 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
     match_shard(run, 0, s["storage"], scorer, gallery, limit, log=lambda _: None)
     with pytest.raises(RuntimeError, match="injected failure"):
         match_shard(run, 1, s["storage"], scorer, gallery, limit, fail_after=2, log=lambda _: None)
-    assert not store.exists(f"matches/{run['run_id']}/results/00001.parquet")  # nothing half-written
+    assert not store.exists(catalog.match_results_key(run["run_id"], 1))  # nothing half-written
 
-    summary = match_flow(s["probes"], s["gallery"], "champion", s["storage"], shard_size=4)
+    summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["storage"])
     assert summary["complete"] and summary["probes_with_results"] == 10 and summary["errors"] == 0
-    results = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run['run_id']}/results/")])
+    results = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
     assert sorted(results["probe_key"]) == [f"batch/p{i:03d}.jpg" for i in range(10)]  # once each
     assert set(results["identity"]) <= set(GALLERY) | {"Person_E", "unknown"}
     assert results["top_identities"].map(len).eq(4).all()  # top 5 of 4 identities
-    again = match_flow(s["probes"], s["gallery"], "champion", s["storage"], shard_size=4)
+    again = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["storage"])
     assert again["probes_with_results"] == 10 and again["faces"] == 10  # a finished run re-runs as a no-op
 
 
@@ -137,15 +138,15 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
     manifest = open_storage(f"s3://{s['bucket']}/lists")
     manifest.write_bytes("keys.txt", ("\n".join([*corpus, "missing.jpg", "plain.jpg"]) + "\n").encode())
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
-    params = MatchParams(probes=f"s3://{s['bucket']}/bad", gallery=s["gallery"], model_version=s["version"],
-                         probe_manifest=f"s3://{s['bucket']}/lists/keys.txt", shard_size=100)
+    params = run_params(MatchParams(probes=f"s3://{s['bucket']}/bad", gallery=s["gallery"],
+                                    probe_manifest=f"s3://{s['bucket']}/lists/keys.txt", shard_size=100), s["version"])
     store = open_storage(s["storage"])
     run = list_probes(params, store)
-    from tasks.match_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_scorer
 
     match_shard(run, 0, s["storage"], cached_scorer(s["storage"], s["version"]),
                 read_gallery(store, enrolled.embeddings_key), 0.5, log=lambda _: None)
-    rows = store.read_parquet(f"matches/{run['run_id']}/results/00000.parquet")
+    rows = store.read_parquet(catalog.match_results_key(run["run_id"], 0))
     assert sorted(rows["probe_key"]) == sorted([*corpus, "missing.jpg"])  # each exactly once
     by_key = rows.set_index("probe_key")
     for name, (_, reason) in corpus.items():
@@ -159,8 +160,8 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
 
 
 def test_face_detection_modes():
-    from tasks.faces import faces_from_bytes
-    from tasks.preprocess import ImageDecodeError
+    from tasks.images import ImageDecodeError
+    from tasks.matching.faces import faces_from_bytes
 
     blank = _jpeg(Image.new("L", (200, 200), 128))
     assert len(faces_from_bytes(blank, "none")) == 1  # an aligned portrait needs no detector
@@ -224,19 +225,20 @@ def test_dask_local_cluster_gives_the_same_results_as_the_local_run(s3_setup, pr
     copy_models(s["storage"], open_storage(dask_storage))
     open_storage(dask_storage).write_bytes("models/champion.json", open_storage(s["storage"]).read_bytes(
         "models/champion.json"))
-    local = match_flow(s["probes"], s["gallery"], "champion", s["storage"], shard_size=3)
+    params = MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=3)
+    local = match_flow(params, s["storage"])
     # Dask workers are separate processes: they must reach this session's Prefect API (not start
     # their own) and import this repository.
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     monkeypatch.setenv("PYTHONPATH", str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         on_dask = match_flow.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
-            s["probes"], s["gallery"], "champion", dask_storage, shard_size=3)
+            params, dask_storage)
     assert local["complete"] and on_dask["complete"] and on_dask["shards"] == 4
 
     def rows(storage, run_id):
         store = open_storage(storage)
-        frame = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run_id}/results/")])
+        frame = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run_id))])
         return frame.sort_values("probe_key").reset_index(drop=True)
 
     a, b = rows(s["storage"], local["run_id"]), rows(dask_storage, on_dask["run_id"])
@@ -254,7 +256,7 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
 
     from flows.match import match_flow
     from storage.location import s3_client
-    from tasks.match_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_scorer
     from tests.servers import free_port
 
     port = free_port()
@@ -274,8 +276,8 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         for i in range(9):
             open_storage(probes_url).write_bytes(f"p{i}.jpg", jpeg(400 + i))
         enrolled = enrol(gallery_url, version, storage, log=lambda _: None)
-        params = MatchParams(probes=probes_url, gallery=gallery_url, model_version=version, shard_size=3)
-        run = list_probes(params, store)
+        params = MatchParams(probes=probes_url, gallery=gallery_url, model=version, shard_size=3)
+        run = list_probes(run_params(params, version), store)
         gallery = read_gallery(store, enrolled.embeddings_key)
         scorer = cached_scorer(local, version)
         limit = report["thresholds"]["accuracy"]
@@ -288,10 +290,10 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         # the re-run starts while S3 is still down; Prefect's task retries carry it over the outage
         restart = threading.Timer(3.0, lambda: (setattr(server, "_server", None), server.start()))
         restart.start()
-        summary = match_flow(probes_url, gallery_url, version, storage, shard_size=3)
+        summary = match_flow(params, storage)
         restart.join()
         assert summary["complete"] and summary["shards_done"] == 3 and summary["errors"] == 0
-        rows = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run['run_id']}/results/")])
+        rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
         assert sorted(rows["probe_key"]) == [f"p{i}.jpg" for i in range(9)]  # each exactly once
     finally:
         server.stop()
@@ -300,15 +302,15 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
 def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.match_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_scorer
 
     s = s3_setup
     store = open_storage(s["storage"])
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
     gallery = read_gallery(store, enrolled.embeddings_key)
     scorer = cached_scorer(s["storage"], s["version"])
-    runs = [list_probes(MatchParams(probes=s["probes"], gallery=s["gallery"], model_version=s["version"],
-                                    shard_size=5, top_k=k), store) for k in (1, 3)]
+    runs = [list_probes(run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=5, top_k=k),
+                                   s["version"]), store) for k in (1, 3)]
     assert runs[0]["run_id"] != runs[1]["run_id"]
 
     def run_all(run):
@@ -318,5 +320,5 @@ def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(run_all, runs))
     for run, k in zip(runs, (1, 3)):
-        rows = pd.concat([store.read_parquet(i.key) for i in store.list(f"matches/{run['run_id']}/results/")])
+        rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
         assert len(rows) == 10 and rows["top_identities"].map(len).eq(k).all()

@@ -2,26 +2,22 @@
 gallery embeddings follow the champion."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from flows.data import DataParams
-from model.registry import read_champion
-from storage import open_storage
-from tasks.datasets import DATASETS
-from tasks.evaluate import EvalConfig
-from tasks.gallery import enrol_prefix, gallery_id
-from tasks.pairs import FaceComparerConfig
-from tasks.train import TrainConfig, TrainingDivergedError
-from tests.fakes import jpeg, tiny_spec
+from storage import catalog, open_storage
+from tasks.data.config import DataParams
+from tasks.data.datasets import DATASETS
+from tasks.evaluation.config import EvalConfig
+from tasks.matching.gallery import gallery_id
+from tasks.registry import read_champion
+from tasks.training.train import TrainingDivergedError
+from tests.fakes import TINY_FACE_COMPARER, TINY_TRAIN, jpeg, tiny_spec
 
-TINY_TRAIN = dataclasses.replace(TrainConfig(), dataset="tiny", input_size=16, width=8, embedding_dim=16, epochs=2,
-                                 steps_per_epoch=3, people_per_batch=4, images_per_person=2, augment=False, seed=1)
+NIGHT_TRAIN = TINY_TRAIN.replace(epochs=2, steps_per_epoch=3)
 
 
 def _set_test_accuracy(store, version: str, value: float) -> None:
-    key = f"models/{version}/evaluation/report.json"
+    key = catalog.report_key(version)
     report = store.read_json(key)
     report["splits"]["test"]["accuracy"] = value
     store.write_json(key, report)
@@ -38,14 +34,14 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     for i, person in enumerate(["Ann", "Bob"]):
         (gallery / person).mkdir(parents=True)
         (gallery / person / f"{person}_0001.jpg").write_bytes(jpeg(50 + i))
-    data = DataParams(dataset="tiny", mirror=str(folder), storage=storage,
-                      protocols=["face_comparer", "lfw_official"],
-                      face_comparer=FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1))
-    kwargs = dict(data=data, train=TINY_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10), gallery=str(gallery))
+    data = DataParams(dataset="tiny", mirror=str(folder), protocols=["face_comparer", "lfw_official"],
+                      face_comparer=TINY_FACE_COMPARER)
+    kwargs = dict(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10), gallery=str(gallery),
+                  storage=storage)
     store = open_storage(storage)
 
     def enrolled(version: str) -> bool:
-        return store.exists(f"{enrol_prefix(gallery_id(str(gallery)), version)}/embeddings.parquet")
+        return store.exists(catalog.gallery_embeddings_key(gallery_id(str(gallery)), version))
 
     first = nightly_flow(**kwargs)
     v1 = first["challenger"]
@@ -64,7 +60,7 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     assert store.read_json("models/champion.json")["decision"]["challenger"] == v2
 
     _set_test_accuracy(store, v2, -1.0)  # beatable again, but this night's training diverges
-    broken = dataclasses.replace(TINY_TRAIN, learning_rate=1e30, pair_mode="pairs", batch_size=8, weight_decay=0.0)
+    broken = NIGHT_TRAIN.replace(learning_rate=1e30, pair_mode="pairs", batch_size=8, weight_decay=0.0)
     with pytest.raises(TrainingDivergedError):
         nightly_flow(**{**kwargs, "train": broken})
     assert read_champion(store) == v2  # a failed night leaves the champion as it was

@@ -8,8 +8,8 @@ import time
 import pandas as pd
 import pytest
 
-from tasks.lfw_protocol import ProtocolFileError, parse_pairs_file, parse_people_file
-from tasks.pairs import (
+from tasks.data.lfw_protocol import ProtocolFileError, parse_pairs_file, parse_people_file
+from tasks.data.pairs import (
     FaceComparerConfig,
     IdentityDisjointConfig,
     PairCapacityError,

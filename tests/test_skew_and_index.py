@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.index import extract_and_index, npy_to_tensors, tensors_to_npy
-from tasks.preprocess import ImageDecodeError, PreprocessConfig, preprocess_image
-from tasks.skew import format_skew_lines, same_pair_images_per_person, skew_table
+from tasks.data.index import extract_and_index, npy_to_tensors, tensors_to_npy
+from tasks.images import ImageDecodeError, PreprocessConfig, preprocess_image
+from tasks.data.skew import format_skew_lines, same_pair_images_per_person, skew_table
 from tests.fakes import TINY_PEOPLE, jpeg, make_tiny_lfw, tiny_spec
 
 
@@ -41,8 +41,8 @@ def test_preprocess_reproduces_lfwcrop_geometry():
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"), (b"this is text named .jpg", "not a usable image"),
-    (jpeg(1)[:600], "corrupt image data"),
+    (b"", "empty file"), (b"this is text named .jpg", "not an image"),
+    (jpeg(1)[:600], "corrupt or truncated"),
 ])
 def test_bad_image_bytes_raise_a_reason(data, reason):
     with pytest.raises(ImageDecodeError, match=reason):
@@ -58,11 +58,19 @@ def test_decompression_bomb_is_refused_before_decoding():
         preprocess_image(bytes(data), PreprocessConfig())
 
 
-def test_small_image_cannot_be_cropped():
+def test_too_small_image_is_refused():
     buf = io.BytesIO()
     Image.new("L", (20, 20)).save(buf, format="PNG")
-    with pytest.raises(ImageDecodeError, match="smaller than the crop box"):
+    with pytest.raises(ImageDecodeError, match="too small for a face"):
         preprocess_image(buf.getvalue(), PreprocessConfig())
+
+
+def test_other_photo_sizes_get_the_crop_box_scaled():
+    img = np.zeros((500, 500), np.uint8)
+    img[184:350, 166:332] = 255  # the LFW box at twice the size
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    assert preprocess_image(buf.getvalue(), PreprocessConfig()).pixels.min() >= 250
 
 
 def test_index_extracts_and_indexes_in_one_pass(tmp_path):
@@ -95,17 +103,17 @@ def test_tensor_store_roundtrip_refuses_pickles():
 
 
 def test_fast_and_portable_decoders_agree_and_truncation_is_caught():
-    from tasks.preprocess import _fast_path, header_size
+    from tasks.images import _decode_opencv, _decode_pillow, decode, header_size
 
     data = jpeg(3)
-    cfg = PreprocessConfig()
-    assert header_size(data) == ("JPEG", 250, 250)
-    fast = _fast_path(data, "JPEG", cfg)
-    assert fast is not None
+    assert header_size(data) == ("JPEG", 250, 250, True)
+    fast = _decode_opencv(data, "JPEG", grey=True)
+    assert fast is not None and np.array_equal(decode(data), fast)
     # Bytes after the end marker send the same image down Pillow's path: nearly the same pixels.
-    slow = preprocess_image(data + b"trailing garbage", cfg).pixels
+    slow = decode(data + b"trailing garbage")
     assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.0
+    assert np.abs(fast.astype(int) - _decode_pillow(data, grey=True).astype(int)).mean() < 2.0
     truncated = data[: len(data) // 2]
-    assert _fast_path(truncated, "JPEG", cfg) is None
-    with pytest.raises(ImageDecodeError, match="corrupt image data"):
-        preprocess_image(truncated, cfg)
+    assert _decode_opencv(truncated, "JPEG", grey=True) is None
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        preprocess_image(truncated, PreprocessConfig())

@@ -1,26 +1,23 @@
 """Training on tiny generated data: loss falls, safe save/load, resume after a kill, clear errors."""
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from model.inputs import IdentityBatches, TrainingDataError, rows_by_person
+from model.inputs import IdentityBatches, TrainingDataError, pair_rows, resize_images, rows_by_person
 from model.networks import NetworkConfig, build_models
-from model.registry import ModelIntegrityError, load_model, publish
 from model.training_callbacks import cosine_learning_rate
 from storage import open_storage
-from tasks.data_steps import preprocess_for, run_index, run_pairs
-from tasks.datasets import DATASETS
-from tasks.train import TrainConfig, TrainingDivergedError, train
-from tests.fakes import tiny_spec
+from tasks.data.datasets import DATASETS
+from tasks.data.prepared import PreparedDataError, load_index, load_tensors, read_index_summary, read_pairs
+from tasks.registry import ModelIntegrityError, load_model, publish
+from tasks.training.config import TrainConfig
+from tasks.training.train import TrainingDivergedError, train
+from tests.fakes import TINY_TRAIN, prepare_tiny, tiny_spec
 
-TINY = TrainConfig(dataset="tiny", protocol="face_comparer", input_size=16, width=8, embedding_dim=16,
-                   epochs=3, steps_per_epoch=4,
-                   people_per_batch=4, images_per_person=2, time_budget_minutes=5, augment=False, seed=1)
+TINY = TINY_TRAIN
 
 
 @pytest.fixture
@@ -28,22 +25,39 @@ def tiny_store(tiny_mirror, tmp_path, monkeypatch):
     folder, sums = tiny_mirror
     monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
     storage = str(tmp_path / "store")
-    index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
-    run_pairs("tiny", storage, index, "face_comparer",
-              {"validation_pairs": 8, "train_pairs": 30, "test_pairs": 8, "seed": 1}, {})
+    prepare_tiny(storage, folder, sums)
     return storage
 
 
 def small(config: TrainConfig = TINY, **changes) -> TrainConfig:
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
 
 
-def test_tiny_model_trains_and_registers(tiny_store):
+def validation_scores(store, version: str) -> tuple[float, float]:
+    """(accuracy at 0.5, BCE loss) of a registered pair model on its validation pairs, recomputed."""
+    summary = read_index_summary(store, "tiny")
+    index, tensors = load_index(store, summary), resize_images(load_tensors(store, summary), TINY.input_size)
+    pairs = read_pairs(store, "tiny", "face_comparer").frame
+    left, right, same = pair_rows(pairs[pairs["split"] == "validation"], index)
+    p = load_model(store, version).predict([tensors[left][..., None].astype("float32"),
+                                            tensors[right][..., None].astype("float32")], verbose=0)
+    p = np.clip(p.astype("float64"), 1e-7, 1 - 1e-7)
+    return float(np.mean((p >= 0.5) == (same >= 0.5))), float(-np.mean(same * np.log(p) + (1 - same) * np.log(1 - p)))
+
+
+def test_tiny_model_trains_and_registers_its_best_epoch(tiny_store):
     result = train(small(epochs=6, steps_per_epoch=6, learning_rate=3e-3), tiny_store, log=lambda _: None)
     store = open_storage(tiny_store)
     history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
-    assert result.metrics["epochs_run"] == 6 and 0.0 <= result.metrics["val_accuracy"] <= 1.0
+    m = result.metrics
+    assert m["epochs_run"] == 6
+    assert m["val_accuracy"] == history["val_pair_accuracy"].max()
+    assert m["best_epoch"] == int(history["val_pair_accuracy"].idxmax()) + 1
+    assert m["best_epoch"] < 6, "this seeded run keeps an earlier epoch; without one the next check means little"
+    # the published weights are the best epoch's: they reproduce its validation accuracy and loss
+    accuracy, loss = validation_scores(store, result.version)
+    assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
     manifest = store.read_json(f"models/{result.version}/manifest.json")
     assert set(manifest["files"]) == {"pair.keras", "embedder.keras", "config.json", "history.csv", "curve.png"}
     assert manifest["data"]["pairs_sha256"] and manifest["machine"]["cpus"] and manifest["wall_seconds"] > 0
@@ -61,7 +75,7 @@ def test_save_then_safe_load_gives_identical_predictions(tmp_path):
     loaded = load_model(store, "v1")
     np.testing.assert_allclose(loaded.predict([x, x[::-1]], verbose=0), expected, rtol=1e-6, atol=1e-6)
     store.write_bytes("models/v1/pair.keras", store.read_bytes("models/v1/pair.keras") + b"tampered")
-    with pytest.raises(ModelIntegrityError, match="does not match the manifest"):
+    with pytest.raises(ModelIntegrityError, match="does not match the recorded"):
         load_model(store, "v1")
 
 
@@ -109,11 +123,13 @@ def test_in_batch_batches_only_draw_training_images(tiny_store):
 
 
 def test_missing_and_broken_pairs_files_are_clear_errors(tiny_store):
-    with pytest.raises(TrainingDataError, match="no pairs at .*identity_disjoint.*run the data flow"):
+    with pytest.raises(PreparedDataError, match="no pairs at .*identity_disjoint.*run the data flow"):
         train(small(protocol="identity_disjoint"), tiny_store, log=lambda _: None)
+    with pytest.raises(PreparedDataError, match="no index for nowhere"):
+        train(small(dataset="nowhere"), tiny_store, log=lambda _: None)
     store = open_storage(tiny_store)
     store.write_bytes("datasets/tiny/pairs/face_comparer/pairs.parquet", b"not parquet")
-    with pytest.raises(TrainingDataError, match="not a readable pairs Parquet file"):
+    with pytest.raises(PreparedDataError, match="not a readable pairs Parquet file"):
         train(TINY, tiny_store, log=lambda _: None)
 
 

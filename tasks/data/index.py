@@ -18,9 +18,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from tasks.archive import Extractor, extraction_marker, iter_archive_files, list_extracted_files
-from tasks.datasets import DatasetSpec
-from tasks.preprocess import ImageDecodeError, PreprocessConfig, preprocess_image
+from tasks.data.archive import Extractor, extraction_marker, iter_archive_files, list_extracted_files
+from tasks.data.datasets import DatasetSpec
+from tasks.images import ImageDecodeError, PreprocessConfig, preprocess_image
 
 INDEX_FORMAT = 1
 INDEX_COLUMNS = ["image_id", "person", "path", "width", "height", "bytes", "sha256", "row", "error"]

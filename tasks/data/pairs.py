@@ -19,15 +19,18 @@ no pair appears twice in either order; a fixed seed gives identical rows.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 import pandas as pd
+from pydantic import Field
 
-from tasks.lfw_protocol import OfficialPair, lfw_image_id
+from settings import Params
+from tasks.data.lfw_protocol import OfficialPair, lfw_image_id
 
 PAIR_COLUMNS = ["pair_id", "split", "fold", "left_image", "right_image", "left_person", "right_person", "same"]
-PROTOCOLS = ("face_comparer", "identity_disjoint", "lfw_official")
+Protocol = Literal["face_comparer", "identity_disjoint", "lfw_official"]
+PROTOCOLS: tuple[str, ...] = Protocol.__args__
+TRAINABLE_PROTOCOLS = ("face_comparer", "identity_disjoint")  # those with train and validation splits
 
 
 class PairCapacityError(ValueError):
@@ -138,11 +141,11 @@ def _images_of(pairs: Iterable[Pair]) -> set[str]:
     return {img for p in pairs for img in p[:2]}
 
 
-@dataclass(frozen=True)
-class FaceComparerConfig:
-    validation_pairs: int = 256
-    train_pairs: int = 40_000
-    test_pairs: int = 0  # 0 reproduces face-comparer's two splits exactly
+class FaceComparerConfig(Params):
+    """aleju/face-comparer's image-disjoint splits; pair counts are even (half same-person)."""
+    validation_pairs: int = Field(256, ge=2, multiple_of=2)
+    train_pairs: int = Field(40_000, ge=2, multiple_of=2)
+    test_pairs: int = Field(0, ge=0, multiple_of=2, description="0 reproduces face-comparer's two splits exactly")
     seed: int = 42
 
 
@@ -162,13 +165,13 @@ def face_comparer_pairs(index: pd.DataFrame, cfg: FaceComparerConfig = FaceCompa
     return pairs_frame(splits)
 
 
-@dataclass(frozen=True)
-class IdentityDisjointConfig:
-    train_pairs: int = 40_000
-    validation_pairs: int = 1_000
-    test_pairs: int = 2_000
-    validation_share: float = 0.1  # of the training people, held out for validation
-    test_share: float = 0.3  # only when no people split is given
+class IdentityDisjointConfig(Params):
+    """People are split first (LFW View 1's people files when the dataset has them)."""
+    train_pairs: int = Field(40_000, ge=2, multiple_of=2)
+    validation_pairs: int = Field(1_000, ge=0, multiple_of=2)
+    test_pairs: int = Field(2_000, ge=0, multiple_of=2)
+    validation_share: float = Field(0.1, gt=0, lt=1, description="of the training people, held out for validation")
+    test_share: float = Field(0.3, gt=0, lt=1, description="of all people; only when no people split is given")
     seed: int = 42
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 from urllib.parse import unquote, urlparse, urlunparse
 
-from tasks.datasets import DatasetSpec, RemoteFile
+from tasks.data.datasets import DatasetSpec, RemoteFile
 
 log = logging.getLogger(__name__)
 

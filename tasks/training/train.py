@@ -1,7 +1,11 @@
-"""Train a siamese network on a protocol's pairs and register it (plain functions, no Prefect)."""
+"""Train a siamese network on a protocol's pairs and register it (plain functions, no Prefect).
+
+Load (tensor store, pairs) -> build (network, input pipeline) -> fit (best validation epoch kept,
+resumable) -> publish (registry: files, checksums, data fingerprint, metrics).
+"""
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 import json
 import math
@@ -10,104 +14,52 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from storage import open_storage, siamese_home
-from tasks.data_steps import IndexSummary, dataset_key, load_index, load_tensors
-
-# oneDNN is off by default on this CPU and ~1.5x faster on conv/matmul; TensorFlow reads this once,
-# at import, which happens after this module is imported (Keras is imported lazily below).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+import model
+from model import keras
+from settings import siamese_home
+from storage import catalog, open_storage
+from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+from tasks.training.config import TrainConfig
 
 
 class TrainingDivergedError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    dataset: str = "lfw"
-    protocol: str = "face_comparer"  # whose train/validation pairs to use
-    architecture: str = "resnet"
-    input_size: int = 64
-    width: int = 32  # resnet: filters of the first stage
-    embedding_dim: int = 128  # resnet
-    pair_mode: str = "in_batch"  # or "pairs": the Parquet pairs as they are
-    epochs: int = 60  # ~45 s each on 2 CPU cores at the defaults: the schedule ends inside 45 min
-    steps_per_epoch: int = 50  # in_batch mode; pairs mode takes one pass over the pairs
-    batch_size: int = 64  # pairs mode
-    people_per_batch: int = 32  # in_batch: P
-    images_per_person: int = 4  # in_batch: K
-    learning_rate: float = 2e-3  # the peak
-    lr_schedule: str = "cosine"  # warm-up then cosine decay over `epochs`; or "plateau" (halve on plateaus)
-    weight_decay: float = 1e-4
-    augment: bool = True
-    early_stopping_patience: int = 30
-    time_budget_minutes: float = 45.0
-    seed: int = 42
-
-    def __post_init__(self):
-        if self.pair_mode not in ("in_batch", "pairs"):
-            raise ValueError(f"pair_mode must be 'in_batch' or 'pairs', got {self.pair_mode!r}")
-        if self.lr_schedule not in ("cosine", "plateau"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'plateau', got {self.lr_schedule!r}")
-        if self.epochs < 1 or self.time_budget_minutes <= 0:
-            raise ValueError("epochs and time_budget_minutes must be positive")
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
 @dataclass
 class TrainResult:
     version: str
-    metrics: dict  # val_accuracy, val_loss, best_epoch, epochs_run
+    metrics: dict  # val_accuracy (at P(same) 0.5, which picked the epoch), val_loss, best_epoch, epochs_run
     wall_seconds: float
     manifest: dict = field(default_factory=dict)
 
 
+def _machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "keras": keras.__version__, "backend": keras.backend.backend(), "gpus": model.accelerators(),
+            "device": model.device_summary()}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    return info
+
+
 def _distribution_scope(machine: dict):
     """MirroredStrategy's scope when TensorFlow sees several GPUs; otherwise nothing changes."""
-    import contextlib
-
-    if machine.get("backend") == "tensorflow" and len(machine.get("gpus", [])) > 1:
+    if machine["backend"] == "tensorflow" and len(machine["gpus"]) > 1:
         import tensorflow as tf
 
         machine["strategy"] = f"MirroredStrategy over {len(machine['gpus'])} GPUs"
         return tf.distribute.MirroredStrategy().scope()
     return contextlib.nullcontext()
-
-
-def _machine() -> dict:
-    import keras
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "keras": keras.__version__, "backend": keras.backend.backend(), "gpus": []}
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        info["tensorflow"] = tf.__version__
-        info["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return info
-
-
-def _load_pairs(store, dataset: str, protocol: str) -> tuple[pd.DataFrame, str]:
-    from model.inputs import TrainingDataError
-
-    key = dataset_key(dataset, "pairs", protocol, "pairs.parquet")
-    try:
-        data = store.read_bytes(key)
-        return pd.read_parquet(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
-    except FileNotFoundError:
-        raise TrainingDataError(f"no pairs at {store.uri(key)}: run the data flow for {dataset}/{protocol} first") \
-            from None
-    except Exception as err:  # pyarrow raises several types for a damaged file
-        raise TrainingDataError(f"{store.uri(key)} is not a readable pairs Parquet file: {err}") from None
 
 
 def plot_curves(history: pd.DataFrame, title: str) -> bytes:
@@ -136,37 +88,28 @@ def plot_curves(history: pd.DataFrame, title: str) -> bytes:
 def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train, keep the best validation epoch, and publish the model to the registry."""
-    import keras
-
     from model.augment import AugmentConfig
-    from model.inputs import (
-        IdentityBatches,
-        PairBatches,
-        TrainingDataError,
-        pair_rows,
-        resize_images,
-        rows_by_person,
-        split_pairs,
-    )
+    from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
     from model.losses import InBatchBalancedAccuracy, InBatchPairLoss
     from model.networks import NetworkConfig, build_models
-    from model.registry import publish
     from model.training_callbacks import CosineSchedule, PairValidation, TimeBudget
+    from tasks.registry import publish
 
     start = time.perf_counter()
+
+    ## Load: the tensor store and the protocol's pairs; training draws from the train split only.
     store = open_storage(storage_url)
-    manifest = store.read_json_or_none(dataset_key(config.dataset, "index.json"))
-    if not manifest:
-        raise TrainingDataError(f"no index for {config.dataset} in {store.url}: run the data flow first")
-    index_summary = IndexSummary(**manifest["summary"])
+    index_summary = read_index_summary(store, config.dataset)
     index = load_index(store, index_summary)
     tensors = resize_images(load_tensors(store, index_summary), config.input_size)
-    pairs, pairs_sha = _load_pairs(store, config.dataset, config.protocol)
-    train_pairs, val_pairs = split_pairs(pairs, "train"), split_pairs(pairs, "validation")
+    pairs = read_pairs(store, config.dataset, config.protocol)
+    train_pairs, val_pairs = split_pairs(pairs.frame, "train"), split_pairs(pairs.frame, "validation")
     val_left, val_right, val_same = pair_rows(val_pairs, index)
 
+    ## Build: one network, its pair model for validation and, in in-batch mode, its P x K model.
     keras.utils.set_random_seed(config.seed)
     machine = _machine()
+    log(f"training {config.architecture} on {config.dataset}/{config.protocol}: {machine['device']}")
     if machine["gpus"]:  # mixed precision on GPUs; the final sigmoid stays float32
         keras.mixed_precision.set_global_policy("mixed_float16")
     with _distribution_scope(machine):  # several GPUs: one replica each (MirroredStrategy)
@@ -183,19 +126,20 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             trained.compile(optimizer=optimizer, loss=InBatchPairLoss(), metrics=[InBatchBalancedAccuracy()])
         else:
             left, right, same = pair_rows(train_pairs, index)
-            data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed, workers=2,
-                               use_multiprocessing=False)
+            data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed,
+                               steps=config.steps_per_epoch, workers=2, use_multiprocessing=False)
             trained = models.pair
             trained.compile(optimizer=optimizer, loss="binary_crossentropy",
                             metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
 
-    run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs_sha[:8]}"
+    ## Fit: validation accuracy at P(same) 0.5 picks the epoch; a killed run resumes from its backup.
+    run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs.sha256[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path = run_dir / "best.keras"
     callbacks = [
         PairValidation(models.pair, tensors, val_left, val_right, val_same),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),  # a killed run resumes at its last epoch
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_pair_accuracy", mode="max",
                                         save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_pair_accuracy", mode="max",
@@ -218,6 +162,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
     trained.set_weights(keras.saving.load_model(best_path, safe_mode=True, compile=False).get_weights())
 
+    ## Publish: files, then the manifest with their checksums and the data fingerprint.
     log_df = pd.read_csv(run_dir / "history.csv").rename(columns={"pair_accuracy": "train_accuracy",
                                                                   "loss": "train_loss",
                                                                   "val_pair_accuracy": "val_accuracy",
@@ -232,17 +177,18 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         tmp = Path(tmp)
         models.pair.save(tmp / "pair.keras")
         models.embedder.save(tmp / "embedder.keras")
-        (tmp / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+        (tmp / "config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
         shutil.copy(run_dir / "history.csv", tmp / "history.csv")
         (tmp / "curve.png").write_bytes(plot_curves(log_df, f"{config.architecture} on {config.dataset}/"
                                                             f"{config.protocol} ({config.pair_mode})"))
         published = publish(store, version, {n: tmp / n for n in ("pair.keras", "embedder.keras", "config.json",
                                                                      "history.csv", "curve.png")}, {
-            "config": asdict(config), "metrics": metrics, "wall_seconds": wall, "machine": machine,
-            "data": {"pairs_sha256": pairs_sha, "tensors_sha256": index_summary.tensors_sha256,
+            "config": config.model_dump(), "metrics": metrics, "wall_seconds": wall, "machine": machine,
+            "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": index_summary.tensors_sha256,
                      "index_sha256": index_summary.index_sha256},
         })
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
-    log(f"registered {version}: val accuracy {metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']} "
-        f"of {metrics['epochs_run']}, {wall / 60:.1f} min")
+    log(f"registered {version} ({store.uri(catalog.model_prefix(version))}): validation accuracy "
+        f"{metrics['val_accuracy']:.4f} at P(same) 0.5 (the score that picked epoch {metrics['best_epoch']} "
+        f"of {metrics['epochs_run']}), {wall / 60:.1f} min")
     return TrainResult(version, metrics, wall, published)

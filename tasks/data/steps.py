@@ -1,34 +1,34 @@
 """Data pipeline steps: plain functions over a storage address (testable without Prefect).
 
-Each step is idempotent: it writes its outputs, then a manifest naming the fingerprint of
-its inputs; a re-run whose manifest matches returns the recorded result and does nothing.
+Each step is idempotent: it writes its outputs, then a manifest naming the fingerprint of its
+inputs (``storage.manifests``); a re-run whose manifest matches returns the recorded result.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from storage import Storage, open_storage, siamese_home
-from tasks.datasets import get_dataset
-from tasks.download import download_dataset
-from tasks.index import INDEX_FORMAT, extract_and_index, npy_to_tensors, people_counts, tensors_to_npy
-from tasks.lfw_protocol import parse_pairs_file, parse_people_file
-from tasks.pairs import (
+from settings import siamese_home
+from storage import catalog, open_storage
+from storage.manifests import reusable_manifest, sha256_bytes
+from tasks.data.datasets import get_dataset
+from tasks.data.download import download_dataset
+from tasks.data.index import INDEX_FORMAT, extract_and_index, people_counts, tensors_to_npy
+from tasks.data.lfw_protocol import parse_pairs_file, parse_people_file
+from tasks.data.pairs import (
     FaceComparerConfig,
     IdentityDisjointConfig,
     face_comparer_pairs,
     identity_disjoint_pairs,
     official_pairs,
 )
-from tasks.preprocess import PreprocessConfig
-from tasks.skew import (
+from tasks.data.prepared import IndexSummary, load_index
+from tasks.data.skew import (
     format_skew_lines,
     plot_images_per_person,
     same_pair_images_per_person,
@@ -36,24 +36,13 @@ from tasks.skew import (
     skew_table,
     split_images_per_person,
 )
+from tasks.images import PreprocessConfig
 
 PAIRS_FORMAT = 1
 
 
-def dataset_key(dataset: str, *parts: str) -> str:
-    return "/".join(("datasets", dataset, *parts))
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def manifest_matches(prior: dict | None, wanted: dict) -> bool:
-    """True when a stored manifest records the same inputs (compared in their JSON form)."""
-    return bool(prior) and all(prior.get(k) == v for k, v in json.loads(json.dumps(wanted)).items())
-
-
 def cache_dir(dataset: str) -> Path:
+    """Downloads and extracted images of ``dataset`` on this machine (not in storage)."""
     return siamese_home() / "cache" / dataset
 
 
@@ -82,23 +71,6 @@ def run_download(dataset: str, mirror: str | None = None, trust_mirror_checksums
 # --- index ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class IndexSummary:
-    dataset: str
-    index_key: str
-    tensors_key: str
-    index_sha256: str
-    tensors_sha256: str
-    archive_sha256: str
-    preprocess: dict
-    images: int
-    people: int
-    errors: int
-    reused: bool = False
-    seconds: float = 0.0
-    error_examples: list[str] = field(default_factory=list)
-
-
 def preprocess_for(dataset: str, size: int = 64, grey: bool = True) -> PreprocessConfig:
     return PreprocessConfig(size=size, grey=grey, crop_box=get_dataset(dataset).crop_box)
 
@@ -107,47 +79,30 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
               preprocess: PreprocessConfig) -> IndexSummary:
     """Extract, index and preprocess; publish the index Parquet and tensor store to storage."""
     store = open_storage(storage_url)
-    manifest_key = dataset_key(dataset, "index.json")
-    prior = store.read_json_or_none(manifest_key)
-    wanted = {"archive_sha256": archive_sha256, "preprocess": asdict(preprocess), "format": INDEX_FORMAT}
-    if manifest_matches(prior, wanted) and store.exists(prior["index_key"]) and store.exists(prior["tensors_key"]):
+    index_key, tensors_key = catalog.index_key(dataset), catalog.tensors_key(dataset, preprocess.id)
+    wanted = {"archive_sha256": archive_sha256, "preprocess": preprocess.model_dump(), "format": INDEX_FORMAT}
+    prior = reusable_manifest(store, catalog.index_manifest_key(dataset), wanted, index_key, tensors_key)
+    if prior:
         return IndexSummary(**{**prior["summary"], "reused": True, "seconds": 0.0})
 
     start = time.perf_counter()
-    spec = get_dataset(dataset)
-    built = extract_and_index(spec, Path(archive_path), archive_sha256, cache_dir(dataset) / "images", preprocess)
+    built = extract_and_index(get_dataset(dataset), Path(archive_path), archive_sha256,
+                              cache_dir(dataset) / "images", preprocess)
     buf = io.BytesIO()
     built.index.to_parquet(buf, index=False, compression="zstd")
     index_bytes, npy = buf.getvalue(), tensors_to_npy(built.tensors)
-    index_key = dataset_key(dataset, "index.parquet")
-    tensors_key = dataset_key(dataset, "tensors", f"{preprocess.id}.npy")
     store.write_bytes(index_key, index_bytes)
     store.write_bytes(tensors_key, npy)
     errors = built.index["error"].dropna()
     summary = IndexSummary(
         dataset=dataset, index_key=index_key, tensors_key=tensors_key, index_sha256=sha256_bytes(index_bytes),
-        tensors_sha256=sha256_bytes(npy), archive_sha256=archive_sha256, preprocess=asdict(preprocess),
+        tensors_sha256=sha256_bytes(npy), archive_sha256=archive_sha256, preprocess=preprocess.model_dump(),
         images=len(built.index), people=int(built.index["person"].nunique()), errors=len(errors),
         seconds=time.perf_counter() - start, error_examples=list(errors.head(10)),
     )
     # The manifest goes last: its presence means every output above is complete.
-    store.write_json(manifest_key, {**wanted, "index_key": index_key, "tensors_key": tensors_key,
-                                    "summary": asdict(summary)})
+    store.write_json(catalog.index_manifest_key(dataset), {**wanted, "summary": asdict(summary)})
     return summary
-
-
-def load_index(store: Storage, summary: IndexSummary) -> pd.DataFrame:
-    data = store.read_bytes(summary.index_key)
-    if sha256_bytes(data) != summary.index_sha256:
-        raise ValueError(f"{store.uri(summary.index_key)} does not match its manifest checksum")
-    return pd.read_parquet(io.BytesIO(data))
-
-
-def load_tensors(store: Storage, summary: IndexSummary):
-    data = store.read_bytes(summary.tensors_key)
-    if sha256_bytes(data) != summary.tensors_sha256:
-        raise ValueError(f"{store.uri(summary.tensors_key)} does not match its manifest checksum")
-    return npy_to_tensors(data)
 
 
 # --- skew ----------------------------------------------------------------------------------
@@ -165,10 +120,10 @@ def run_dataset_skew(dataset: str, storage_url: str | None, index: IndexSummary)
     store = open_storage(storage_url)
     table = skew_table(people_counts(load_index(store, index)))
     md = skew_markdown(f"{dataset}: people by number of images", {"all": table})
-    key = dataset_key(dataset, "skew.md")
-    store.write_text(key, md)
-    store.write_bytes(dataset_key(dataset, "skew.csv"), table.to_csv(index=False).encode())
-    return SkewReport(key, table.to_dict("records"), md, format_skew_lines(table))
+    md_key, csv_key = catalog.dataset_skew_keys(dataset)
+    store.write_text(md_key, md)
+    store.write_bytes(csv_key, table.to_csv(index=False).encode())
+    return SkewReport(md_key, table.to_dict("records"), md, format_skew_lines(table))
 
 
 # --- pairs ---------------------------------------------------------------------------------
@@ -222,10 +177,10 @@ def run_pairs(dataset: str, storage_url: str | None, index: IndexSummary, protoc
               files: dict[str, str]) -> PairsSummary:
     """Generate one protocol's pairs into Parquet, with its per-split skew tables and plots beside it."""
     store = open_storage(storage_url)
-    base = dataset_key(dataset, "pairs", protocol)
+    pairs_key, manifest_key = catalog.pairs_key(dataset, protocol), catalog.pairs_manifest_key(dataset, protocol)
     wanted = {"index_sha256": index.index_sha256, "config": config, "format": PAIRS_FORMAT}
-    prior = store.read_json_or_none(f"{base}/manifest.json")
-    if manifest_matches(prior, wanted) and store.exists(prior["summary"]["pairs_key"]):
+    prior = reusable_manifest(store, manifest_key, wanted, pairs_key)
+    if prior:
         return PairsSummary(**{**prior["summary"], "reused": True, "seconds": 0.0})
 
     start = time.perf_counter()
@@ -233,20 +188,20 @@ def run_pairs(dataset: str, storage_url: str | None, index: IndexSummary, protoc
     buf = io.BytesIO()
     pairs.to_parquet(buf, index=False, compression="zstd")
     data = buf.getvalue()
-    store.write_bytes(f"{base}/pairs.parquet", data)
+    store.write_bytes(pairs_key, data)
 
     per_split = split_images_per_person(pairs)
     tables = {split: skew_table(counts) for split, counts in per_split.items()}
     md = skew_markdown(f"{dataset} / {protocol}: people by images used per split", tables)
-    store.write_text(f"{base}/skew.md", md)
-    store.write_bytes(f"{base}/skew.csv", pd.concat(
-        [t.assign(split=s) for s, t in tables.items()]).to_csv(index=False).encode())
+    md_key, csv_key = catalog.pairs_skew_keys(dataset, protocol)
+    store.write_text(md_key, md)
+    store.write_bytes(csv_key, pd.concat([t.assign(split=s) for s, t in tables.items()]).to_csv(index=False).encode())
     plot_keys = {}
     for split in per_split:
-        key = f"{base}/images_per_person_{split}.png"
-        store.write_bytes(key, plot_images_per_person(same_pair_images_per_person(pairs, split), f"{protocol} {split}"))
-        plot_keys[split] = key
-    summary = PairsSummary(protocol, f"{base}/pairs.parquet", sha256_bytes(data), pair_counts(pairs, per_split), md,
-                           plot_keys, seconds=time.perf_counter() - start)
-    store.write_json(f"{base}/manifest.json", {**wanted, "summary": asdict(summary)})
+        plot_keys[split] = catalog.pairs_plot_key(dataset, protocol, split)
+        store.write_bytes(plot_keys[split], plot_images_per_person(same_pair_images_per_person(pairs, split),
+                                                                   f"{protocol} {split}"))
+    summary = PairsSummary(protocol, pairs_key, sha256_bytes(data), pair_counts(pairs, per_split), md, plot_keys,
+                           seconds=time.perf_counter() - start)
+    store.write_json(manifest_key, {**wanted, "summary": asdict(summary)})
     return summary

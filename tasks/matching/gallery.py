@@ -20,11 +20,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.registry import load_model, version_prefix
 from model.scoring import PairScorer
-from storage import Storage, open_storage
-from tasks.faces import faces_from_bytes
-from tasks.preprocess import ImageDecodeError
+from storage import Storage, catalog, open_storage
+from storage.manifests import sha256_bytes
+from tasks.images import ImageDecodeError
+from tasks.matching.faces import faces_from_bytes
+from tasks.registry import load_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 GALLERY_FORMAT = 1
@@ -134,19 +135,15 @@ class EnrolResult:
     seconds: float
 
 
-def enrol_prefix(storage_gallery_id: str, version: str) -> str:
-    return f"galleries/{storage_gallery_id}/{version_prefix(version).split('/', 1)[1]}"
-
-
 def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "none",
           scorer: PairScorer | None = None, log: Callable[[str], None] = print) -> EnrolResult:
     start = time.perf_counter()
     store, source = open_storage(storage_url), open_storage(gallery_url)
-    prefix = enrol_prefix(gallery_id(gallery_url), version)
-    key = f"{prefix}/embeddings.parquet"
+    key = catalog.gallery_embeddings_key(gallery_id(gallery_url), version)
+    manifest_key = catalog.gallery_manifest_key(gallery_id(gallery_url), version)
     listing = list_gallery(source)
     previous = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
-    prior_manifest = store.read_json_or_none(f"{prefix}/manifest.json")
+    prior_manifest = store.read_json_or_none(manifest_key)
     if prior_manifest and prior_manifest.get("detect") == detect and store.exists(key):
         previous = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pandas()
     current = listing.images
@@ -178,10 +175,10 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
     buf = io.BytesIO()
     pq.write_table(embedding_table(frame, scorer.dim), buf)
     store.write_bytes(key, buf.getvalue())
-    result = EnrolResult(source.url, version, key, hashlib.sha256(buf.getvalue()).hexdigest(),
+    result = EnrolResult(source.url, version, key, sha256_bytes(buf.getvalue()),
                          int(frame["identity"].nunique()), len(frame), len(new_rows), len(kept), max(0, removed),
                          errors, time.perf_counter() - start)
-    store.write_json(f"{prefix}/manifest.json", {
+    store.write_json(manifest_key, {
         "format": GALLERY_FORMAT, "gallery": source.url, "model_version": version, "detect": detect,
         "embeddings_key": key, "embeddings_sha256": result.embeddings_sha256,
         "identities": result.identities, "images": result.images, "errors": errors})

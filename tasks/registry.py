@@ -11,62 +11,51 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-import keras
-
 import model.layers  # noqa: F401 - registers the custom layers before any load
 import model.losses  # noqa: F401
-from storage import Storage
+from model import keras  # through the package: TensorFlow's start-up stays quiet
+from storage import NotFoundError, Storage, catalog
+from storage.manifests import IntegrityError, read_verified
 
 MODEL_FILES = ("pair.keras", "embedder.keras")
-CHAMPION_KEY = "models/champion.json"  # which version matching uses when none is given
 
 
-class ModelIntegrityError(RuntimeError):
+class ModelIntegrityError(IntegrityError):
     pass
-
-
-def version_prefix(version: str) -> str:
-    if not version or "/" in version or version.startswith("."):
-        raise ValueError(f"invalid model version {version!r}")
-    return f"models/{version}"
 
 
 def publish(store: Storage, version: str, files: dict[str, Path], manifest: dict) -> dict:
     """Upload ``files`` (name -> local path) and then the manifest with their checksums."""
-    prefix = version_prefix(version)
     sums = {}
     for name, path in files.items():
         sums[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        store.upload_file(path, f"{prefix}/{name}")
+        store.upload_file(path, catalog.model_file_key(version, name))
     manifest = {**manifest, "version": version, "files": sums}
-    store.write_json(f"{prefix}/manifest.json", manifest)
+    store.write_json(catalog.model_manifest_key(version), manifest)  # last: the model is complete
     return manifest
 
 
 def read_manifest(store: Storage, version: str) -> dict:
-    return store.read_json(f"{version_prefix(version)}/manifest.json")
+    return store.read_json(catalog.model_manifest_key(version))
 
 
 def load_model(store: Storage, version: str, name: str = "pair.keras") -> keras.Model:
     """Download, verify the sha256 against the manifest, and load in safe mode."""
-    manifest = read_manifest(store, version)
-    expected = manifest["files"].get(name)
+    expected = read_manifest(store, version)["files"].get(name)
     if expected is None:
         raise ModelIntegrityError(f"model {version} has no {name}")
-    data = store.read_bytes(f"{version_prefix(version)}/{name}")
-    got = hashlib.sha256(data).hexdigest()
-    if got != expected:
-        raise ModelIntegrityError(f"{store.uri(version_prefix(version) + '/' + name)}: sha256 {got} does not "
-                                  f"match the manifest's {expected}; refusing to load it")
+    try:
+        data = read_verified(store, catalog.model_file_key(version, name), expected)
+    except IntegrityError as err:
+        raise ModelIntegrityError(str(err)) from None
     with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
         return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 
-
 def read_champion(store: Storage) -> str | None:
-    pointer = store.read_json_or_none(CHAMPION_KEY)
+    pointer = store.read_json_or_none(catalog.CHAMPION_KEY)
     return pointer["version"] if pointer else None
 
 
@@ -74,14 +63,14 @@ def set_champion(store: Storage, version: str, decision: dict) -> dict:
     """Point the champion at ``version`` (which must be registered); ``decision`` says why."""
     read_manifest(store, version)  # refuses an unregistered version
     pointer = {"version": version, "decision": decision}
-    store.write_json(CHAMPION_KEY, pointer)
+    store.write_json(catalog.CHAMPION_KEY, pointer)
     return pointer
 
 
 def list_versions(store: Storage) -> list[str]:
     """Registered versions (those with a manifest), oldest first (versions start with a UTC time)."""
-    return sorted(info.key.split("/")[1] for info in store.list("models/")
-                  if info.key.count("/") == 2 and info.key.endswith("/manifest.json"))
+    found = (catalog.version_of_manifest_key(info.key) for info in store.list(catalog.MODELS_PREFIX))
+    return sorted(v for v in found if v)
 
 
 def resolve_version(store: Storage, version: str) -> str:
@@ -98,6 +87,6 @@ def resolve_version(store: Storage, version: str) -> str:
         return champion
     try:
         read_manifest(store, version)
-    except FileNotFoundError:
+    except (NotFoundError, ValueError):
         raise LookupError(f"model version {version!r} is not registered in {store.url}") from None
     return version

@@ -8,11 +8,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from model.registry import load_model
 from model.scoring import PairScorer
-from storage import open_storage
-from tasks.gallery import Gallery, enrol, read_gallery
-from tasks.matching import MatchParams, list_probes, match_shard, summarize_run
+from storage import catalog, open_storage
+from tasks.evaluation.evaluate import read_report
+from tasks.matching.config import MatchParams
+from tasks.matching.gallery import Gallery, enrol, read_gallery
+from tasks.matching.runs import list_probes, match_shard, summarize_run
+from tasks.matching.search import resolve_threshold
+from tasks.registry import load_model, resolve_version
 
 _lock = threading.Lock()
 
@@ -30,6 +33,25 @@ def _gallery(storage_url: str | None, key: str, sha256: str) -> Gallery:  # sha2
 def cached_scorer(storage_url: str | None, version: str) -> PairScorer:
     with _lock:  # one load per process, even when several shards start at once
         return _scorer(storage_url, version)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry storage outages, not a wrong model name or threshold."""
+    try:
+        state.result()
+    except (LookupError, ValueError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="resolve-model", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5, retry_condition_fn=_transient)
+def resolve_model(model: str, storage: str | None, threshold: str | float | None) -> tuple[str, float | None]:
+    """The model version (champion, latest or a version) and the threshold to apply."""
+    store = open_storage(storage)
+    version = resolve_version(store, model)
+    return version, None if threshold is None else resolve_threshold(threshold, read_report(store, version))
 
 
 @task(tags=["siamese-faces", "match"],
@@ -58,13 +80,13 @@ def list_probe_shards(params: MatchParams, storage_url: str | None) -> dict:
       retry_delay_seconds=5)
 def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
                     progress_id=None) -> dict:
-    version = run["params"]["model_version"]
+    version = run["params"]["model"]
     out = match_shard(run, shard, storage_url, cached_scorer(storage_url, version),
                       _gallery(storage_url, gallery["embeddings_key"], gallery["sha256"]), threshold,
                       log=get_run_logger().info)
     if progress_id is not None:
         store = open_storage(storage_url)
-        done = sum(1 for _ in store.list(f"matches/{run['run_id']}/results/"))
+        done = sum(1 for _ in store.list(catalog.match_results_prefix(run["run_id"])))
         update_progress_artifact(progress_id, progress=100.0 * done / max(1, run["shards"]))
     return out
 

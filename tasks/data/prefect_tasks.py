@@ -5,9 +5,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.data_steps import (
+from storage import open_storage
+from tasks.artifacts import artifact_key, png_markdown
+from tasks.data.download import redact_url
+from tasks.data.prepared import IndexSummary
+from tasks.data.steps import (
     Downloaded,
-    IndexSummary,
     PairsSummary,
     SkewReport,
     run_dataset_skew,
@@ -15,15 +18,10 @@ from tasks.data_steps import (
     run_index,
     run_pairs,
 )
-from tasks.download import redact_url
-from tasks.preprocess import PreprocessConfig
+from tasks.images import PreprocessConfig
 
 
-def _artifact_key(*parts: str) -> str:
-    return "-".join(parts).lower().replace("_", "-")
-
-
-# Skipping finished work is done by content manifests in storage (see tasks.data_steps), which
+# Skipping finished work is done by content manifests in storage (see storage.manifests), which
 # hold across machines and storage backends; Prefect's input-hash cache is therefore off.
 @task(tags=["siamese-faces", "data"],
       name="download", task_run_name="download-{dataset}", retries=2, retry_delay_seconds=[5, 30],
@@ -35,7 +33,7 @@ def download(dataset: str, mirror: str | None, trust_mirror_checksums: bool | No
     log.info("%s: %d files from %s, %.1f MB transferred in %.1f s", dataset, len(result.files), where,
              result.bytes_transferred / 1e6, result.seconds)
     create_table_artifact(
-        key=_artifact_key(dataset, "downloads"),
+        key=artifact_key(dataset, "downloads"),
         table=[{"file": n, "sha256": result.sha256[n]} for n in sorted(result.files)],
         description=f"{dataset}: files verified by sha256 ({result.bytes_transferred:,} bytes transferred)",
     )
@@ -62,9 +60,9 @@ def dataset_skew(dataset: str, storage_url: str | None, index_summary: IndexSumm
     log = get_run_logger()
     report = run_dataset_skew(dataset, storage_url, index_summary)
     log.info("%s skew:\n%s", dataset, "\n".join(report.lines))
-    create_markdown_artifact(key=_artifact_key(dataset, "skew"), markdown=report.markdown,
+    create_markdown_artifact(key=artifact_key(dataset, "skew"), markdown=report.markdown,
                              description=f"{dataset}: people per images-per-person bucket")
-    create_table_artifact(key=_artifact_key(dataset, "skew-table"), table=report.table,
+    create_table_artifact(key=artifact_key(dataset, "skew-table"), table=report.table,
                           description=f"{dataset}: people per bucket")
     return report
 
@@ -75,19 +73,21 @@ def pairs(dataset: str, storage_url: str | None, index_summary: IndexSummary, pr
           files: dict[str, str]) -> PairsSummary:
     log = get_run_logger()
     result = run_pairs(dataset, storage_url, index_summary, protocol, config, files)
+    store = open_storage(storage_url)
     for split, c in result.counts.items():
         log.info("%s/%s %s: %d pairs (%d same), %d people, %d images", dataset, protocol, split, c["pairs"],
                  c["same"], c["people"], c["images"])
     create_table_artifact(
-        key=_artifact_key(dataset, protocol, "pairs"),
+        key=artifact_key(dataset, protocol, "pairs"),
         table=[{"split": s, **c} for s, c in result.counts.items()],
         description=f"{dataset}/{protocol}: pairs per split ({'reused' if result.reused else 'generated'}); "
                     f"file {result.pairs_key}",
     )
     create_markdown_artifact(
-        key=_artifact_key(dataset, protocol, "skew"),
-        markdown=result.skew_markdown + "\n\nImages-per-person plots: "
-        + ", ".join(f"`{k}`" for k in result.plot_keys.values()) + "\n",
+        key=artifact_key(dataset, protocol, "skew"),
+        markdown=result.skew_markdown + "\n" + "\n\n".join(
+            f"**{split}**: `{store.uri(key)}`\n\n" + png_markdown(f"images per person, {split}", store.read_bytes(key))
+            for split, key in result.plot_keys.items()) + "\n",
         description=f"{dataset}/{protocol}: skew per split",
     )
     return result

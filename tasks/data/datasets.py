@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from tasks.images import LFW_CROP_BOX
+
 # A layout parser maps an archive member path to (person, image_id), or None for non-image members.
 LayoutParser = Callable[[str], "tuple[str, str] | None"]
 
@@ -79,7 +81,7 @@ LFW = DatasetSpec(
     ),
     parse_member=parse_lfw_member,
     image_root="lfw",
-    crop_box=(83, 92, 166, 175),  # LFWcrop's fixed box on the 250x250 originals
+    crop_box=LFW_CROP_BOX,  # LFWcrop's fixed box on the 250x250 originals
     people_split_files=("peopleDevTrain.txt", "peopleDevTest.txt"),
     official_pairs_files={"dev_train": "pairsDevTrain.txt", "dev_test": "pairsDevTest.txt", "view2": "pairs.txt"},
 )

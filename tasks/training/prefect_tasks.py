@@ -1,14 +1,15 @@
 """Thin Prefect wrapper around training: a progress artifact per epoch, the curve as an artifact."""
 from __future__ import annotations
 
-import keras  # noqa: E402, I001
-from prefect import get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 
-from storage import open_storage  # noqa: E402
-from tasks.artifacts import png_markdown  # noqa: E402
-from tasks.train import TrainConfig, TrainResult, train  # first: it sets TensorFlow's oneDNN default
+from model import keras
+from storage import catalog, open_storage
+from tasks.artifacts import artifact_key, png_markdown
+from tasks.training.config import TrainConfig
+from tasks.training.train import TrainResult, train
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -21,8 +22,8 @@ class _EpochProgress(keras.callbacks.Callback):
         logs = logs or {}
         update_progress_artifact(self.artifact_id, progress=100.0 * (epoch + 1) / self.epochs)
         nan = float("nan")
-        self.log.info("epoch %d: loss %.4f, val accuracy %.4f, val loss %.4f", epoch + 1, logs.get("loss", nan),
-                      logs.get("val_pair_accuracy", nan), logs.get("val_pair_loss", nan))
+        self.log.info("epoch %d: loss %.4f, validation accuracy at 0.5 %.4f, validation loss %.4f", epoch + 1,
+                      logs.get("loss", nan), logs.get("val_pair_accuracy", nan), logs.get("val_pair_loss", nan))
 
 
 @task(tags=["siamese-faces", "train"],
@@ -33,14 +34,16 @@ def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
     m = result.metrics
     store = open_storage(storage_url)
     create_markdown_artifact(
-        key=f"model-{config.protocol}".replace("_", "-"),
+        key=artifact_key("model", config.protocol),
         markdown=(f"### Model `{result.version}`\n\n| metric | value |\n|---|---:|\n"
-                  f"| validation accuracy | {m['val_accuracy']:.4f} |\n| validation loss | {m['val_loss']:.4f} |\n"
+                  f"| validation accuracy at P(same) 0.5 (picked the epoch) | {m['val_accuracy']:.4f} |\n"
+                  f"| validation loss | {m['val_loss']:.4f} |\n"
                   f"| best epoch | {m['best_epoch']} of {m['epochs_run']} |\n"
-                  f"| wall time | {result.wall_seconds / 60:.1f} min |\n\n"
-                  f"Files: `{store.uri('models/' + result.version)}/`\n\n"
+                  f"| wall time | {result.wall_seconds / 60:.1f} min |\n"
+                  f"| device | {result.manifest['machine']['device']} |\n\n"
+                  f"Files: `{store.uri(catalog.model_prefix(result.version))}/`\n\n"
                   + png_markdown("loss and accuracy per epoch",
-                                 store.read_bytes(f"models/{result.version}/curve.png"))),
+                                 store.read_bytes(catalog.model_file_key(result.version, "curve.png")))),
         description=f"{config.architecture} trained on {config.dataset}/{config.protocol}",
     )
     return result

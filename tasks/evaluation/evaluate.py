@@ -7,23 +7,22 @@ evaluation settings, so a re-run with the same settings reuses it.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from model.augment import AugmentConfig
-from model.registry import load_model, read_champion, read_manifest, version_prefix
 from model.scoring import PairScorer
-from storage import Storage, open_storage
-from tasks.data_steps import IndexSummary, dataset_key, load_index, load_tensors
-from tasks.eval_plots import pair_grid_png, roc_png, score_histogram_png
-from tasks.metrics import (
+from storage import Storage, catalog, open_storage
+from storage.manifests import same_inputs
+from tasks.data.prepared import load_index, load_tensors, pairs_exist, read_index_summary, read_pairs
+from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.metrics import (
     accuracy_threshold,
     classification_metrics,
     far_threshold,
@@ -31,27 +30,12 @@ from tasks.metrics import (
     score_histogram,
     tenfold_accuracy,
 )
-from tasks.oneshot import draw_nway_tasks, nway_accuracy
+from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
+from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
+from tasks.evaluation.report import report_markdown
+from tasks.registry import load_model, read_champion, read_manifest
 
 EVAL_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    far_targets: tuple[float, ...] = (1e-2, 1e-3)  # TAR is reported at these FARs
-    calibrate_far: float = 1e-3  # a second stored threshold, for a target false-accept rate
-    official: bool = True  # LFW View 1 and View 2 when the dataset has them
-    nway: tuple[int, ...] = (5, 20)
-    nway_tasks: int = 2000
-    tta_passes: int = 0  # extra augmented passes averaged into every score (face-comparer used 50)
-    seed: int = 42
-
-    def __post_init__(self):
-        if self.tta_passes < 0 or self.nway_tasks < 1 or not 0 < self.calibrate_far < 1:
-            raise ValueError("tta_passes >= 0, nway_tasks >= 1 and 0 < calibrate_far < 1 are required")
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -62,12 +46,6 @@ class EvalResult:
     markdown: str
     reused: bool = False
     files: dict[str, str] = field(default_factory=dict)  # name -> storage key
-
-
-def evaluation_prefix(version: str, tta_passes: int = 0) -> str:
-    """``evaluation/`` holds the plain evaluation, whose thresholds matching uses (matching does
-    not augment); a test-time-augmented evaluation goes beside it, ``evaluation-tta<N>/``."""
-    return f"{version_prefix(version)}/evaluation" + (f"-tta{tta_passes}" if tta_passes else "")
 
 
 class EmbeddedImages:
@@ -105,14 +83,6 @@ def held_out_images(index: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, list[
     return {p: sorted(g) for p, g in valid.groupby("person")["image_id"]}
 
 
-def _read_pairs(store: Storage, dataset: str, protocol: str) -> tuple[pd.DataFrame | None, str | None]:
-    key = dataset_key(dataset, "pairs", protocol, "pairs.parquet")
-    if not store.exists(key):
-        return None, None
-    data = store.read_bytes(key)
-    return pd.read_parquet(io.BytesIO(data)), hashlib.sha256(data).hexdigest()
-
-
 def _split_report(labels, scores, thresholds: dict[str, float], far_targets) -> dict:
     out = classification_metrics(labels, scores, thresholds["accuracy"])
     out["accuracy_at_0.5"] = classification_metrics(labels, scores, 0.5)["accuracy"]
@@ -143,82 +113,9 @@ def _error_grids(split: pd.DataFrame, scores: np.ndarray, threshold: float, tens
     return grids
 
 
-def _fmt(v, digits=4) -> str:
-    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def report_markdown(report: dict, champion: dict | None = None) -> str:
-    """The human-readable report: the metrics table, the official protocols, one-shot, comparison."""
-    t = report["thresholds"]
-    lines = [f"# Evaluation of model `{report['version']}`", "",
-             f"Trained on `{report['dataset']}/{report['protocol']}`. Thresholds chosen on its validation split "
-             f"only: accuracy-maximising **{t['accuracy']:.4f}**; FAR <= {t['far_target']:g}: **{t['far']:.4f}**. "
-             f"Test-time augmentation passes: {report['config']['tta_passes']}.", "",
-             "| split | pairs | accuracy | error | precision | recall | F1 | accuracy at 0.5 | AUC | EER | "
-             + " | ".join(f"TAR@FAR={f:g}" for f in report["config"]["far_targets"]) + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(report["config"]["far_targets"])]
-    for name, s in report["splits"].items():
-        tars = " | ".join(_fmt(s.get("tar_at_far", {}).get(f"{f:g}")) for f in report["config"]["far_targets"])
-        lines.append(f"| {name} | {s['support_same'] + s['support_different']} | {s['accuracy']:.4f} | "
-                     f"{s['error']:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | "
-                     f"{s['accuracy_at_0.5']:.4f} | {_fmt(s.get('auc'))} | {_fmt(s.get('eer'))} | {tars} |")
-    test = report["splits"].get("test")
-    if test:
-        c = test["confusion"]
-        lines += ["", "Test confusion matrix (rows: truth; columns: predicted):", "",
-                  "| | predicted different | predicted same |", "|---|---:|---:|",
-                  f"| different | {c['tn']} | {c['fp']} |", f"| same | {c['fn']} | {c['tp']} |", "",
-                  f"TAR at FAR = 1e-3 can only be read at FAR = 0 below one false accept in "
-                  f"{round(1 / test['far_resolution'])} different pairs."]
-    off = report.get("official")
-    if off:
-        v1, v2 = off["view1"], off["view2"]
-        lines += ["", "## Official LFW protocols", "",
-                  f"- **View 1**: threshold {v1['threshold']:.4f} chosen on pairsDevTrain ({v1['train_pairs']} pairs), "
-                  f"pairsDevTest accuracy **{v1['accuracy']:.4f}** ({v1['test_pairs']} pairs), AUC {v1['auc']:.4f}, "
-                  f"EER {v1['eer']:.4f}.",
-                  f"- **View 2** (10 folds, threshold chosen on the other 9): mean accuracy "
-                  f"**{v2['mean_accuracy']:.4f} +- {v2['standard_error']:.4f}** (standard error); AUC over all "
-                  f"6,000 pairs {v2['auc']:.4f}.",
-                  f"- Identities the model trained on: {off['overlap']['view1_test_pairs_with_trained_person']:.1%} "
-                  f"of View 1 test pairs and {off['overlap']['view2_pairs_with_trained_person']:.1%} of View 2 pairs "
-                  f"show a person from the model's training split. LFW's strict View 2 protocol trains a "
-                  f"model per fold; this is one model scored on all folds, so read View 2 as an upper bound "
-                  f"whenever that share is above zero."]
-    if report.get("one_shot"):
-        lines += ["", "## N-way one-shot identification on held-out identities", "",
-                  f"{report['one_shot_people']} identities with no image in the model's training or validation "
-                  f"split; one support image per identity, the query never its own support.", "",
-                  "| N | tasks | accuracy | standard error | chance |", "|---:|---:|---:|---:|---:|"]
-        for r in report["one_shot"].values():
-            lines.append(f"| {r['n_way']} | {r['tasks']} | **{r['accuracy']:.4f}** | {r['standard_error']:.4f} | "
-                         f"{r['chance']:.4f} |")
-    if champion:
-        lines += ["", f"## Against the champion `{champion['version']}`", "",
-                  "| metric | this model | champion |", "|---|---:|---:|"]
-        for label, path in COMPARED:
-            lines.append(f"| {label} | {_fmt(_dig(report, path))} | {_fmt(_dig(champion, path))} |")
-    lines += ["", "Figures: `roc.png`, `scores.png`, `false_positives.png`, `false_negatives.png` beside this "
-                  "report."]
-    return "\n".join(lines) + "\n"
-
-
-COMPARED = [("test accuracy", ("splits", "test", "accuracy")), ("test AUC", ("splits", "test", "auc")),
-            ("test EER", ("splits", "test", "eer")), ("View 1 accuracy", ("official", "view1", "accuracy")),
-            ("View 2 mean accuracy", ("official", "view2", "mean_accuracy")),
-            ("5-way one-shot", ("one_shot", "5", "accuracy")), ("20-way one-shot", ("one_shot", "20", "accuracy"))]
-
-
-def _dig(d: dict | None, path: tuple[str, ...]):
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
-            return None
-        d = d[p]
-    return d
-
-
 def read_report(store: Storage, version: str) -> dict | None:
-    return store.read_json_or_none(f"{evaluation_prefix(version)}/report.json")
+    """The plain (not test-time-augmented) evaluation of ``version``: the thresholds matching uses."""
+    return store.read_json_or_none(catalog.report_key(version))
 
 
 def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
@@ -226,21 +123,23 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     start = time.perf_counter()
     store = open_storage(storage_url)
     manifest = read_manifest(store, version)
-    prefix = evaluation_prefix(version, config.tta_passes)
+    report_key = catalog.report_key(version, config.tta_passes)
     dataset, protocol = manifest["config"]["dataset"], manifest["config"]["protocol"]
-    pairs, pairs_sha = _read_pairs(store, dataset, protocol)
-    if pairs is None:
-        raise FileNotFoundError(f"no {protocol} pairs for {dataset} in {store.url}: run the data flow first")
-    official, official_sha = _read_pairs(store, dataset, "lfw_official") if config.official else (None, None)
-    summary = IndexSummary(**store.read_json(dataset_key(dataset, "index.json"))["summary"])
+    protocol_pairs = read_pairs(store, dataset, protocol)
+    pairs = protocol_pairs.frame
+    official_pairs = (read_pairs(store, dataset, "lfw_official")
+                      if config.official and pairs_exist(store, dataset, "lfw_official") else None)
+    official = official_pairs.frame if official_pairs else None
+    summary = read_index_summary(store, dataset)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
-              "data": {"pairs_sha256": pairs_sha, "official_pairs_sha256": official_sha,
+              "data": {"pairs_sha256": protocol_pairs.sha256,
+                       "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
                        "tensors_sha256": summary.tensors_sha256}}
-    prior = store.read_json_or_none(f"{prefix}/report.json")
-    if prior and all(prior.get(k) == v for k, v in json.loads(json.dumps(wanted)).items()):
+    prior = store.read_json_or_none(report_key)
+    if same_inputs(prior, wanted):
         log(f"evaluation of {version} with these settings and data exists: reused")
-        return EvalResult(version, prior, f"{prefix}/report.json", store.read_bytes(f"{prefix}/report.md").decode(),
-                          reused=True, files=prior["files"])
+        markdown = store.read_bytes(prior["files"]["report.md"]).decode()
+        return EvalResult(version, prior, report_key, markdown, reused=True, files=prior["files"])
 
     index, tensors = load_index(store, summary), load_tensors(store, summary)
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
@@ -316,7 +215,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                                                              thresholds["accuracy"], tensors, row_of).items()})
     roc_rows = [pd.DataFrame({"curve": name, "fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
                 for name, c in curves.items()]
-    report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol, "config": asdict(config),
+    report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol, "config": config.model_dump(mode="json"),
               "thresholds": thresholds, "splits": splits, "official": report_official, "one_shot": one_shot,
               "one_shot_people": len(held_out), "embedded_images": int(len(emb.rows)),
               "seconds": time.perf_counter() - start}
@@ -325,22 +224,22 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     markdown = report_markdown(report, champion)
     keys = {}
     for name, data in files.items():
-        keys[name] = f"{prefix}/{name}"
+        keys[name] = catalog.evaluation_file_key(version, name, config.tta_passes)
         store.write_bytes(keys[name], data)
     if roc_rows:
         buf = io.BytesIO()
         pd.concat(roc_rows).to_csv(buf, index=False)
-        keys["roc.csv"] = f"{prefix}/roc.csv"
+        keys["roc.csv"] = catalog.evaluation_file_key(version, "roc.csv", config.tta_passes)
         store.write_bytes(keys["roc.csv"], buf.getvalue())
-    keys["report.md"] = f"{prefix}/report.md"
+    keys["report.md"] = catalog.evaluation_file_key(version, "report.md", config.tta_passes)
     store.write_text(keys["report.md"], markdown)
     report["files"] = keys
     report = json.loads(json.dumps(report))  # the stored form, so a fresh and a reused result are equal
-    store.write_json(f"{prefix}/report.json", report)  # last: its presence means the rest is complete
+    store.write_json(report_key, report)  # last: its presence means the rest is complete
     log(f"evaluated {version} in {report['seconds']:.1f} s: "
         + "; ".join(f"{s} accuracy {r['accuracy']:.4f}" for s, r in splits.items())
         + (f"; View 1 {report_official['view1']['accuracy']:.4f}; View 2 "
            f"{report_official['view2']['mean_accuracy']:.4f} +- {report_official['view2']['standard_error']:.4f}"
            if report_official else "")
         + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in one_shot.items()))
-    return EvalResult(version, report, f"{prefix}/report.json", markdown, files=keys)
+    return EvalResult(version, report, report_key, markdown, files=keys)

@@ -1,21 +1,18 @@
 """Bulk one-shot matching of probe images against an enrolled gallery (plain functions, no Prefect).
 
-A run lives under ``matches/<run id>/`` in our storage:
+A run lives under ``matches/<run id>/`` in our storage (keys from ``storage.catalog``):
   run.json              the parameters and the number of shards (written once the listing is complete)
   shards/NNNNN.parquet  the probe keys (and ETags) of each shard
   results/NNNNN.parquet one row per face found, or one error row per unusable probe
-The run id is a hash of the parameters, so re-running a run resumes it: the listing is reused and
+The run id is a hash of the parameters (model version resolved), so re-running a run resumes it: the listing is reused and
 finished shards are skipped; two different runs never share a folder. Each results file is
 written atomically, so a shard is either complete or absent.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -24,48 +21,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.scoring import PairScorer
-from storage import Storage, open_storage
-from tasks.gallery import Gallery, fetch_faces, is_image_key
+from storage import Storage, catalog, open_storage
+from storage.location import split_object_url
+from tasks.matching.config import MatchParams
+from tasks.matching.gallery import Gallery, fetch_faces, is_image_key
+from tasks.matching.search import UNKNOWN, score_against_gallery
 
 RESULT_COLUMNS = ["probe_key", "face", "box", "identity", "score", "top_identities", "top_scores", "error"]
-UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class MatchParams:
-    probes: str  # a directory or s3://bucket/prefix holding the probe images
-    gallery: str  # a directory or s3://bucket/prefix: <identity>/<image>
-    model_version: str  # resolved: a registered version, never "champion"
-    probe_manifest: str | None = None  # optional Parquet (column "key") or text file of keys under ``probes``
-    detect: str = "none"
-    top_k: int = 5
-    threshold: str = "accuracy"  # "accuracy", "far" (calibrated on validation) or a number
-    shard_size: int = 2000
-
-    def run_id(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+def run_params(params: MatchParams, version: str) -> MatchParams:
+    """The parameters that identify a run: the model version and the gallery resolved."""
+    return params.replace(model=version, gallery=params.gallery_url())
 
 
-def run_prefix(run_id: str) -> str:
-    return f"matches/{run_id}"
-
-
-def resolve_threshold(threshold: str, report: dict | None) -> float:
-    """A number, or the name of a threshold calibrated by the evaluation flow."""
-    try:
-        return float(threshold)
-    except ValueError:
-        pass
-    if not report or threshold not in report.get("thresholds", {}):
-        raise ValueError(f"threshold {threshold!r}: the model has no calibrated {threshold!r} threshold; "
-                         "evaluate it first or give a number")
-    return float(report["thresholds"][threshold])
+def run_id(params: MatchParams) -> str:
+    return params.key(16)
 
 
 def _manifest_keys(url: str) -> Iterator[str]:
     """Keys from a Parquet file (column ``key``) or a text file (one per line)."""
-    from storage.location import split_object_url
-
     store, key = split_object_url(url)
     data = store.read_bytes(key)
     if key.endswith(".parquet"):
@@ -76,9 +51,11 @@ def _manifest_keys(url: str) -> Iterator[str]:
 
 
 def list_probes(params: MatchParams, store: Storage) -> dict:
-    """Write the shard manifests (paginated listing, streamed) and run.json; reuse them when present."""
-    prefix = run_prefix(params.run_id())
-    run = store.read_json_or_none(f"{prefix}/run.json")
+    """Write the shard manifests (paginated listing, streamed) and run.json; reuse them when present.
+
+    ``params`` as ``run_params`` resolved them."""
+    rid = run_id(params)
+    run = store.read_json_or_none(catalog.match_run_key(rid))
     if run:
         return run
     source = open_storage(params.probes)
@@ -90,7 +67,7 @@ def list_probes(params: MatchParams, store: Storage) -> dict:
 
     def flush():
         nonlocal shards, batch
-        store.write_parquet(f"{prefix}/shards/{shards:05d}.parquet", pd.DataFrame(batch, columns=["key", "etag"]))
+        store.write_parquet(catalog.match_shard_key(rid, shards), pd.DataFrame(batch, columns=["key", "etag"]))
         shards += 1
         batch = []
 
@@ -104,47 +81,10 @@ def list_probes(params: MatchParams, store: Storage) -> dict:
             flush()
     if batch:
         flush()
-    run = {"params": asdict(params), "run_id": params.run_id(), "shards": shards, "probes": total,
+    run = {"params": params.model_dump(mode="json"), "run_id": rid, "shards": shards, "probes": total,
            "probes_url": source.url}
-    store.write_json(f"{prefix}/run.json", run)
+    store.write_json(catalog.match_run_key(rid), run)
     return run
-
-
-def _identity_blocks(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gallery rows ordered by identity, the names, and where each identity's rows start."""
-    order = np.argsort(gallery.identities.astype(str), kind="stable")
-    ids = gallery.identities[order]
-    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
-    return order, ids[starts], starts
-
-
-def score_against_gallery(scorer: PairScorer, probes: np.ndarray, gallery: Gallery, top_k: int,
-                          block: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(top identity indices (P, k), their scores (P, k)): each identity scores its best image.
-
-    The weighted-L1 head is computed exactly as a blocked matrix operation; other heads go through
-    the head's layers on the flattened pairs."""
-    if not len(gallery.identities):
-        raise ValueError("the gallery is empty: nothing to match against")
-    order, names, starts = _identity_blocks(gallery)
-    g = gallery.embeddings[order]
-    k = min(top_k, len(names))
-    top_i = np.zeros((len(probes), k), dtype=np.int64)
-    top_s = np.zeros((len(probes), k), dtype=np.float64)
-    for s in range(0, len(probes), block):
-        p = probes[s:s + block]
-        if scorer.head is None:
-            logits = np.abs(p[:, None, :] - g[None, :, :]) @ scorer.l1_weights + scorer.l1_bias  # (b, n)
-            scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        else:
-            scores = scorer.score(np.repeat(p, len(g), axis=0), np.tile(g, (len(p), 1))).reshape(len(p), len(g))
-        per_identity = np.maximum.reduceat(scores, starts, axis=1)  # (b, identities)
-        idx = np.argpartition(-per_identity, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(per_identity, idx, axis=1)
-        rank = np.argsort(-vals, axis=1, kind="stable")
-        top_i[s:s + block] = np.take_along_axis(idx, rank, axis=1)
-        top_s[s:s + block] = np.take_along_axis(vals, rank, axis=1)
-    return names[top_i], top_s
 
 
 def results_table(rows: list[dict]) -> pa.Table:
@@ -204,13 +144,12 @@ def match_shard(run: dict, shard: int, storage_url: str | None, scorer: PairScor
                 threshold: float, fail_after: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Match one shard unless its results exist; returns its key and counts, never the rows."""
     store = open_storage(storage_url)
-    prefix = run_prefix(run["run_id"])
-    out_key = f"{prefix}/results/{shard:05d}.parquet"
+    out_key = catalog.match_results_key(run["run_id"], shard)
     if store.exists(out_key):
         return {"shard": shard, "key": out_key, "skipped": True}
     start = time.perf_counter()
     params = run["params"]
-    keys = store.read_parquet(f"{prefix}/shards/{shard:05d}.parquet")["key"].tolist()
+    keys = store.read_parquet(catalog.match_shard_key(run["run_id"], shard))["key"].tolist()
     rows = match_keys(open_storage(params["probes"]), keys, scorer, gallery, threshold, params["detect"],
                       params["top_k"], fail_after)
     buf = io.BytesIO()
@@ -228,9 +167,8 @@ def match_shard(run: dict, shard: int, storage_url: str | None, scorer: PairScor
 def summarize_run(run: dict, storage_url: str | None) -> dict:
     """Counts over every results file of a run; checks that every probe appears exactly once."""
     store = open_storage(storage_url)
-    prefix = run_prefix(run["run_id"])
-    results = [store.read_parquet(f"{prefix}/results/{s:05d}.parquet") for s in range(run["shards"])
-               if store.exists(f"{prefix}/results/{s:05d}.parquet")]
+    keys = [catalog.match_results_key(run["run_id"], s) for s in range(run["shards"])]
+    results = [store.read_parquet(key) for key in keys if store.exists(key)]
     frame = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=RESULT_COLUMNS)
     errors = frame[frame["error"].notna()]
     faces = frame[frame["error"].isna()]
@@ -240,7 +178,7 @@ def summarize_run(run: dict, storage_url: str | None) -> dict:
                "faces": len(faces), "matched": int((faces["identity"] != UNKNOWN).sum()),
                "unknown": int((faces["identity"] == UNKNOWN).sum()), "errors": len(errors),
                "complete": len(results) == run["shards"] and probes_seen == run["probes"],
-               "results_prefix": store.uri(f"{prefix}/results") + "/"}
+               "results_prefix": store.uri(catalog.match_results_prefix(run["run_id"]).rstrip("/")) + "/"}
     if len(errors):
         summary["error_reasons"] = errors["error"].str.split(":").str[0].value_counts().head(10).to_dict()
     return summary

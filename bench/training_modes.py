@@ -1,0 +1,137 @@
+"""Training modes compared like for like: validation accuracy reached per wall-clock minute.
+
+    python -m bench.training_modes [--storage var/store] [--minutes 10] [--protocol identity_disjoint]
+
+Both modes train the same network (the default resnet) on 128 images per step (in_batch: 32 people
+x 4 images, all 8,128 pairs of the batch scored; pairs: 64 Parquet pairs), with the same
+augmentation, learning-rate schedule, seed, validation pairs and wall-clock budget, each in a fresh
+process, one after the other. Prints the validation accuracy (at P(same) 0.5, after every 50
+steps) against minutes. Then the input pipeline's share of an in-batch step, like for like: the
+same compiled fit fed by the real pipeline (tensor store, P x K sampling, augmentation on two
+worker threads) and by the same batches prepared beforehand. Needs the data flow's outputs.
+Writes bench/out/training_modes.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import settings  # noqa: F401 - first: process defaults
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def train_mode(storage: str, protocol: str, mode: str, minutes: float) -> dict:
+    from model import keras
+    from tasks.training.config import TrainConfig
+    from tasks.training.train import train
+
+    curve = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            curve.append({"epoch": epoch + 1, "minutes": (time.monotonic() - self.start) / 60,
+                          "val_accuracy": float(logs["val_pair_accuracy"]), "loss": float(logs["loss"])})
+
+    config = TrainConfig(protocol=protocol, pair_mode=mode, epochs=1000, time_budget_minutes=minutes,
+                         early_stopping_patience=1000)
+    result = train(config, storage, extra_callbacks=[Clock()], log=lambda _: None)
+    return {"mode": mode, "version": result.version, "metrics": result.metrics, "curve": curve}
+
+
+def pipeline_overhead(storage: str, protocol: str, steps: int) -> dict:
+    import numpy as np
+
+    from model import keras
+    from model.augment import AugmentConfig
+    from model.inputs import IdentityBatches, rows_by_person, split_pairs
+    from model.losses import InBatchPairLoss
+    from model.networks import NetworkConfig, build_models
+    from storage import open_storage
+    from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+
+    store = open_storage(storage)
+    summary = read_index_summary(store, "lfw")
+    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    rows = rows_by_person(split_pairs(read_pairs(store, "lfw", protocol).frame, "train"), index)
+    real = IdentityBatches(tensors, rows, 32, 4, steps, AugmentConfig(), 0, workers=2, use_multiprocessing=False)
+    prepared_batches = [real[i] for i in range(steps)]
+
+    class Prepared(keras.utils.PyDataset):  # the same fit path, no sampling or augmentation work
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, i):
+            return prepared_batches[i]
+
+    model = build_models(NetworkConfig()).in_batch
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=InBatchPairLoss())
+    prepared = Prepared(workers=2, use_multiprocessing=False)
+    model.fit(prepared, epochs=1, steps_per_epoch=3, verbose=0)  # warm-up: tracing
+    times = {"real": [], "prepared": []}
+    for _ in range(2):  # alternate, to spread any drift of the machine over both
+        for name, data in (("real", real), ("prepared", prepared)):
+            start = time.perf_counter()
+            model.fit(data, epochs=1, verbose=0)
+            times[name].append((time.perf_counter() - start) / steps)
+    real_s, prepared_s = float(np.min(times["real"])), float(np.min(times["prepared"]))
+    return {"steps": steps, "real_s_per_step": real_s, "prepared_s_per_step": prepared_s,
+            "overhead": real_s / prepared_s - 1, "all": times}
+
+
+def child(args) -> None:
+    if args.child == "overhead":
+        print(json.dumps(pipeline_overhead(args.storage, args.protocol, args.steps)))
+    else:
+        print(json.dumps(train_mode(args.storage, args.protocol, args.child, args.minutes)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--storage", default="var/store")
+    ap.add_argument("--protocol", default="identity_disjoint")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget per mode")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per feed in the overhead measurement")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    results = {}
+    for name in ("in_batch", "pairs", "overhead"):
+        out = subprocess.run([sys.executable, "-m", "bench.training_modes", "--storage", args.storage, "--protocol",
+                              args.protocol, "--minutes", str(args.minutes), "--steps", str(args.steps),
+                              "--child", name], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    OUT.mkdir(exist_ok=True)
+    (OUT / "training_modes.json").write_text(json.dumps(results, indent=2))
+
+    print(f"{args.protocol}, {args.minutes:g} min each, resnet 64x64 grey, 128 images per step, 50 steps per epoch")
+    print("minutes | in_batch val acc | pairs val acc")
+    marks = [m for m in (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45) if m <= args.minutes + 1e-9]
+
+    def at(curve, minute):  # the best validation accuracy reached by that minute
+        seen = [c["val_accuracy"] for c in curve if c["minutes"] <= minute]
+        return f"{max(seen):.4f}" if seen else "-"
+
+    for m in marks:
+        print(f"{m:7g} | {at(results['in_batch']['curve'], m):>16} | {at(results['pairs']['curve'], m):>13}")
+    for name in ("in_batch", "pairs"):
+        r = results[name]
+        print(f"{name}: best {r['metrics']['val_accuracy']:.4f} at epoch {r['metrics']['best_epoch']} of "
+              f"{r['metrics']['epochs_run']} ({r['version']})")
+    o = results["overhead"]
+    print(f"input pipeline: {o['real_s_per_step']:.3f} s/step fed by the real pipeline, {o['prepared_s_per_step']:.3f} "
+          f"s/step fed prepared batches: overhead {o['overhead']:+.1%} (target <= 10%)")
+
+
+if __name__ == "__main__":
+    main()

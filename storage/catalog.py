@@ -1,0 +1,141 @@
+"""The one catalog of storage keys: every key the pipeline reads or writes is built here.
+
+    datasets/<dataset>/index.parquet, index.json, tensors/<preprocess id>.npy, skew.md, skew.csv
+    datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
+                                        images_per_person_<split>.png
+    models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
+    models/champion.json
+    galleries/<gallery id>/<version>/embeddings.parquet, manifest.json
+    matches/<run id>/run.json, shards/<NNNNN>.parquet, results/<NNNNN>.parquet
+"""
+from __future__ import annotations
+
+import posixpath
+
+
+def _join(*parts: str) -> str:
+    return posixpath.join(*parts)
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def dataset_prefix(dataset: str) -> str:
+    return _join("datasets", dataset)
+
+
+def index_key(dataset: str) -> str:
+    return _join(dataset_prefix(dataset), "index.parquet")
+
+
+def index_manifest_key(dataset: str) -> str:
+    return _join(dataset_prefix(dataset), "index.json")
+
+
+def tensors_key(dataset: str, preprocess_id: str) -> str:
+    return _join(dataset_prefix(dataset), "tensors", f"{preprocess_id}.npy")
+
+
+def dataset_skew_keys(dataset: str) -> tuple[str, str]:
+    """(markdown, csv) of the whole-set skew."""
+    return _join(dataset_prefix(dataset), "skew.md"), _join(dataset_prefix(dataset), "skew.csv")
+
+
+def pairs_prefix(dataset: str, protocol: str) -> str:
+    return _join(dataset_prefix(dataset), "pairs", protocol)
+
+
+def pairs_key(dataset: str, protocol: str) -> str:
+    return _join(pairs_prefix(dataset, protocol), "pairs.parquet")
+
+
+def pairs_manifest_key(dataset: str, protocol: str) -> str:
+    return _join(pairs_prefix(dataset, protocol), "manifest.json")
+
+
+def pairs_skew_keys(dataset: str, protocol: str) -> tuple[str, str]:
+    """(markdown, csv) of the per-split skew."""
+    return _join(pairs_prefix(dataset, protocol), "skew.md"), _join(pairs_prefix(dataset, protocol), "skew.csv")
+
+
+def pairs_plot_key(dataset: str, protocol: str, split: str) -> str:
+    return _join(pairs_prefix(dataset, protocol), f"images_per_person_{split}.png")
+
+
+# --- models ----------------------------------------------------------------------------------
+
+MODELS_PREFIX = "models/"
+CHAMPION_KEY = "models/champion.json"  # which version matching uses when none is given
+
+
+def model_prefix(version: str) -> str:
+    if not version or "/" in version or version.startswith(".") or version == "champion.json":
+        raise ValueError(f"invalid model version {version!r}")
+    return _join("models", version)
+
+
+def model_file_key(version: str, name: str) -> str:
+    return _join(model_prefix(version), name)
+
+
+def model_manifest_key(version: str) -> str:
+    return model_file_key(version, "manifest.json")
+
+
+def version_of_manifest_key(key: str) -> str | None:
+    """``models/<version>/manifest.json`` -> version; None for any other key."""
+    parts = key.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "models" and parts[2] == "manifest.json" else None
+
+
+def evaluation_prefix(version: str, tta_passes: int = 0) -> str:
+    """``evaluation/`` holds the plain evaluation, whose thresholds matching uses (matching does
+    not augment); a test-time-augmented evaluation goes beside it, ``evaluation-tta<N>/``."""
+    return _join(model_prefix(version), "evaluation" + (f"-tta{tta_passes}" if tta_passes else ""))
+
+
+def evaluation_file_key(version: str, name: str, tta_passes: int = 0) -> str:
+    return _join(evaluation_prefix(version, tta_passes), name)
+
+
+def report_key(version: str, tta_passes: int = 0) -> str:
+    return evaluation_file_key(version, "report.json", tta_passes)
+
+
+# --- galleries -------------------------------------------------------------------------------
+
+
+def gallery_prefix(gallery_id: str, version: str) -> str:
+    model_prefix(version)  # validates the version
+    return _join("galleries", gallery_id, version)
+
+
+def gallery_embeddings_key(gallery_id: str, version: str) -> str:
+    return _join(gallery_prefix(gallery_id, version), "embeddings.parquet")
+
+
+def gallery_manifest_key(gallery_id: str, version: str) -> str:
+    return _join(gallery_prefix(gallery_id, version), "manifest.json")
+
+
+# --- matching runs ---------------------------------------------------------------------------
+
+
+def match_prefix(run_id: str) -> str:
+    return _join("matches", run_id)
+
+
+def match_run_key(run_id: str) -> str:
+    return _join(match_prefix(run_id), "run.json")
+
+
+def match_shard_key(run_id: str, shard: int) -> str:
+    return _join(match_prefix(run_id), "shards", f"{shard:05d}.parquet")
+
+
+def match_results_prefix(run_id: str) -> str:
+    return _join(match_prefix(run_id), "results") + "/"
+
+
+def match_results_key(run_id: str, shard: int) -> str:
+    return _join(match_prefix(run_id), "results", f"{shard:05d}.parquet")

@@ -1,0 +1,74 @@
+"""Reading what the data stage published: the index, the tensor store and the pairs, each checked
+against the checksum its manifest records, with errors that say what to run when it is missing."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from storage import NotFoundError, Storage, catalog
+from storage.manifests import read_verified, sha256_bytes
+from tasks.data.index import npy_to_tensors
+
+
+class PreparedDataError(ValueError):
+    """The data stage's outputs are missing or unreadable; the message names them and the fix."""
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    dataset: str
+    index_key: str
+    tensors_key: str
+    index_sha256: str
+    tensors_sha256: str
+    archive_sha256: str
+    preprocess: dict
+    images: int
+    people: int
+    errors: int
+    reused: bool = False
+    seconds: float = 0.0
+    error_examples: list[str] = field(default_factory=list)
+
+
+def read_index_summary(store: Storage, dataset: str) -> IndexSummary:
+    manifest = store.read_json_or_none(catalog.index_manifest_key(dataset))
+    if not manifest:
+        raise PreparedDataError(f"no index for {dataset} in {store.url}: run the data flow for {dataset} first")
+    return IndexSummary(**manifest["summary"])
+
+
+def load_index(store: Storage, summary: IndexSummary) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(read_verified(store, summary.index_key, summary.index_sha256)))
+
+
+def load_tensors(store: Storage, summary: IndexSummary) -> np.ndarray:
+    return npy_to_tensors(read_verified(store, summary.tensors_key, summary.tensors_sha256))
+
+
+@dataclass(frozen=True)
+class PairsTable:
+    frame: pd.DataFrame
+    sha256: str  # of the Parquet file: the data fingerprint models and reports record
+    key: str
+
+
+def read_pairs(store: Storage, dataset: str, protocol: str) -> PairsTable:
+    key = catalog.pairs_key(dataset, protocol)
+    try:
+        data = store.read_bytes(key)
+    except NotFoundError:
+        raise PreparedDataError(f"no pairs at {store.uri(key)}: run the data flow for {dataset}/{protocol} "
+                                "first") from None
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise PreparedDataError(f"{store.uri(key)} is not a readable pairs Parquet file: {err}") from None
+    return PairsTable(frame, sha256_bytes(data), key)
+
+
+def pairs_exist(store: Storage, dataset: str, protocol: str) -> bool:
+    return store.exists(catalog.pairs_key(dataset, protocol))

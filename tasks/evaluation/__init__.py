@@ -1,0 +1,1 @@
+"""Evaluation stage: calibrated thresholds, metrics, LFW protocols, one-shot, reports, champion."""

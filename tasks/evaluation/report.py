@@ -1,0 +1,92 @@
+"""The human-readable evaluation report (markdown) and its rows for a Prefect table artifact."""
+from __future__ import annotations
+
+
+def _fmt(v, digits=4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(report: dict, champion: dict | None = None) -> str:
+    """The human-readable report: the metrics table, the official protocols, one-shot, comparison."""
+    t = report["thresholds"]
+    lines = [f"# Evaluation of model `{report['version']}`", "",
+             f"Trained on `{report['dataset']}/{report['protocol']}`. Thresholds chosen on its validation split "
+             f"only: accuracy-maximising **{t['accuracy']:.4f}**; FAR <= {t['far_target']:g}: **{t['far']:.4f}**. "
+             f"Test-time augmentation passes: {report['config']['tta_passes']}.", "",
+             "| split | pairs | accuracy | error | precision | recall | F1 | accuracy at 0.5 | AUC | EER | "
+             + " | ".join(f"TAR@FAR={f:g}" for f in report["config"]["far_targets"]) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(report["config"]["far_targets"])]
+    for name, s in report["splits"].items():
+        tars = " | ".join(_fmt(s.get("tar_at_far", {}).get(f"{f:g}")) for f in report["config"]["far_targets"])
+        lines.append(f"| {name} | {s['support_same'] + s['support_different']} | {s['accuracy']:.4f} | "
+                     f"{s['error']:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | "
+                     f"{s['accuracy_at_0.5']:.4f} | {_fmt(s.get('auc'))} | {_fmt(s.get('eer'))} | {tars} |")
+    test = report["splits"].get("test")
+    if test:
+        c = test["confusion"]
+        lines += ["", "Test confusion matrix (rows: truth; columns: predicted):", "",
+                  "| | predicted different | predicted same |", "|---|---:|---:|",
+                  f"| different | {c['tn']} | {c['fp']} |", f"| same | {c['fn']} | {c['tp']} |", "",
+                  f"TAR at FAR = 1e-3 can only be read at FAR = 0 below one false accept in "
+                  f"{round(1 / test['far_resolution'])} different pairs."]
+    off = report.get("official")
+    if off:
+        v1, v2 = off["view1"], off["view2"]
+        lines += ["", "## Official LFW protocols", "",
+                  f"- **View 1**: threshold {v1['threshold']:.4f} chosen on pairsDevTrain ({v1['train_pairs']} pairs), "
+                  f"pairsDevTest accuracy **{v1['accuracy']:.4f}** ({v1['test_pairs']} pairs), AUC {v1['auc']:.4f}, "
+                  f"EER {v1['eer']:.4f}.",
+                  f"- **View 2** (10 folds, threshold chosen on the other 9): mean accuracy "
+                  f"**{v2['mean_accuracy']:.4f} +- {v2['standard_error']:.4f}** (standard error); AUC over all "
+                  f"6,000 pairs {v2['auc']:.4f}.",
+                  f"- Identities the model trained on: {off['overlap']['view1_test_pairs_with_trained_person']:.1%} "
+                  f"of View 1 test pairs and {off['overlap']['view2_pairs_with_trained_person']:.1%} of View 2 pairs "
+                  f"show a person from the model's training split. LFW's strict View 2 protocol trains a "
+                  f"model per fold; this is one model scored on all folds, so read View 2 as an upper bound "
+                  f"whenever that share is above zero."]
+    if report.get("one_shot"):
+        lines += ["", "## N-way one-shot identification on held-out identities", "",
+                  f"{report['one_shot_people']} identities with no image in the model's training or validation "
+                  f"split; one support image per identity, the query never its own support.", "",
+                  "| N | tasks | accuracy | standard error | chance |", "|---:|---:|---:|---:|---:|"]
+        for r in report["one_shot"].values():
+            lines.append(f"| {r['n_way']} | {r['tasks']} | **{r['accuracy']:.4f}** | {r['standard_error']:.4f} | "
+                         f"{r['chance']:.4f} |")
+    if champion:
+        lines += ["", f"## Against the champion `{champion['version']}`", "",
+                  "| metric | this model | champion |", "|---|---:|---:|"]
+        for label, path in COMPARED:
+            lines.append(f"| {label} | {_fmt(_dig(report, path))} | {_fmt(_dig(champion, path))} |")
+    lines += ["", "Figures: `roc.png`, `scores.png`, `false_positives.png`, `false_negatives.png` beside this "
+                  "report."]
+    return "\n".join(lines) + "\n"
+
+
+COMPARED = [("test accuracy", ("splits", "test", "accuracy")), ("test AUC", ("splits", "test", "auc")),
+            ("test EER", ("splits", "test", "eer")), ("View 1 accuracy", ("official", "view1", "accuracy")),
+            ("View 2 mean accuracy", ("official", "view2", "mean_accuracy")),
+            ("5-way one-shot", ("one_shot", "5", "accuracy")), ("20-way one-shot", ("one_shot", "20", "accuracy"))]
+
+
+def _dig(d: dict | None, path: tuple[str, ...]):
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def metrics_rows(report: dict) -> list[dict]:
+    """One row per split and for LFW View 1: the table artifact of an evaluation."""
+    rows = [{"set": f"{report['protocol']} {name}", "pairs": s["support_same"] + s["support_different"],
+             "accuracy": round(s["accuracy"], 4), "precision": round(s["precision"], 4),
+             "recall": round(s["recall"], 4), "f1": round(s["f1"], 4), "auc": round(s.get("auc", float("nan")), 4),
+             "eer": round(s.get("eer", float("nan")), 4)}
+            for name, s in report["splits"].items()]
+    off = report.get("official")
+    if off:
+        v1 = off["view1"]
+        rows.append({"set": "LFW View 1 test", "pairs": v1["test_pairs"], "accuracy": round(v1["accuracy"], 4),
+                     "precision": round(v1["precision"], 4), "recall": round(v1["recall"], 4),
+                     "f1": round(v1["f1"], 4), "auc": round(v1["auc"], 4), "eer": round(v1["eer"], 4)})
+    return rows

@@ -1,0 +1,1 @@
+"""Matching stage: faces in photos, gallery enrolment, bulk matching runs."""

@@ -1,0 +1,38 @@
+"""The training flow's parameters (rendered as a form in the Prefect UI)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from model.networks import Architecture
+from settings import Params
+
+
+class TrainConfig(Params):
+    dataset: str = Field("lfw", description="a dataset prepared by the data flow")
+    protocol: Literal["face_comparer", "identity_disjoint"] = Field(
+        "identity_disjoint", description="whose train/validation pairs to use; identity_disjoint's validation "
+                                         "and test people are never trained on")
+    architecture: Architecture = "resnet"
+    input_size: int = Field(64, ge=16, le=512, description="model input side in pixels (the store is resized)")
+    width: int = Field(32, ge=1, description="resnet: filters of the first stage")
+    embedding_dim: int = Field(128, ge=2, description="resnet: embedding size")
+    pair_mode: Literal["in_batch", "pairs"] = Field(
+        "in_batch", description="in_batch: P x K identities per batch, every pair scored; pairs: the Parquet "
+                                "pairs as they are")
+    epochs: int = Field(60, ge=1, description="~45 s each on 2 CPU cores at the defaults")
+    steps_per_epoch: int = Field(50, ge=1, description="batches per epoch (validation runs after each); pairs "
+                                                      "mode draws them from a fresh shuffle of the pairs")
+    batch_size: int = Field(64, ge=2, description="pairs mode")
+    people_per_batch: int = Field(32, ge=2, description="in_batch: P")
+    images_per_person: int = Field(4, ge=2, description="in_batch: K")
+    learning_rate: float = Field(2e-3, gt=0, description="the peak")
+    lr_schedule: Literal["cosine", "plateau"] = Field(
+        "cosine", description="cosine: warm-up then cosine decay over the epochs or the time budget; "
+                              "plateau: halve on plateaus")
+    weight_decay: float = Field(1e-4, ge=0)
+    augment: bool = True
+    early_stopping_patience: int = Field(30, ge=1)
+    time_budget_minutes: float = Field(45.0, gt=0, description="training stops after the epoch that crosses it")
+    seed: int = 42

@@ -1,0 +1,122 @@
+"""The commands users run: the main job end to end on tiny data, and every entry point's options
+(parsed into the same parameter models the Prefect UI validates)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows import cli, evaluate, main, match, train
+from storage import catalog, open_storage
+from tasks.data.datasets import DATASETS
+from tasks.registry import read_champion
+from tests.fakes import TINY_FACE_COMPARER, TINY_TRAIN, tiny_spec
+
+
+def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_path, monkeypatch, capsys,
+                                                              prefect_harness):
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    settings_file = tmp_path / "tiny.json"
+    settings_file.write_text(json.dumps({
+        "data": {"protocols": ["face_comparer", "lfw_official"], "face_comparer": TINY_FACE_COMPARER.model_dump()},
+        "train": TINY_TRAIN.model_dump(exclude={"dataset"}),
+        "evaluation": {"nway": [2], "nway_tasks": 10}}))
+    storage = str(tmp_path / "store")
+    assert main.main(["--dataset", "tiny", "--mirror", str(folder), "--storage", storage,
+                      "--params", str(settings_file)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    store = open_storage(storage)
+    version = read_champion(store)
+    assert version and store.exists(catalog.report_key(version))  # trained, evaluated, promoted
+    assert out[0].startswith("tiny: 57 images of 12 people") and any(line.startswith("face_comparer: ") for line in out)
+    model_line = next(line for line in out if line.startswith("model: "))
+    assert version in model_line and "validation accuracy at P(same) 0.5" in model_line
+    report = store.read_json(catalog.report_key(version))
+    assert f"  test accuracy: {report['splits']['test']['accuracy']:.4f}" in "\n".join(out)
+    assert any(line.startswith("  validation accuracy at the calibrated threshold: ") for line in out)
+    assert any(line.startswith("  LFW View 1: ") for line in out)
+    assert any(line.startswith("  one-shot on ") and "2-way" in line for line in out)
+    assert out[-2] == "champion: promoted (there is no champion yet)" and out[-1].startswith("total ")
+
+
+def test_main_job_options(tmp_path, monkeypatch, capsys):
+    data, train_config, evaluation, storage, as_json = main.parse_args([])
+    assert data.dataset == "lfw" and data.protocols == ["face_comparer", "identity_disjoint", "lfw_official"]
+    assert train_config.protocol == "identity_disjoint" and train_config.time_budget_minutes == 45
+    assert evaluation.nway == (5, 20) and storage is None and not as_json
+
+    monkeypatch.setenv("SIAMESE_MIRROR", "/mirror/lfw")
+    data, train_config, *_ = main.parse_args(["--seed", "7", "--train-minutes", "2", "--protocols",
+                                              "lfw_official, face_comparer"])
+    assert data.mirror == "/mirror/lfw" and data.protocols == ["lfw_official", "face_comparer"]
+    assert data.face_comparer.seed == data.identity_disjoint.seed == train_config.seed == 7
+    assert train_config.time_budget_minutes == 2
+    assert main.parse_args(["--no-train"])[1] is None
+
+    given = tmp_path / "p.json"
+    given.write_text(json.dumps({"train": {"epochs": 3, "architecture": "koch"}, "evaluation": {"tta_passes": 2}}))
+    _, train_config, evaluation, *_ = main.parse_args(["--params", str(given), "--train-minutes", "5"])
+    assert (train_config.epochs, train_config.architecture, train_config.time_budget_minutes) == (3, "koch", 5)
+    assert evaluation.tta_passes == 2
+
+    for argv, message in ((["--train-minutes", "0"], "train.time_budget_minutes: Input should be greater than 0"),
+                          (["--protocols", "face_comparer,made_up"], "data.protocols.1: Input should be"),
+                          (["--params", str(tmp_path / "missing.json")], "missing.json"),
+                          (["--params", str(given.with_name("bad.json"))], 'the keys "data", "train"')):
+        if argv[-1].endswith("bad.json"):
+            given.with_name("bad.json").write_text('{"traning": {}}')
+        with pytest.raises(SystemExit) as exit_:
+            main.parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_train_evaluate_and_match_options_are_their_models(capsys):
+    config, storage = train.parse_args(["--epochs", "3", "--architecture", "koch", "--augment", "false",
+                                        "--storage", "/s"])
+    assert (config.epochs, config.architecture, config.augment, storage) == (3, "koch", False, "/s")
+    assert config.learning_rate == 2e-3  # untouched fields keep the model's defaults
+    for argv, message in ((["--architecture", "vgg"], "invalid choice: 'vgg'"),
+                          (["--learning-rate", "-1"], "--learning-rate: Input should be greater than 0"),
+                          (["--augment", "maybe"], "expected true or false")):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+        assert message in capsys.readouterr().err, argv
+
+    version, storage, config = evaluate.parse_args(["--version", "champion", "--tta-passes", "10"])
+    assert (version, storage, config.tta_passes, config.nway) == ("champion", None, 10, (5, 20))
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--nway-tasks", "0"])
+    assert "--nway-tasks: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+    params, storage, dask = match.parse_args(["--probes", "s3://b/p", "--threshold", "0.7", "--detect", "largest"])
+    assert (params.probes, params.threshold, params.detect, params.gallery, dask) == ("s3://b/p", 0.7, "largest",
+                                                                                        None, None)
+    assert match.parse_args(["--probes", "p", "--threshold", "far"])[0].threshold == "far"
+    for argv, message in ((["--probes", "p", "--top-k", "0"], "--top-k: Input should be greater than or equal to 1"),
+                          (["--probes", "p", "--threshold", "banana"], "--threshold"),
+                          ([], "--probes: Field required")):
+        with pytest.raises(SystemExit):
+            match.parse_args(argv)
+        assert message in capsys.readouterr().err, argv
+
+
+def test_match_without_any_gallery_is_a_clear_error(monkeypatch):
+    from tasks.matching.config import MatchParams
+
+    monkeypatch.delenv("SIAMESE_GALLERY", raising=False)
+    with pytest.raises(ValueError, match="no gallery given"):
+        MatchParams(probes="p").gallery_url()
+    monkeypatch.setenv("SIAMESE_GALLERY", "s3://b/gallery")
+    assert MatchParams(probes="p").gallery_url() == "s3://b/gallery"
+
+
+def test_cli_options():
+    args = cli.parser().parse_args(["match", "--gallery", "g", "-m", "v1", "--detect", "all", "a.jpg", "b.jpg"])
+    assert (args.command, args.gallery, args.model, args.detect, args.images) == ("match", "g", "v1", "all",
+                                                                                  ["a.jpg", "b.jpg"])
+    args = cli.parser().parse_args(["verify", "--threshold", "far", "a.jpg", "b.jpg"])
+    assert (args.command, args.a, args.b, args.threshold, args.model) == ("verify", "a.jpg", "b.jpg", "far",
+                                                                          "champion")
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["match", "a.jpg"])  # no gallery
