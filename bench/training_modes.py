@@ -9,7 +9,7 @@ process, one after the other. Prints the validation accuracy (at P(same) 0.5, af
 steps) against minutes. Then the input pipeline's share of an in-batch step, like for like: the
 same compiled fit fed by the real pipeline (tensor store, P x K sampling, augmentation on two
 worker threads) and by the same batches prepared beforehand. Needs the data flow's outputs.
-Writes bench/out/training_modes.json.
+Writes bench/out/training_modes.json and training_modes.png (``--replot`` redraws them from the JSON).
 """
 from __future__ import annotations
 
@@ -99,10 +99,13 @@ def main() -> None:
     ap.add_argument("--protocol", default="identity_disjoint")
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget per mode")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per feed in the overhead measurement")
+    ap.add_argument("--replot", action="store_true", help="print and plot bench/out/training_modes.json again")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.replot:
+        return report(json.loads((OUT / "training_modes.json").read_text()), args)
     results = {}
     for name in ("in_batch", "pairs", "overhead"):
         out = subprocess.run([sys.executable, "-m", "bench.training_modes", "--storage", args.storage, "--protocol",
@@ -113,7 +116,33 @@ def main() -> None:
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     OUT.mkdir(exist_ok=True)
     (OUT / "training_modes.json").write_text(json.dumps(results, indent=2))
+    report(results, args)
 
+
+def plot(results: dict, title: str) -> bytes:
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), dpi=90)
+    ax = fig.subplots()
+    for name, colour in (("in_batch", "#1f77b4"), ("pairs", "#d62728")):
+        curve = results[name]["curve"]
+        ax.plot([c["minutes"] for c in curve], [c["val_accuracy"] for c in curve], "o-", ms=3, color=colour,
+                label=f"{name} (best {results[name]['metrics']['val_accuracy']:.3f})")
+    ax.set_xlabel("wall-clock minutes of training (2 CPU cores)")
+    ax.set_ylabel("validation accuracy at P(same) 0.5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def report(results: dict, args) -> None:
+    (OUT / "training_modes.png").write_bytes(plot(results, f"{args.protocol}: same network, 128 images per step"))
     print(f"{args.protocol}, {args.minutes:g} min each, resnet 64x64 grey, 128 images per step, 50 steps per epoch")
     print("minutes | in_batch val acc | pairs val acc")
     marks = [m for m in (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45) if m <= args.minutes + 1e-9]

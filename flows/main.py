@@ -50,6 +50,9 @@ def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = Train
     return prepared, model, {"report_key": evaluated.report_key, "report": evaluated.report, **decision}
 
 
+SPLIT_ORDER = ["train", "validation", "test", "dev_train", "dev_test", "view2"]
+
+
 def _evaluation_lines(report: dict) -> list[str]:
     """The numbers a user came for, each named by what it measures."""
     t, splits = report["thresholds"], report["splits"]
@@ -85,7 +88,7 @@ def report(result: DataResult, storage_url: str | None, seconds: float, model: T
     out += result.skew.lines
     for protocol, p in result.pairs.items():
         splits = ", ".join(f"{s} {c['pairs']} ({c['people']} people, {c['images']} images)"
-                           for s, c in p.counts.items())
+                           for s, c in sorted(p.counts.items(), key=lambda sc: SPLIT_ORDER.index(sc[0])))
         out.append(f"{protocol}: {store.uri(p.pairs_key)} [{'reused' if p.reused else 'generated'}] {splits}")
     out.append(f"index: {store.uri(idx.index_key)}")
     out.append(f"tensors: {store.uri(idx.tensors_key)}")

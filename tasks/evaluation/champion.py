@@ -2,15 +2,13 @@
 same held-out pairs (pure decision; the caller moves the pointer)."""
 from __future__ import annotations
 
+from tasks.evaluation.report import report_value
+
 PROMOTION_METRIC = "splits.test.accuracy"  # at the threshold calibrated on validation
 
 
 def metric_value(report: dict, metric: str) -> float | None:
-    value = report
-    for part in metric.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
+    value = report_value(report, metric)
     return float(value) if isinstance(value, (int, float)) else None
 
 

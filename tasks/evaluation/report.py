@@ -56,24 +56,26 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
         lines += ["", f"## Against the champion `{champion['version']}`", "",
                   "| metric | this model | champion |", "|---|---:|---:|"]
         for label, path in COMPARED:
-            lines.append(f"| {label} | {_fmt(_dig(report, path))} | {_fmt(_dig(champion, path))} |")
+            lines.append(f"| {label} | {_fmt(report_value(report, path))} | {_fmt(report_value(champion, path))} |")
     lines += ["", "Figures: `roc.png`, `scores.png`, `false_positives.png`, `false_negatives.png` beside this "
                   "report."]
     return "\n".join(lines) + "\n"
 
 
-COMPARED = [("test accuracy", ("splits", "test", "accuracy")), ("test AUC", ("splits", "test", "auc")),
-            ("test EER", ("splits", "test", "eer")), ("View 1 accuracy", ("official", "view1", "accuracy")),
-            ("View 2 mean accuracy", ("official", "view2", "mean_accuracy")),
-            ("5-way one-shot", ("one_shot", "5", "accuracy")), ("20-way one-shot", ("one_shot", "20", "accuracy"))]
+COMPARED = [("test accuracy", "splits.test.accuracy"), ("test AUC", "splits.test.auc"),
+            ("test EER", "splits.test.eer"), ("View 1 accuracy", "official.view1.accuracy"),
+            ("View 2 mean accuracy", "official.view2.mean_accuracy"),
+            ("5-way one-shot", "one_shot.5.accuracy"), ("20-way one-shot", "one_shot.20.accuracy")]
 
 
-def _dig(d: dict | None, path: tuple[str, ...]):
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
+def report_value(report: dict | None, path: str):
+    """A report's value at a dotted path (``splits.test.accuracy``); None where it has none."""
+    value = report
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
             return None
-        d = d[p]
-    return d
+        value = value[part]
+    return value
 
 
 def metrics_rows(report: dict) -> list[dict]:
