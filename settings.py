@@ -8,13 +8,13 @@ Settings (environment variables):
   SIAMESE_HOME                  local working directory: download cache, extracted images, runs (./var)
   SIAMESE_STORAGE               where outputs go (a directory, file://, s3://, s3-block://); default HOME/store
   SIAMESE_MIRROR                where datasets download from; default: the official sources
-  SIAMESE_DATASET               the main job's dataset (lfw)
+  SIAMESE_DATASET               the main job's command-line default dataset (lfw)
   SIAMESE_GALLERY               the gallery a match or enrol run uses when it names none
   SIAMESE_S3_ENDPOINT_URL       S3 endpoint (MinIO, SeaweedFS, moto); AWS_ENDPOINT_URL also works
   AWS_REGION                    or AWS_DEFAULT_REGION
   SIAMESE_AWS_CREDENTIALS_BLOCK a prefect-aws AwsCredentials block to take S3 credentials from
   SIAMESE_S3_MAX_ATTEMPTS, SIAMESE_S3_CONNECT_TIMEOUT, SIAMESE_S3_READ_TIMEOUT  botocore retries/timeouts
-  SIAMESE_NATIVE_LOGS           1: show TensorFlow's C++ start-up lines (hidden by default)
+  SIAMESE_NATIVE_LOGS           1: show TensorFlow's C++ start-up lines and info/warning logs
 Credentials themselves are never settings here: boto3 reads them from its usual chain.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Self
 
@@ -37,12 +38,13 @@ PROCESS_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # oneDNN is off by default on this CPU and ~1.5x faster on conv/matmul; TensorFlow reads it once.
     "TF_ENABLE_ONEDNN_OPTS": "1",
-    # TensorFlow's own C++ errors (a failed cuInit on a machine without a GPU) are not ours to show;
-    # real failures still reach Python as exceptions.
-    "TF_CPP_MIN_LOG_LEVEL": "3",
+    # TensorFlow's C++ info and warning lines; its errors still show (the cuInit error of a machine
+    # without a GPU comes while model/__init__.py looks for GPUs, inside quiet_native_stderr).
+    "TF_CPP_MIN_LOG_LEVEL": "2",
 }
 for _name, _value in PROCESS_DEFAULTS.items():
-    os.environ.setdefault(_name, _value)
+    if not (_name == "TF_CPP_MIN_LOG_LEVEL" and os.environ.get("SIAMESE_NATIVE_LOGS", "") not in ("", "0")):
+        os.environ.setdefault(_name, _value)
 
 
 class Settings(BaseSettings):
@@ -75,24 +77,29 @@ def siamese_home() -> Path:
 
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 for a block: TensorFlow prints its start-up lines (oneDNN, CUDA
-    stubs, CPU features) from C++ before its log level applies. Python errors raised inside the
-    block are raised after stderr is back."""
+    """Hold back what is written to file descriptor 2 during a block: TensorFlow prints its
+    start-up lines (oneDNN, CUDA stubs, CPU features, a failed cuInit without a GPU) from C++
+    before its log level applies. If the block raises, what was held back is written out first,
+    so a failing import still explains itself (a hard crash: run with SIAMESE_NATIVE_LOGS=1)."""
     if settings().native_logs:
         yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class Params(BaseModel):

@@ -21,19 +21,25 @@ def _flag_value(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _option_type(annotation) -> tuple[type, tuple | None] | None:
-    """(scalar type, choices) for a field we can take from the command line; None otherwise."""
+def _option_type(annotation) -> tuple[type, tuple | None, str | None] | None:
+    """(scalar type, choices, nargs) for a field we can take from the command line; None otherwise."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _option_type(typing.get_args(annotation)[0])
+    if origin is tuple:  # tuple[int, ...]: one or more values
+        args = typing.get_args(annotation)
+        item = _option_type(args[0]) if len(args) == 2 and args[1] is Ellipsis else None
+        return (item[0], item[1], "+") if item and item[2] is None else None
     if origin is Literal:
         choices = typing.get_args(annotation)
-        return type(choices[0]), choices
+        return type(choices[0]), choices, None
     if origin in (typing.Union, types.UnionType):
         options = [_option_type(a) for a in typing.get_args(annotation) if a is not type(None)]
         if None in options:
             return None
         # "accuracy" | 0.7: pass the text on and let the model's own validation decide what it is
-        return options[0] if len(options) == 1 else (str, None)
-    return (annotation, None) if annotation in _SCALARS else None
+        return options[0] if len(options) == 1 else (str, None, None)
+    return (annotation, None, None) if annotation in _SCALARS else None
 
 
 def add_model_arguments(ap: argparse.ArgumentParser, cls: type[BaseModel], prefix: str = "",
@@ -44,11 +50,21 @@ def add_model_arguments(ap: argparse.ArgumentParser, cls: type[BaseModel], prefi
         kind = _option_type(info.annotation)
         if name in skip or kind is None:
             continue
-        scalar, choices = kind
-        default = info.get_default(call_default_factory=True)
+        scalar, choices, nargs = kind
+        given = "required" if info.is_required() else f"default: {info.get_default(call_default_factory=True)}"
         group.add_argument(f"--{prefix}{name}".replace("_", "-"), dest=f"{prefix}{name}".replace("-", "_"),
-                           type=_flag_value if scalar is bool else scalar, choices=choices, default=None,
-                           help=f"{info.description or ''} (default: {default})".strip())
+                           type=_flag_value if scalar is bool else scalar, choices=choices, nargs=nargs,
+                           default=None, help=f"{info.description or ''} ({given})".strip())
+
+
+def validation_message(err: ValidationError, prefix: str = "--") -> str:
+    """A pydantic error as one line naming each field the way the user gave it: ``--top-k`` for an
+    option, ``train.time_budget_minutes`` for a key of a parameters file."""
+    def name(loc) -> str:
+        path = ".".join(map(str, loc))
+        return prefix + (path.replace("_", "-") if prefix.startswith("--") else path)
+
+    return "; ".join(f"{name(e['loc'])}: {e['msg']}" for e in err.errors())
 
 
 def model_from_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace, cls: type[M], prefix: str = "",
@@ -60,6 +76,4 @@ def model_from_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace, 
     try:
         return cls(**{**values, **fixed})
     except ValidationError as err:
-        problems = "; ".join(f"--{prefix}{'.'.join(map(str, e['loc']))}".replace("_", "-") + f": {e['msg']}"
-                             for e in err.errors())
-        ap.error(problems)
+        ap.error(validation_message(err, f"--{prefix}"))

@@ -20,20 +20,19 @@ from tasks.matching.faces import DETECT_MODES
 
 
 def _model(storage: str | None, model: str):
-    from model.scoring import PairScorer
     from storage import open_storage
     from tasks.evaluation.evaluate import read_report
-    from tasks.registry import load_model, resolve_version
+    from tasks.registry import load_scorer, resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)
-    return store, version, PairScorer(load_model(store, version, "pair.keras")), read_report(store, version)
+    return store, version, load_scorer(store, version), read_report(store, version)
 
 
-def _faces(path: str, detect: str, size: int):
+def _faces(path: str, detect: str):
     from tasks.matching.faces import faces_from_bytes
 
-    return faces_from_bytes(Path(path).read_bytes(), detect, size)
+    return faces_from_bytes(Path(path).read_bytes(), detect)
 
 
 def cmd_match(args) -> int:
@@ -50,7 +49,7 @@ def cmd_match(args) -> int:
     failed = 0
     for path in args.images:
         try:
-            faces = _faces(path, args.detect, scorer.input_size)
+            faces = _faces(path, args.detect)
         except (OSError, ValueError) as err:
             print(f"{path}: {err}", file=sys.stderr)
             failed += 1
@@ -69,7 +68,7 @@ def cmd_verify(args) -> int:
     embeddings = []
     for path in (args.a, args.b):
         try:
-            embeddings.append(scorer.embed(np.stack([_faces(path, args.detect, scorer.input_size)[0].pixels])))
+            embeddings.append(scorer.embed(np.stack([_faces(path, args.detect)[0].pixels])))
         except (OSError, ValueError) as err:
             print(f"{path}: {err}", file=sys.stderr)
             return 1

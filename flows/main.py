@@ -21,13 +21,15 @@ from pathlib import Path
 from prefect import flow
 from pydantic import ValidationError
 
+from flows.args import validation_message
 from flows.data import DataResult, data_flow
 from flows.evaluate import evaluate_flow
 from flows.train import train_flow
 from settings import settings
 from storage import catalog, open_storage
 from tasks.data.config import DataParams
-from tasks.data.pairs import PROTOCOLS
+from tasks.data.pairs import PROTOCOLS, TRAINABLE_PROTOCOLS
+from tasks.evaluation.champion import PROMOTION_METRIC
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.prefect_tasks import decide_promotion, promote
 from tasks.training.config import TrainConfig
@@ -38,16 +40,37 @@ from tasks.training.train import TrainResult
 def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = TrainConfig(),
               evaluation: EvalConfig = EvalConfig(), storage: str | None = None
               ) -> tuple[DataResult, TrainResult | None, dict | None]:
-    """Data stages, training, evaluation and the champion decision; ``train: null`` runs the data stages only."""
+    """Data stages, training, evaluation and the champion decision; ``train: null`` runs the data stages only.
+    Training uses the data's dataset and must train on a protocol the data stages prepare."""
+    train = checked_training(data, train)
     prepared = data_flow(data, storage)
     if not train:
         return prepared, None, None
     model = train_flow(train, storage)
-    evaluated = evaluate_flow(model.version, storage, evaluation)
-    decision = decide_promotion(evaluated.report, storage)
+    evaluated, decision = evaluate_and_decide(model.version, storage, evaluation)
     if decision["promote"]:
         promote(model.version, decision, storage)
     return prepared, model, {"report_key": evaluated.report_key, "report": evaluated.report, **decision}
+
+
+def checked_training(data: DataParams, train: TrainConfig | None) -> TrainConfig | None:
+    """``train`` on ``data``'s dataset; refused up front when its protocol is not among the data's."""
+    if train is None:
+        return None
+    if train.protocol not in data.protocols:
+        raise ValueError(f"training on {train.protocol} needs its pairs, but the data stages make only "
+                         f"{', '.join(data.protocols)}: add {train.protocol} to the data's protocols")
+    return train.replace(dataset=data.dataset)
+
+
+def evaluate_and_decide(version: str, storage: str | None, evaluation: EvalConfig,
+                        metric: str = PROMOTION_METRIC, min_gain: float = 0.0):
+    """The champion decision always rests on the plain evaluation, whose thresholds matching uses
+    (matching does not augment); a test-time-augmented one is made beside it when asked for."""
+    plain = evaluate_flow(version, storage, evaluation.replace(tta_passes=0))
+    if evaluation.tta_passes:
+        evaluate_flow(version, storage, evaluation)
+    return plain, decide_promotion(plain.report, storage, metric, min_gain)
 
 
 SPLIT_ORDER = ["train", "validation", "test", "dev_train", "dev_test", "view2"]
@@ -56,8 +79,8 @@ SPLIT_ORDER = ["train", "validation", "test", "dev_train", "dev_test", "view2"]
 def _evaluation_lines(report: dict) -> list[str]:
     """The numbers a user came for, each named by what it measures."""
     t, splits = report["thresholds"], report["splits"]
-    out = [f"  thresholds calibrated on {t['calibrated_on']} only: accuracy {t['accuracy']:.4f}, "
-           f"FAR<={t['far_target']:g} {t['far']:.4f}"]
+    out = [f"  thresholds calibrated on {t['calibrated_on']} only: P(same) >= {t['accuracy']:.4f} "
+           f"(the accuracy-maximising one), >= {t['far']:.4f} (false accepts <= {t['far_target']:g})"]
     if "validation" in splits:
         out.append(f"  validation accuracy at the calibrated threshold: {splits['validation']['accuracy']:.4f}")
     test = splits.get("test")
@@ -120,10 +143,13 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
     ap.add_argument("--trust-mirror-checksums", action="store_true", default=None,
                     help="verify against the mirror's SHA256SUMS even for a remote mirror")
     ap.add_argument("--protocols", default=None, help=f"comma-separated subset of {','.join(PROTOCOLS)}")
-    ap.add_argument("--seed", type=int, default=None, help="seed of the pairs and of training (default 42)")
-    ap.add_argument("--train-minutes", type=float, default=None, help="training time budget (default 45)")
-    ap.add_argument("--train-protocol", default=None, choices=["identity_disjoint", "face_comparer"],
-                    help="pairs to train on (default identity_disjoint: its test people are never trained on)")
+    train_fields = TrainConfig.model_fields
+    ap.add_argument("--seed", type=int, default=None,
+                    help=f"seed of the pairs and of training (default {train_fields['seed'].default})")
+    ap.add_argument("--train-minutes", type=float, default=None,
+                    help=f"training time budget (default {train_fields['time_budget_minutes'].default:g})")
+    ap.add_argument("--train-protocol", default=None, choices=TRAINABLE_PROTOCOLS,
+                    help=f"pairs to train on (default {train_fields['protocol'].default})")
     ap.add_argument("--no-train", action="store_true", help="only the data stages")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
@@ -147,7 +173,6 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
         for name in ("face_comparer", "identity_disjoint"):
             data[name] = {**data.get(name, {}), "seed": args.seed}
         train["seed"] = args.seed
-    train["dataset"] = data["dataset"]
     if args.train_minutes is not None:
         train["time_budget_minutes"] = args.train_minutes
     if args.train_protocol:
@@ -157,7 +182,7 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
         try:
             return cls(**values)
         except ValidationError as err:
-            ap.error("; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+            ap.error(validation_message(err, f"{name}."))
 
     return (build(DataParams, data, "data"), None if args.no_train else build(TrainConfig, train, "train"),
             build(EvalConfig, given.get("evaluation", {}), "evaluation"), args.storage, args.json)

@@ -9,14 +9,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.data import data_flow
-from flows.evaluate import evaluate_flow
+from flows.main import checked_training, evaluate_and_decide
 from flows.match import enrol_flow
 from flows.train import train_flow
 from settings import settings
 from tasks.data.config import DataParams
 from tasks.evaluation.champion import PROMOTION_METRIC
 from tasks.evaluation.config import EvalConfig
-from tasks.evaluation.prefect_tasks import decide_promotion, promote
+from tasks.evaluation.prefect_tasks import promote
 from tasks.matching.config import EnrolParams
 from tasks.matching.faces import Detect
 from tasks.training.config import TrainConfig
@@ -27,10 +27,10 @@ def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConf
                  evaluation: EvalConfig = EvalConfig(), gallery: str | None = None, detect: Detect = "none",
                  metric: str = PROMOTION_METRIC, min_gain: float = 0.0, storage: str | None = None) -> dict:
     """``gallery``: re-enrolled for a new champion; default: the SIAMESE_GALLERY setting where it runs."""
+    train = checked_training(data, train)
     data_flow(data, storage)  # a no-op when the archive and the settings are unchanged
     challenger = train_flow(train, storage)
-    evaluated = evaluate_flow(challenger.version, storage, evaluation)
-    decision = decide_promotion(evaluated.report, storage, metric, min_gain)
+    _, decision = evaluate_and_decide(challenger.version, storage, evaluation, metric, min_gain)
     enrolled = None
     if decision["promote"]:
         gallery = gallery or settings().gallery

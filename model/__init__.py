@@ -21,6 +21,10 @@ with quiet_native_stderr():
         import jax as _jax
 
         _GPUS = [str(d) for d in _jax.devices() if d.platform == "gpu"]
+    elif keras.backend.backend() == "torch":
+        import torch as _torch
+
+        _GPUS = [_torch.cuda.get_device_name(i) for i in range(_torch.cuda.device_count())]
     else:
         _GPUS = []
 

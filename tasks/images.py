@@ -26,6 +26,9 @@ MIN_SIDE = 24  # smaller photos hold no usable face
 # get the same box scaled to their size (an aligned, LFW-framed portrait at any resolution).
 LFW_FRAME = 250
 LFW_CROP_BOX = (83, 92, 166, 175)
+# The tensor store's face side. Faces are cut at this size everywhere; a model with another input
+# size resizes from it (model.inputs.resize_images), in training and in matching alike.
+FACE_SIZE = 64
 
 
 class ImageDecodeError(ValueError):
@@ -33,7 +36,7 @@ class ImageDecodeError(ValueError):
 
 
 class PreprocessConfig(Params):
-    size: int = 64
+    size: int = FACE_SIZE
     grey: bool = True
     crop_box: tuple[int, int, int, int] | None = LFW_CROP_BOX  # in LFW's 250x250 frame; None: resize only
 

@@ -17,7 +17,9 @@ from model import keras  # through the package: TensorFlow's start-up stays quie
 from storage import NotFoundError, Storage, catalog
 from storage.manifests import IntegrityError, read_verified
 
-MODEL_FILES = ("pair.keras", "embedder.keras")
+PAIR_MODEL = "pair.keras"  # (left, right) -> P(same): verification, and the scorer's source
+EMBEDDER = "embedder.keras"  # image -> embedding
+MODEL_FILES = (PAIR_MODEL, EMBEDDER)
 
 
 class ModelIntegrityError(IntegrityError):
@@ -39,7 +41,7 @@ def read_manifest(store: Storage, version: str) -> dict:
     return store.read_json(catalog.model_manifest_key(version))
 
 
-def load_model(store: Storage, version: str, name: str = "pair.keras") -> keras.Model:
+def load_model(store: Storage, version: str, name: str = PAIR_MODEL) -> keras.Model:
     """Download, verify the sha256 against the manifest, and load in safe mode."""
     expected = read_manifest(store, version)["files"].get(name)
     if expected is None:
@@ -52,6 +54,13 @@ def load_model(store: Storage, version: str, name: str = "pair.keras") -> keras.
         path = Path(tmp) / name
         path.write_bytes(data)
         return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def load_scorer(store: Storage, version: str):
+    """The registered pair model as a scorer: embed once, score pairs and galleries from embeddings."""
+    from model.scoring import PairScorer
+
+    return PairScorer(load_model(store, version, PAIR_MODEL))
 
 
 def read_champion(store: Storage) -> str | None:
@@ -86,7 +95,11 @@ def resolve_version(store: Storage, version: str) -> str:
             raise LookupError(f"no champion model in {store.url}: evaluate and promote a model first")
         return champion
     try:
+        catalog.model_prefix(version)
+    except ValueError:
+        raise LookupError(f"{version!r} is not a model version, latest or champion") from None
+    try:
         read_manifest(store, version)
-    except (NotFoundError, ValueError):
+    except NotFoundError:
         raise LookupError(f"model version {version!r} is not registered in {store.url}") from None
     return version

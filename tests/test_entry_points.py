@@ -120,3 +120,44 @@ def test_cli_options():
                                                                           "champion")
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["match", "a.jpg"])  # no gallery
+
+
+def test_every_deployment_in_prefect_yaml_passes_its_flows_validation():
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    deployments = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"] for d in deployments} == {"data", "train", "evaluate", "enrol", "match", "nightly-retrain",
+                                                 "main"}
+    for d in deployments:
+        path, name = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        params = d.get("parameters", {})
+        required = {k for k, p in flow.parameters.properties.items() if k in (flow.parameters.required or [])}
+        if name == "match_flow":  # a match run names its probes; the deployment cannot
+            assert required == {"params"} and not params
+            params = {"params": {"probes": "s3://bucket/probes"}}
+        flow.validate_parameters(params)  # raises on a field the flow does not have or a bad value
+
+
+def test_training_follows_the_data_and_needs_its_protocol():
+    from flows.main import checked_training
+    from tasks.data.config import DataParams
+    from tasks.training.config import TrainConfig
+
+    data = DataParams(dataset="att_faces", protocols=["face_comparer"])
+    assert checked_training(data, TrainConfig(protocol="face_comparer")).dataset == "att_faces"
+    assert checked_training(data, None) is None
+    with pytest.raises(ValueError, match="training on identity_disjoint needs its pairs"):
+        checked_training(data, TrainConfig(protocol="identity_disjoint"))
+
+
+def test_tuple_fields_take_several_values(capsys):
+    _, _, config = evaluate.parse_args(["--nway", "5", "10", "--far-targets", "0.01"])
+    assert config.nway == (5, 10) and config.far_targets == (0.01,)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--nway", "1"])
+    assert "--nway.0: Input should be greater than or equal to 2" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from tasks.evaluation.metrics import (
 from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
 from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
-from tasks.registry import load_model, read_champion, read_manifest
+from tasks.registry import load_scorer, read_champion, read_manifest
 
 EVAL_FORMAT = 1
 
@@ -157,7 +157,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         needed += [row_of[official["left_image"]], row_of[official["right_image"]]]
     for t in tasks.values():
         needed += [row_of[t.query], row_of[t.support.reshape(-1)]]
-    scorer = PairScorer(load_model(store, version, "pair.keras"))
+    scorer = load_scorer(store, version)
     t0 = time.perf_counter()
     emb = EmbeddedImages(scorer, tensors, np.concatenate([np.asarray(n) for n in needed]), config.tta_passes,
                          config.seed)

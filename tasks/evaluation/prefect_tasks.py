@@ -11,7 +11,7 @@ from tasks.artifacts import artifact_key, png_markdown
 from tasks.evaluation.champion import PROMOTION_METRIC, promotion_decision
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.evaluate import EvalResult, evaluate, read_report
-from tasks.evaluation.report import metrics_rows
+from tasks.evaluation.report import fmt, metrics_rows
 from tasks.registry import read_champion, set_champion
 
 
@@ -30,10 +30,6 @@ def evaluate_model(version: str, storage_url: str | None, config: EvalConfig) ->
     return result
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
 @task(tags=["siamese-faces", "champion"],
       name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
 def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOTION_METRIC,
@@ -49,8 +45,8 @@ def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOT
         key="champion-decision",
         markdown=(f"### {'Promote' if decision['promote'] else 'Do not promote'}: `{report['version']}`\n\n"
                   f"{decision['reason']}\n\n| | version | {metric} |\n|---|---|---:|\n"
-                  f"| challenger | `{decision['challenger']}` | {_fmt(decision['challenger_score'])} |\n"
-                  f"| champion before | `{decision['champion'] or '-'}` | {_fmt(decision['champion_score'])} |\n"),
+                  f"| challenger | `{decision['challenger']}` | {fmt(decision['challenger_score'])} |\n"
+                  f"| champion before | `{decision['champion'] or '-'}` | {fmt(decision['champion_score'])} |\n"),
         description="champion / challenger decision")
     return decision
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 
-def _fmt(v, digits=4) -> str:
+def fmt(v, digits=4) -> str:
+    """A number for a report table; "-" where there is none."""
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
@@ -17,10 +18,10 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
              + " | ".join(f"TAR@FAR={f:g}" for f in report["config"]["far_targets"]) + " |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(report["config"]["far_targets"])]
     for name, s in report["splits"].items():
-        tars = " | ".join(_fmt(s.get("tar_at_far", {}).get(f"{f:g}")) for f in report["config"]["far_targets"])
+        tars = " | ".join(fmt(s.get("tar_at_far", {}).get(f"{f:g}")) for f in report["config"]["far_targets"])
         lines.append(f"| {name} | {s['support_same'] + s['support_different']} | {s['accuracy']:.4f} | "
                      f"{s['error']:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | "
-                     f"{s['accuracy_at_0.5']:.4f} | {_fmt(s.get('auc'))} | {_fmt(s.get('eer'))} | {tars} |")
+                     f"{s['accuracy_at_0.5']:.4f} | {fmt(s.get('auc'))} | {fmt(s.get('eer'))} | {tars} |")
     test = report["splits"].get("test")
     if test:
         c = test["confusion"]
@@ -56,7 +57,7 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
         lines += ["", f"## Against the champion `{champion['version']}`", "",
                   "| metric | this model | champion |", "|---|---:|---:|"]
         for label, path in COMPARED:
-            lines.append(f"| {label} | {_fmt(report_value(report, path))} | {_fmt(report_value(champion, path))} |")
+            lines.append(f"| {label} | {fmt(report_value(report, path))} | {fmt(report_value(champion, path))} |")
     lines += ["", "Figures: `roc.png`, `scores.png`, `false_positives.png`, `false_negatives.png` beside this "
                   "report."]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from tasks.images import LFW_CROP_BOX, ImageDecodeError, crop_box_for, cut_face, decode
+from tasks.images import FACE_SIZE, LFW_CROP_BOX, ImageDecodeError, crop_box_for, cut_face, decode
 
 Detect = Literal["none", "largest", "all"]
 DETECT_MODES: tuple[str, ...] = Detect.__args__
@@ -63,7 +63,7 @@ def _square_crop(grey: np.ndarray, cx: float, cy: float, side: float, size: int)
     return cv2.resize(grey[y0 + pad:y1 + pad, x0 + pad:x1 + pad], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def find_faces(grey: np.ndarray, detect: Detect = "none", size: int = 64) -> list[Face]:
+def find_faces(grey: np.ndarray, detect: Detect = "none", size: int = FACE_SIZE) -> list[Face]:
     """The faces of a grey photo as model inputs; an empty list when detection finds none."""
     if detect not in DETECT_MODES:
         raise ValueError(f"detect must be one of {DETECT_MODES}, got {detect!r}")
@@ -78,7 +78,7 @@ def find_faces(grey: np.ndarray, detect: Detect = "none", size: int = 64) -> lis
             for x, y, bw, bh in boxes]
 
 
-def faces_from_bytes(data: bytes, detect: Detect = "none", size: int = 64) -> list[Face]:
+def faces_from_bytes(data: bytes, detect: Detect = "none", size: int = FACE_SIZE) -> list[Face]:
     """decode + find_faces; ImageDecodeError when the bytes are unusable or hold no face."""
     faces = find_faces(decode(data, grey=True), detect, size)
     if not faces:

@@ -25,10 +25,10 @@ from storage import Storage, catalog, open_storage
 from storage.manifests import sha256_bytes
 from tasks.images import ImageDecodeError
 from tasks.matching.faces import faces_from_bytes
-from tasks.registry import load_model
+from tasks.registry import load_scorer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
-GALLERY_FORMAT = 1
+GALLERY_FORMAT = 2  # 2: faces cut by tasks.images at the tensor store's size
 _IDENTITY = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 
 
@@ -75,13 +75,13 @@ def list_gallery(source: Storage) -> GalleryListing:
     return GalleryListing(pd.DataFrame(rows, columns=["identity", "key", "etag"]), rejected)
 
 
-def fetch_faces(source: Storage, keys: Iterable[str], detect: str, size: int, workers: int = 16
+def fetch_faces(source: Storage, keys: Iterable[str], detect: str, workers: int = 16
                 ) -> list[tuple[str, list, str | None]]:
     """(key, faces, error) for each key, fetched and decoded on a thread pool (I/O and OpenCV release
     the GIL). A missing object or an unusable image is that key's error; a storage outage raises."""
     def one(key: str):
         try:
-            return key, faces_from_bytes(source.read_bytes(key), detect, size), None
+            return key, faces_from_bytes(source.read_bytes(key), detect), None
         except FileNotFoundError:
             return key, [], "missing: the object no longer exists"
         except ImageDecodeError as err:
@@ -144,7 +144,8 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
     listing = list_gallery(source)
     previous = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
     prior_manifest = store.read_json_or_none(manifest_key)
-    if prior_manifest and prior_manifest.get("detect") == detect and store.exists(key):
+    if (prior_manifest and prior_manifest.get("format") == GALLERY_FORMAT and prior_manifest.get("detect") == detect
+            and store.exists(key)):
         previous = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pandas()
     current = listing.images
     merged = current.merge(previous[["key", "etag"]], on=["key", "etag"], how="left", indicator=True)
@@ -152,8 +153,8 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
     kept = previous[previous["key"].isin(set(merged.loc[merged["_merge"] == "both", "key"]))]
     removed = len(previous) - len(kept) - int(previous["key"].isin(set(todo["key"])).sum())
 
-    scorer = scorer or PairScorer(load_model(store, version, "pair.keras"))
-    fetched = fetch_faces(source, todo["key"], detect, scorer.input_size) if len(todo) else []
+    scorer = scorer or load_scorer(store, version)
+    fetched = fetch_faces(source, todo["key"], detect) if len(todo) else []
     errors = list(listing.rejected)
     new_rows = []
     faces = []

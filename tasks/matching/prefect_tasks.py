@@ -15,14 +15,14 @@ from tasks.matching.config import MatchParams
 from tasks.matching.gallery import Gallery, enrol, read_gallery
 from tasks.matching.runs import list_probes, match_shard, summarize_run
 from tasks.matching.search import resolve_threshold
-from tasks.registry import load_model, resolve_version
+from tasks.registry import load_scorer, resolve_version
 
 _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
 def _scorer(storage_url: str | None, version: str) -> PairScorer:
-    return PairScorer(load_model(open_storage(storage_url), version, "pair.keras"))
+    return load_scorer(open_storage(storage_url), version)
 
 
 @lru_cache(maxsize=4)

@@ -128,11 +128,11 @@ def match_keys(source: Storage, keys: list[str], scorer: PairScorer, gallery: Ga
     rows: list[dict] = []
     fetched_so_far = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as prefetch:
-        pending = prefetch.submit(fetch_faces, source, chunks[0], detect, scorer.input_size) if chunks else None
+        pending = prefetch.submit(fetch_faces, source, chunks[0], detect) if chunks else None
         for i in range(len(chunks)):
             fetched = pending.result()
             if i + 1 < len(chunks):
-                pending = prefetch.submit(fetch_faces, source, chunks[i + 1], detect, scorer.input_size)
+                pending = prefetch.submit(fetch_faces, source, chunks[i + 1], detect)
             fetched_so_far += len(fetched)
             if fail_after is not None and fetched_so_far > fail_after:
                 raise RuntimeError(f"injected failure after {fail_after} probes")

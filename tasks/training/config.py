@@ -21,7 +21,7 @@ class TrainConfig(Params):
     pair_mode: Literal["in_batch", "pairs"] = Field(
         "in_batch", description="in_batch: P x K identities per batch, every pair scored; pairs: the Parquet "
                                 "pairs as they are")
-    epochs: int = Field(60, ge=1, description="~45 s each on 2 CPU cores at the defaults")
+    epochs: int = Field(60, ge=1, description="about 25 s each on 2 CPU cores at the defaults")
     steps_per_epoch: int = Field(50, ge=1, description="batches per epoch (validation runs after each); pairs "
                                                       "mode draws them from a fresh shuffle of the pairs")
     batch_size: int = Field(64, ge=2, description="pairs mode")
