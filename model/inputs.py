@@ -98,11 +98,13 @@ class PairBatches(keras.utils.PyDataset):
 class IdentityBatches(keras.utils.PyDataset):
     """P identities x K images per batch, drawn only from ``rows_by_person`` (the training split).
 
-    People with fewer than K images contribute all they have, sampled with replacement.
+    People with fewer than K images contribute all they have, sampled with replacement. The label
+    of an image is its person's position in ``people``: the class of the identification loss.
     """
 
     def __init__(self, tensors: np.ndarray, rows_by_person: dict[str, np.ndarray], people_per_batch: int,
-                 images_per_person: int, steps: int, augment: AugmentConfig | None, seed: int, **kwargs):
+                 images_per_person: int, steps: int, augment: AugmentConfig | None, seed: int,
+                 outputs: tuple[str, ...] | None = None, **kwargs):
         super().__init__(**kwargs)
         eligible = {p: r for p, r in rows_by_person.items() if len(r) >= 2}
         if len(eligible) < people_per_batch:
@@ -112,6 +114,7 @@ class IdentityBatches(keras.utils.PyDataset):
         self.rows = [eligible[p] for p in self.people]
         self.p, self.k, self.steps = people_per_batch, images_per_person, steps
         self.augment, self.seed, self.epoch = augment, seed, 0
+        self.outputs = outputs  # a multi-output model: the identity labels are the target of each
 
     def __len__(self) -> int:
         return self.steps
@@ -134,4 +137,4 @@ class IdentityBatches(keras.utils.PyDataset):
         images = self.tensors[rows]
         if self.augment:
             images = augment_batch(images, np.random.default_rng((self.seed, self.epoch, i, 1)), self.augment)
-        return _with_channel(images).astype("float32"), labels
+        return _with_channel(images).astype("float32"), ({o: labels for o in self.outputs} if self.outputs else labels)

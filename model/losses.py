@@ -1,4 +1,5 @@
-"""Losses and metrics for in-batch training: every pair of a P x K batch, balanced."""
+"""Losses and metrics for in-batch training: every pair of a P x K batch, balanced, from logits;
+and the margin softmax (CosFace) that teaches the same embedding to tell identities apart."""
 from __future__ import annotations
 
 import keras
@@ -12,28 +13,66 @@ def _pair_masks(labels, n):
     return same * upper, (1.0 - same) * upper
 
 
+def _weighted_mean(values, mask, weights_logits=None):
+    """Mean of ``values`` over ``mask``; with ``weights_logits``, a softmax-weighted mean over the
+    masked entries instead (hard pairs weigh more)."""
+    if weights_logits is None:
+        return ops.sum(mask * values) / ops.maximum(ops.sum(mask), 1.0)
+    masked = ops.where(mask > 0, weights_logits, ops.full_like(weights_logits, -1e9))
+    weights = ops.stop_gradient(ops.reshape(ops.softmax(ops.reshape(masked, (-1,))), ops.shape(values)) * mask)
+    return ops.sum(weights * values) / ops.maximum(ops.sum(weights), 1e-9)
+
+
 @keras.saving.register_keras_serializable(package="siamese")
 class InBatchPairLoss(keras.losses.Loss):
-    """Binary cross-entropy over all in-batch pairs, same and different pairs weighted 50/50.
+    """Binary cross-entropy over all in-batch pairs, same and different pairs weighted 50/50,
+    computed from logits (no saturation at confident mistakes).
 
-    y_true: identity labels (B,); y_pred: (B, B) same-person probabilities.
+    ``hard_weight`` > 0 weighs pairs by a softmax of how wrong they are: the hardest different-person
+    pairs (highest logit) and same-person pairs (lowest logit) count most; 0 is the plain mean.
+    y_true: identity labels (B,); y_pred: (B, B) logits of P(same).
     """
 
-    def __init__(self, name="in_batch_pair_bce", **kwargs):
+    def __init__(self, hard_weight: float = 0.0, name="in_batch_pair_bce", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.hard_weight = hard_weight
 
     def call(self, y_true, y_pred):
-        n = ops.shape(y_pred)[0]
-        same, diff = _pair_masks(y_true, n)
-        p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
-        loss_same = -ops.sum(same * ops.log(p)) / ops.maximum(ops.sum(same), 1.0)
-        loss_diff = -ops.sum(diff * ops.log(1.0 - p)) / ops.maximum(ops.sum(diff), 1.0)
+        z = ops.cast(y_pred, "float32")
+        same, diff = _pair_masks(y_true, ops.shape(z)[0])
+        hard = self.hard_weight
+        loss_same = _weighted_mean(ops.softplus(-z), same, -hard * z if hard else None)
+        loss_diff = _weighted_mean(ops.softplus(z), diff, hard * z if hard else None)
         return 0.5 * (loss_same + loss_diff)
+
+    def get_config(self):
+        return {**super().get_config(), "hard_weight": self.hard_weight}
+
+
+@keras.saving.register_keras_serializable(package="siamese")
+class MarginSoftmaxLoss(keras.losses.Loss):
+    """CosFace / AM-softmax: cross-entropy of s * (cos - m * [target]) over the training identities.
+
+    y_true: identity labels (B,) indexing the classes; y_pred: (B, C) cosines (``ClassCosines``).
+    """
+
+    def __init__(self, scale: float = 30.0, margin: float = 0.35, name="margin_softmax", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.scale, self.margin = scale, margin
+
+    def call(self, y_true, y_pred):
+        cos = ops.cast(y_pred, "float32")
+        target = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), ops.shape(cos)[-1])
+        logits = self.scale * (cos - self.margin * target)
+        return ops.mean(keras.losses.categorical_crossentropy(target, logits, from_logits=True))
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package="siamese")
 class InBatchBalancedAccuracy(keras.metrics.Metric):
-    """Mean of same-pair and different-pair accuracy at 0.5 over all in-batch pairs."""
+    """Mean of same-pair and different-pair accuracy at P(same) 0.5 (logit 0) over all in-batch pairs."""
 
     def __init__(self, name="pair_accuracy", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -44,7 +83,7 @@ class InBatchBalancedAccuracy(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         same, diff = _pair_masks(y_true, ops.shape(y_pred)[0])
-        yes = ops.cast(y_pred >= 0.5, "float32")
+        yes = ops.cast(y_pred >= 0.0, "float32")
         self.correct_same.assign_add(ops.sum(same * yes))
         self.total_same.assign_add(ops.sum(same))
         self.correct_diff.assign_add(ops.sum(diff * (1.0 - yes)))

@@ -7,10 +7,16 @@ Architectures, by name:
                  no pooling, dense 512 + batch norm + tanh; with its MLP head
   resnet         the default: a small residual CNN with batch norm and a 128-d embedding
 
-Every pair model ends in the head of both ancestors, |f(a) - f(b)| -> Dense(1, sigmoid), a
-learned weighted L1 distance (face_comparer puts its dense-256 block in between). Images go in
-as raw pixel values (0-255); scaling is part of the model, so saved models take what the
-tensor store holds.
+Heads, by name (any architecture with any head):
+  cosine         the default: unit-length embeddings, P(same) = sigmoid(s * cos(f(a), f(b)) + b) with
+                 a learned scale s > 0 and bias b; its score is a matrix product, so a gallery can be
+                 indexed, and ranking by it is ranking by cosine
+  weighted_l1    both ancestors' head: |f(a) - f(b)| -> Dense(1) -> sigmoid, a learned weighted L1
+  mlp            aleju/face-comparer's: |f(a) - f(b)| -> dropout, dense 256, batch norm, LeakyReLU,
+                 dropout -> Dense(1) -> sigmoid
+Images go in as raw pixel values (0-255); scaling is part of the model, so saved models take
+what the tensor store holds. The in-batch model gives the (B, B) logits of P(same) for every pair
+of a batch and, with ``identities``, each image's cosine to every training identity.
 """
 from __future__ import annotations
 
@@ -21,16 +27,29 @@ import keras
 from keras import layers, regularizers
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.layers import AbsDiff, PairMatrix, PairwiseAbsDiff, SqueezeLast
+from model.layers import (
+    AbsDiff,
+    ClassCosines,
+    CosineSimilarity,
+    L2Normalize,
+    PairMatrix,
+    PairwiseAbsDiff,
+    PairwiseCosine,
+    SameLogit,
+    SqueezeLast,
+)
 
 Architecture = Literal["resnet", "koch", "face_comparer"]
 ARCHITECTURES: tuple[str, ...] = Architecture.__args__
+Head = Literal["cosine", "weighted_l1", "mlp"]
+HEADS: tuple[str, ...] = Head.__args__
 
 
 class NetworkConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     architecture: Architecture = "resnet"
+    head: Head = "cosine"
     input_size: int = Field(64, ge=16)
     channels: int = Field(1, ge=1)
     weight_decay: float = Field(1e-4, ge=0)  # L2 on every kernel
@@ -105,22 +124,24 @@ _BRANCHES = {"koch": _koch, "face_comparer": _face_comparer, "resnet": _resnet}
 
 
 def build_embedder(cfg: NetworkConfig) -> keras.Model:
-    """The twin branch: raw pixels (0-255) -> embedding."""
+    """The twin branch: raw pixels (0-255) -> embedding (unit length for the cosine head)."""
     inputs = keras.Input((cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    x = layers.Rescaling(1.0 / 255.0)(inputs)
-    return keras.Model(inputs, _BRANCHES[cfg.architecture](x, cfg), name=f"embedder_{cfg.architecture}")
+    x = _BRANCHES[cfg.architecture](layers.Rescaling(1.0 / 255.0)(inputs), cfg)
+    if cfg.head == "cosine":
+        x = L2Normalize(dtype="float32")(x)
+    return keras.Model(inputs, x, name=f"embedder_{cfg.architecture}")
 
 
-def build_head(cfg: NetworkConfig) -> list[keras.layers.Layer]:
-    """|f(a) - f(b)| -> P(same person), as layers shared by the pair and the in-batch model."""
+def build_logit_head(cfg: NetworkConfig) -> list[keras.layers.Layer]:
+    """|f(a) - f(b)| -> logit of P(same), as layers shared by the pair and the in-batch model
+    (the weighted-L1 and MLP heads; the cosine head is ``SameLogit`` on the cosine)."""
     head: list[keras.layers.Layer] = []
-    if cfg.architecture == "face_comparer":
+    if cfg.head == "mlp":
         head += [layers.Dropout(0.5),
                  layers.Dense(256, kernel_initializer="glorot_normal", kernel_regularizer=_l2(cfg)),
                  layers.BatchNormalization(), layers.LeakyReLU(0.33), layers.Dropout(0.5)]
-    # float32 even under mixed precision: a float16 sigmoid saturates and the loss degrades.
-    head.append(layers.Dense(1, activation="sigmoid", kernel_regularizer=_l2(cfg), name="same_probability",
-                             dtype="float32"))
+    # float32 even under mixed precision: a float16 logit saturates and the loss degrades.
+    head.append(layers.Dense(1, kernel_regularizer=_l2(cfg), name="same_logit", dtype="float32"))
     return head
 
 
@@ -133,20 +154,30 @@ def _apply(stack: list[keras.layers.Layer], x):
 @dataclass
 class SiameseModels:
     embedder: keras.Model  # image -> embedding
-    pair: keras.Model  # (left, right) -> probability, for Parquet pairs and verification
-    in_batch: keras.Model  # images (B) -> (B, B) probabilities, for P x K batches
+    pair: keras.Model  # (left, right) -> P(same), for Parquet pairs and verification
+    in_batch: keras.Model  # images (B) -> (B, B) logits [and (B, identities) cosines], for P x K batches
 
 
-def build_models(cfg: NetworkConfig) -> SiameseModels:
-    """One embedder and one head, shared by the pair model and the in-batch model."""
+def build_models(cfg: NetworkConfig, identities: int = 0) -> SiameseModels:
+    """One embedder and one head, shared by the pair model and the in-batch model. ``identities`` > 0
+    adds the identification output (cosines to that many training identities) to the in-batch model."""
     embedder = build_embedder(cfg)
-    head = build_head(cfg)
     shape = (cfg.input_size, cfg.input_size, cfg.channels)
     left, right = keras.Input(shape, name="left"), keras.Input(shape, name="right")
-    prob = _apply(head, AbsDiff()([embedder(left), embedder(right)]))
-    pair = keras.Model([left, right], SqueezeLast()(prob), name="siamese_pair")
     images = keras.Input(shape, name="images")
     embeddings = embedder(images)
-    matrix = PairMatrix()([_apply(head, PairwiseAbsDiff()(embeddings)), embeddings])
-    in_batch = keras.Model(images, matrix, name="siamese_in_batch")
+    sigmoid = layers.Activation("sigmoid", dtype="float32", name="same_probability")
+    if cfg.head == "cosine":
+        logit = SameLogit(dtype="float32", name="same_logit")
+        pair_logit = logit(CosineSimilarity()([embedder(left), embedder(right)]))
+        matrix = logit(PairwiseCosine()(embeddings))
+    else:
+        head = build_logit_head(cfg)
+        pair_logit = _apply(head, AbsDiff()([embedder(left), embedder(right)]))
+        matrix = PairMatrix()([_apply(head, PairwiseAbsDiff()(embeddings)), embeddings])
+    pair = keras.Model([left, right], SqueezeLast()(sigmoid(pair_logit)), name="siamese_pair")
+    outputs = {"pairs": keras.layers.Identity(name="pairs")(matrix)}
+    if identities:
+        outputs["classes"] = ClassCosines(identities, dtype="float32", name="classes")(embeddings)
+    in_batch = keras.Model(images, outputs if identities else outputs["pairs"], name="siamese_in_batch")
     return SiameseModels(embedder, pair, in_batch)

@@ -1,8 +1,11 @@
 """Scoring with a trained pair model: embed each image once, then score pairs from embeddings.
 
 The twin network is the expensive part; the head is cheap. So evaluation and matching embed every
-image once (optionally under test-time augmentation) and apply the head to |e_a - e_b|. For the
-ancestors' head, one Dense(1, sigmoid), that is a weighted L1 distance computed in numpy.
+image once (optionally under test-time augmentation) and apply the head to the embeddings:
+  cosine head      P(same) = sigmoid(s * <e_a, e_b> + b): a matrix product for a whole gallery
+  weighted L1      P(same) = sigmoid(w . |e_a - e_b| + b), computed in numpy
+  MLP head         face-comparer's layers themselves, on |e_a - e_b|
+Models saved before the cosine head (a Dense(1, sigmoid) head) load and score as before.
 """
 from __future__ import annotations
 
@@ -11,49 +14,73 @@ import numpy as np
 
 from model.augment import AugmentConfig, augment_batch
 from model.inputs import resize_images
-from model.layers import AbsDiff, SqueezeLast
+from model.layers import AbsDiff, CosineSimilarity, SameLogit, SqueezeLast
+
+_NOT_HEAD = (SqueezeLast, keras.layers.Activation)  # after the logit: the sigmoid, the squeeze
 
 
 class PairScorer:
-    def __init__(self, pair_model: keras.Model, batch_size: int = 512):
-        self.batch_size = batch_size
+    """``flip``: each embedding is the mean of the image's and its mirror image's (then unit length
+    again for the cosine head): test-time augmentation that evaluation and matching share."""
+
+    def __init__(self, pair_model: keras.Model, batch_size: int = 512, flip: bool = False):
+        self.batch_size, self.flip = batch_size, flip
         embedders = [layer for layer in pair_model.layers if isinstance(layer, keras.Model)]
-        merges = [i for i, layer in enumerate(pair_model.layers) if isinstance(layer, AbsDiff)]
+        merges = [i for i, layer in enumerate(pair_model.layers) if isinstance(layer, (AbsDiff, CosineSimilarity))]
         if len(embedders) != 1 or len(merges) != 1:
-            raise ValueError(f"{pair_model.name} is not a siamese pair model (one twin network, one |a-b| merge)")
+            raise ValueError(f"{pair_model.name} is not a siamese pair model (one twin network, one merge)")
         self.embedder = embedders[0]
-        head = [layer for layer in pair_model.layers[merges[0] + 1:] if not isinstance(layer, SqueezeLast)]
         self.input_size = int(self.embedder.input_shape[1])
         self.dim = int(self.embedder.output_shape[-1])
-        if len(head) == 1 and isinstance(head[0], keras.layers.Dense):
+        merge = pair_model.layers[merges[0]]
+        head = [layer for layer in pair_model.layers[merges[0] + 1:] if not isinstance(layer, _NOT_HEAD)]
+        self.l1_weights = self.l1_bias = self.head = None
+        if isinstance(merge, CosineSimilarity):
+            (logit,) = [layer for layer in head if isinstance(layer, SameLogit)]
+            log_scale, bias = (float(np.asarray(w)) for w in logit.get_weights())
+            self.kind, self.scale, self.bias = "cosine", float(np.exp(log_scale)), bias
+        elif len(head) == 1 and isinstance(head[0], keras.layers.Dense):
             kernel, bias = head[0].get_weights()
-            self.l1_weights, self.l1_bias = kernel[:, 0].astype("float32"), float(bias[0])
-            self.head = None
-        else:  # face_comparer's MLP head: run the layers themselves (inference mode)
-            self.l1_weights = self.l1_bias = None
+            self.kind, self.l1_weights, self.l1_bias = "weighted_l1", kernel[:, 0].astype("float32"), float(bias[0])
+        else:  # face_comparer's MLP head: run the layers themselves (inference mode), sigmoid included
+            self.kind = "mlp"
             x = inputs = keras.Input((self.dim,))
-            for layer in head:
-                x = layer(x)
+            for layer in pair_model.layers[merges[0] + 1:]:
+                if not isinstance(layer, SqueezeLast):
+                    x = layer(x)
             self.head = keras.Model(inputs, x)
 
-    def embed(self, images: np.ndarray, augment: AugmentConfig | None = None,
-              rng: np.random.Generator | None = None) -> np.ndarray:
-        """uint8 images (N, H, W) -> float32 embeddings (N, D); augmented when ``augment`` is given."""
-        images = resize_images(images, self.input_size)
+    def _embed(self, images: np.ndarray, augment: AugmentConfig | None, rng: np.random.Generator | None):
         out = np.empty((len(images), self.dim), dtype="float32")
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size]
             if augment is not None:
                 batch = augment_batch(batch, rng or np.random.default_rng(0), augment)
             # predict_on_batch runs the compiled inference function (eager calls are several times slower)
-            out[start:start + len(batch)] = np.asarray(self.embedder.predict_on_batch(batch[..., None]
-                                                                                      .astype("float32")))
+            out[start:start + len(batch)] = np.asarray(self.embedder.predict_on_batch(
+                (batch[..., None] if batch.ndim == 3 else batch).astype("float32")))
         return out
+
+    def embed(self, images: np.ndarray, augment: AugmentConfig | None = None,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+        """uint8 images (N, H, W) -> float32 embeddings (N, D); augmented when ``augment`` is given."""
+        images = resize_images(images, self.input_size)
+        out = self._embed(images, augment, rng)
+        if self.flip:
+            out = (out + self._embed(np.ascontiguousarray(images[:, :, ::-1]), augment, rng)) / 2
+            if self.kind == "cosine":
+                out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def logits_from_cosines(self, cosines: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(cosines, dtype="float64") + self.bias
 
     def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """P(same) for embedding pairs (N, D) x (N, D) -> (N,)."""
+        if self.kind == "cosine":
+            return _sigmoid(self.logits_from_cosines(np.einsum("nd,nd->n", left, right)))
         diff = np.abs(left - right)
-        if self.head is None:
+        if self.kind == "weighted_l1":
             return _sigmoid(diff @ self.l1_weights + self.l1_bias)
         out = [np.asarray(self.head(diff[i:i + 4096], training=False), dtype="float64").reshape(-1)
                for i in range(0, len(diff), 4096)]

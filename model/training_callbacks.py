@@ -1,4 +1,5 @@
-"""Keras callbacks for siamese training: validation on fixed pairs, and a wall-clock budget."""
+"""Keras callbacks for siamese training: validation on fixed pairs, a wall-clock budget that
+survives a resume, and the learning-rate schedule bounded by that budget."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,8 @@ import time
 
 import keras
 import numpy as np
+
+now = time.monotonic  # the clock; tests replace it to make budgets deterministic
 
 
 def cosine_learning_rate(epoch: int, epochs: int, peak: float, warmup: int = 2, floor: float = 0.01,
@@ -38,39 +41,62 @@ class PairValidation(keras.callbacks.Callback):
         logs["val_pair_loss"] = float(-np.mean(self.same * np.log(p) + (1 - self.same) * np.log(1 - p)))
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training after the epoch that crosses the budget (seconds)."""
+class TrainingClock(keras.callbacks.Callback):
+    """Seconds of training so far, counting the runs before a resume (``already``, from the
+    history), written to the logs as ``training_seconds`` after every epoch."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, already: float = 0.0):
         super().__init__()
-        self.seconds = seconds
-        self.start = time.monotonic()
+        self.already = already
+        self.elapsed = already
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = now() - self.already
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.monotonic() - self.start >= self.seconds:
+        self.elapsed = now() - self.start
+        if logs is not None:
+            logs["training_seconds"] = self.elapsed
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training after the epoch that crosses the budget (seconds of the clock)."""
+
+    def __init__(self, seconds: float, clock: TrainingClock):
+        super().__init__()
+        self.seconds, self.clock = seconds, clock
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.clock.elapsed >= self.seconds:
             self.model.stop_training = True
 
 
 class CosineSchedule(keras.callbacks.Callback):
-    """Sets the learning rate at each epoch's start from ``tasks.train.cosine_learning_rate``,
-    with the share of the time budget spent so far."""
+    """Sets the learning rate at each epoch's start from ``cosine_learning_rate``, with the share of
+    the time budget spent so far by the clock."""
 
-    def __init__(self, peak: float, epochs: int, budget_seconds: float):
+    def __init__(self, peak: float, epochs: int, budget_seconds: float, clock: TrainingClock):
         super().__init__()
-        self.peak, self.epochs, self.budget = peak, epochs, budget_seconds
-        self.start = time.monotonic()
-
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.peak, self.epochs, self.budget, self.clock = peak, epochs, budget_seconds, clock
 
     def on_epoch_begin(self, epoch, logs=None):
-        fraction = (time.monotonic() - self.start) / self.budget
         self.model.optimizer.learning_rate.assign(cosine_learning_rate(epoch, self.epochs, self.peak,
-                                                                       elapsed_fraction=fraction))
+                                                                       elapsed_fraction=self.clock.elapsed / self.budget))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that, on a resumed run, starts from the best score and the epochs without
+    improvement that the history recorded (Keras's own restarts from nothing)."""
+
+    def __init__(self, best: float | None = None, waited: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.resumed_best, self.resumed_wait = best, waited
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed_best is not None:
+            self.best, self.wait = self.resumed_best, self.resumed_wait

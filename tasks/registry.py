@@ -56,11 +56,14 @@ def load_model(store: Storage, version: str, name: str = PAIR_MODEL) -> keras.Mo
         return keras.saving.load_model(path, safe_mode=True, compile=False)
 
 
-def load_scorer(store: Storage, version: str):
-    """The registered pair model as a scorer: embed once, score pairs and galleries from embeddings."""
+def load_scorer(store: Storage, version: str, flip: bool | None = None):
+    """The registered pair model as a scorer: embed once, score pairs and galleries from embeddings.
+    ``flip`` (mirror-image averaging) defaults to what the model's manifest records."""
     from model.scoring import PairScorer
 
-    return PairScorer(load_model(store, version, PAIR_MODEL))
+    if flip is None:
+        flip = bool(read_manifest(store, version).get("inference", {}).get("flip", False))
+    return PairScorer(load_model(store, version, PAIR_MODEL), flip=flip)
 
 
 def read_champion(store: Storage) -> str | None:

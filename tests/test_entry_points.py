@@ -72,13 +72,14 @@ def test_main_job_options(tmp_path, monkeypatch, capsys):
 
 
 def test_train_evaluate_and_match_options_are_their_models(capsys):
-    config, storage = train.parse_args(["--epochs", "3", "--architecture", "koch", "--augment", "false",
-                                        "--storage", "/s"])
-    assert (config.epochs, config.architecture, config.augment, storage) == (3, "koch", False, "/s")
+    config, storage = train.parse_args(["--epochs", "3", "--architecture", "koch", "--augment", "none",
+                                        "--test-time-flip", "false", "--storage", "/s"])
+    assert (config.epochs, config.architecture, config.augment, config.test_time_flip, storage) == (
+        3, "koch", "none", False, "/s")
     assert config.learning_rate == 2e-3  # untouched fields keep the model's defaults
     for argv, message in ((["--architecture", "vgg"], "invalid choice: 'vgg'"),
                           (["--learning-rate", "-1"], "--learning-rate: Input should be greater than 0"),
-                          (["--augment", "maybe"], "expected true or false")):
+                          (["--test-time-flip", "maybe"], "expected true or false")):
         with pytest.raises(SystemExit):
             train.parse_args(argv)
         assert message in capsys.readouterr().err, argv

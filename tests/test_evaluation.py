@@ -20,15 +20,63 @@ from tests.test_training import small, tiny_store  # noqa: F401 - the fixture
 SMALL_EVAL = EvalConfig(nway=(2, 3), nway_tasks=50)
 
 
-@pytest.mark.parametrize("architecture", ["resnet", "face_comparer"])
-def test_scorer_from_embeddings_matches_the_pair_model(architecture):
-    models = build_models(NetworkConfig(architecture=architecture, input_size=32, width=8, embedding_dim=16))
+@pytest.mark.parametrize("architecture, head", [("resnet", "cosine"), ("resnet", "weighted_l1"),
+                                                ("face_comparer", "mlp"), ("face_comparer", "cosine")])
+def test_scorer_from_embeddings_matches_the_pair_model(architecture, head):
+    models = build_models(NetworkConfig(architecture=architecture, head=head, input_size=32, width=8,
+                                        embedding_dim=16))
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32)).astype("uint8")
     expected = models.pair.predict([images[:3, ..., None], images[3:, ..., None]], verbose=0)
     scorer = PairScorer(models.pair)
     emb = scorer.embed(images)
     np.testing.assert_allclose(scorer.score(emb[:3], emb[3:]), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scorer.score_pairs(emb, [0, 1, 2], [3, 4, 5]), expected, rtol=1e-4, atol=1e-5)
+    # a gallery: each probe's best score over the gallery images is the pair model's best score
+    from tasks.matching.gallery import Gallery
+    from tasks.matching.search import score_against_gallery
+
+    gallery = Gallery(np.array(["a", "b", "c"], dtype=object), np.array(["x", "y", "z"], dtype=object), emb[3:])
+    names, scores = score_against_gallery(scorer, emb[:3], gallery, 1)
+    every = np.array([[models.pair.predict([images[i:i + 1, ..., None], images[j:j + 1, ..., None]], verbose=0)[0]
+                       for j in range(3, 6)] for i in range(3)])
+    np.testing.assert_allclose(scores[:, 0], every.max(axis=1), rtol=1e-4, atol=1e-5)
+    assert list(names[:, 0]) == [["a", "b", "c"][j] for j in every.argmax(axis=1)]
+
+
+def test_flip_averages_an_image_with_its_mirror():
+    models = build_models(NetworkConfig(input_size=16, width=8, embedding_dim=16))
+    images = np.random.default_rng(1).integers(0, 255, (4, 16, 16)).astype("uint8")
+    plain, flipped = PairScorer(models.pair), PairScorer(models.pair, flip=True)
+    mean = (plain.embed(images) + plain.embed(images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(flipped.embed(images), mean / np.linalg.norm(mean, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(flipped.embed(images), axis=1), 1.0, rtol=1e-5)
+    # a mirror image gets the same embedding as the image itself
+    np.testing.assert_allclose(flipped.embed(images[:, :, ::-1]), flipped.embed(images), rtol=1e-4, atol=1e-5)
+
+
+def test_models_saved_before_the_cosine_head_still_load_and_score(tmp_path):
+    """The ancestors' head as registered models up to now stored it: |a - b| -> Dense(1, sigmoid)."""
+    import keras
+
+    from model.layers import AbsDiff, SqueezeLast
+    from model.networks import build_embedder
+    from storage import open_storage
+    from tasks.registry import load_scorer, publish
+
+    embedder = build_embedder(NetworkConfig(head="weighted_l1", input_size=16, width=8, embedding_dim=16))
+    left, right = keras.Input((16, 16, 1)), keras.Input((16, 16, 1))
+    head = keras.layers.Dense(1, activation="sigmoid", name="same_probability", dtype="float32")
+    old = keras.Model([left, right], SqueezeLast()(head(AbsDiff()([embedder(left), embedder(right)]))))
+    old.save(tmp_path / "pair.keras")
+    store = open_storage(str(tmp_path / "store"))
+    publish(store, "old", {"pair.keras": tmp_path / "pair.keras"}, {})  # no "inference" entry: no flip
+    scorer = load_scorer(store, "old")
+    images = np.random.default_rng(2).integers(0, 255, (4, 16, 16)).astype("uint8")
+    expected = old.predict([images[:2, ..., None], images[2:, ..., None]], verbose=0)
+    emb = scorer.embed(images)
+    assert scorer.kind == "weighted_l1" and not scorer.flip
+    np.testing.assert_allclose(scorer.score(emb[:2], emb[2:]), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture

@@ -18,4 +18,6 @@ class EvalConfig(Params):
     nway_tasks: int = Field(2000, ge=1, description="seeded tasks per N")
     tta_passes: int = Field(0, ge=0, description="extra augmented passes averaged into every score "
                                                  "(face-comparer used 50); reported in evaluation-tta<N>/")
+    flip: bool | None = Field(None, description="average each image's embedding with its mirror image's; "
+                                                "default: what the model's manifest says (matching does the same)")
     seed: int = 42

@@ -157,7 +157,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         needed += [row_of[official["left_image"]], row_of[official["right_image"]]]
     for t in tasks.values():
         needed += [row_of[t.query], row_of[t.support.reshape(-1)]]
-    scorer = load_scorer(store, version)
+    scorer = load_scorer(store, version, config.flip)
     t0 = time.perf_counter()
     emb = EmbeddedImages(scorer, tensors, np.concatenate([np.asarray(n) for n in needed]), config.tta_passes,
                          config.seed)
@@ -217,7 +217,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                 for name, c in curves.items()]
     report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol, "config": config.model_dump(mode="json"),
               "thresholds": thresholds, "splits": splits, "official": report_official, "one_shot": one_shot,
-              "one_shot_people": len(held_out), "embedded_images": int(len(emb.rows)),
+              "one_shot_people": len(held_out), "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
               "seconds": time.perf_counter() - start}
     champion_version = read_champion(store)
     champion = read_report(store, champion_version) if champion_version and champion_version != version else None

@@ -29,12 +29,26 @@ def _identity_blocks(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return order, ids[starts], starts
 
 
+def _block_scores(scorer: PairScorer, probes: np.ndarray, gallery: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(b, n) P(same) of probes x gallery rows. The cosine head is one matrix product (and a
+    sigmoid); the other heads go through gallery chunks, so memory stays at b x chunk x D."""
+    if scorer.kind == "cosine":
+        return 1.0 / (1.0 + np.exp(-scorer.logits_from_cosines(probes @ gallery.T)))
+    out = np.empty((len(probes), len(gallery)), dtype=np.float64)
+    for c in range(0, len(gallery), chunk):
+        g = gallery[c:c + chunk]
+        if scorer.kind == "weighted_l1":
+            logits = np.abs(probes[:, None, :] - g[None, :, :]) @ scorer.l1_weights + scorer.l1_bias
+            out[:, c:c + len(g)] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        else:
+            out[:, c:c + len(g)] = scorer.score(np.repeat(probes, len(g), axis=0),
+                                                np.tile(g, (len(probes), 1))).reshape(len(probes), len(g))
+    return out
+
+
 def score_against_gallery(scorer: PairScorer, probes: np.ndarray, gallery: Gallery, top_k: int,
                           block: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(top identity indices (P, k), their scores (P, k)): each identity scores its best image.
-
-    The weighted-L1 head is computed exactly as a blocked matrix operation; other heads go through
-    the head's layers on the flattened pairs."""
+    """(top identity names (P, k), their P(same) (P, k)): each identity scores its best image."""
     if not len(gallery.identities):
         raise ValueError("the gallery is empty: nothing to match against")
     order, names, starts = _identity_blocks(gallery)
@@ -43,13 +57,7 @@ def score_against_gallery(scorer: PairScorer, probes: np.ndarray, gallery: Galle
     top_i = np.zeros((len(probes), k), dtype=np.int64)
     top_s = np.zeros((len(probes), k), dtype=np.float64)
     for s in range(0, len(probes), block):
-        p = probes[s:s + block]
-        if scorer.head is None:
-            logits = np.abs(p[:, None, :] - g[None, :, :]) @ scorer.l1_weights + scorer.l1_bias  # (b, n)
-            scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        else:
-            scores = scorer.score(np.repeat(p, len(g), axis=0), np.tile(g, (len(p), 1))).reshape(len(p), len(g))
-        per_identity = np.maximum.reduceat(scores, starts, axis=1)  # (b, identities)
+        per_identity = np.maximum.reduceat(_block_scores(scorer, probes[s:s + block], g), starts, axis=1)
         idx = np.argpartition(-per_identity, k - 1, axis=1)[:, :k]
         vals = np.take_along_axis(per_identity, idx, axis=1)
         rank = np.argsort(-vals, axis=1, kind="stable")

@@ -5,7 +5,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from model.networks import Architecture
+from model.augment import Augmentation
+from model.networks import Architecture, Head
 from settings import Params
 
 
@@ -15,6 +16,8 @@ class TrainConfig(Params):
         "identity_disjoint", description="whose train/validation pairs to use; identity_disjoint's validation "
                                          "and test people are never trained on")
     architecture: Architecture = "resnet"
+    head: Head = Field("cosine", description="cosine: P(same) from the cosine of unit-length embeddings (a gallery "
+                                             "is a matrix product); weighted_l1 / mlp: the ancestors' heads")
     input_size: int = Field(64, ge=16, le=512, description="model input side in pixels (the store is resized)")
     width: int = Field(32, ge=1, description="resnet: filters of the first stage")
     embedding_dim: int = Field(128, ge=2, description="resnet: embedding size")
@@ -32,7 +35,17 @@ class TrainConfig(Params):
         "cosine", description="cosine: warm-up then cosine decay over the epochs or the time budget; "
                               "plateau: halve on plateaus")
     weight_decay: float = Field(1e-4, ge=0)
-    augment: bool = True
+    augment: Augmentation = Field("face_comparer", description="face_comparer: flip, scale, rotation, shear, "
+                                                                "shift; strong: also brightness, contrast, erasing")
+    identification_weight: float = Field(
+        1.0, ge=0, description="in_batch mode: weight of the margin softmax (CosFace) over the training split's "
+                               "identities beside the pair loss; 0 turns it off")
+    margin: float = Field(0.35, ge=0, lt=1, description="CosFace margin m")
+    margin_scale: float = Field(30.0, gt=0, description="CosFace scale s")
+    hard_pair_weight: float = Field(0.0, ge=0, description="in_batch mode: > 0 weighs the hardest pairs of a batch "
+                                                           "more (a softmax of their logits); 0: every pair alike")
+    test_time_flip: bool = Field(True, description="embed each image and its mirror image and average them, in "
+                                                   "evaluation and matching (recorded in the model's manifest)")
     early_stopping_patience: int = Field(30, ge=1)
     time_budget_minutes: float = Field(45.0, gt=0, description="training stops after the epoch that crosses it")
     seed: int = 42

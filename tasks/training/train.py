@@ -26,6 +26,7 @@ from model import keras
 from settings import siamese_home
 from storage import catalog, open_storage
 from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+from tasks.registry import EMBEDDER, PAIR_MODEL
 from tasks.training.config import TrainConfig
 
 
@@ -85,14 +86,42 @@ def plot_curves(history: pd.DataFrame, title: str) -> bytes:
     return buf.getvalue()
 
 
+def resume_state(history_csv: Path) -> dict:
+    """What a resumed run must carry over from its history: the best validation score so far, the
+    epochs since it, and the training seconds already spent (empty for a fresh run)."""
+    if not history_csv.is_file():
+        return {}
+    history = pd.read_csv(history_csv)
+    if history.empty or "val_pair_accuracy" not in history:
+        return {}
+    best = int(history["val_pair_accuracy"].idxmax())
+    return {"best": float(history["val_pair_accuracy"].iloc[best]), "waited": len(history) - 1 - best,
+            "seconds": float(history["training_seconds"].iloc[-1]) if "training_seconds" in history else 0.0}
+
+
+def _history_columns(history: pd.DataFrame) -> pd.DataFrame:
+    """Keras names a multi-output model's metrics after the output (``pairs_pair_accuracy``)."""
+    renamed = {"loss": "train_loss", "val_pair_accuracy": "val_accuracy", "val_pair_loss": "val_loss"}
+    for column in history:
+        if column.endswith("pair_accuracy") and not column.startswith("val_"):
+            renamed[column] = "train_accuracy"
+    return history.rename(columns=renamed)
+
+
 def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | None = None,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train, keep the best validation epoch, and publish the model to the registry."""
-    from model.augment import AugmentConfig
+    from model.augment import PRESETS
     from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
-    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss
+    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss
     from model.networks import NetworkConfig, build_models
-    from model.training_callbacks import CosineSchedule, PairValidation, TimeBudget
+    from model.training_callbacks import (
+        CosineSchedule,
+        PairValidation,
+        ResumedEarlyStopping,
+        TimeBudget,
+        TrainingClock,
+    )
     from tasks.registry import publish
 
     start = time.perf_counter()
@@ -106,25 +135,40 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     train_pairs, val_pairs = split_pairs(pairs.frame, "train"), split_pairs(pairs.frame, "validation")
     val_left, val_right, val_same = pair_rows(val_pairs, index)
 
-    ## Build: one network, its pair model for validation and, in in-batch mode, its P x K model.
+    ## Build: one network, its pair model for validation and, in in-batch mode, its P x K model with
+    ## the identification output over the training split's identities (the only classes it has).
     keras.utils.set_random_seed(config.seed)
     machine = _machine()
-    log(f"training {config.architecture} on {config.dataset}/{config.protocol}: {machine['device']}")
-    if machine["gpus"]:  # mixed precision on GPUs; the final sigmoid stays float32
+    log(f"training {config.architecture} ({config.head} head) on {config.dataset}/{config.protocol}: "
+        f"{machine['device']}")
+    if machine["gpus"]:  # mixed precision on GPUs; the logits and the sigmoid stay float32
         keras.mixed_precision.set_global_policy("mixed_float16")
+    augment = PRESETS[config.augment]
+    net = NetworkConfig(architecture=config.architecture, head=config.head, input_size=config.input_size,
+                        weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
+    identify = config.pair_mode == "in_batch" and config.identification_weight > 0
+    if config.pair_mode == "pairs" and config.identification_weight > 0:
+        log("pairs mode has no identities per batch: the identification loss is off")
     with _distribution_scope(machine):  # several GPUs: one replica each (MirroredStrategy)
-        net = NetworkConfig(architecture=config.architecture, input_size=config.input_size,
-                            weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
-        models = build_models(net)
-        augment = AugmentConfig() if config.augment else None
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if config.pair_mode == "in_batch":
             data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
-                                   config.images_per_person, config.steps_per_epoch, augment, config.seed, workers=2,
+                                   config.images_per_person, config.steps_per_epoch, augment, config.seed,
+                                   outputs=("pairs", "classes") if identify else None, workers=2,
                                    use_multiprocessing=False)
+            models = build_models(net, identities=len(data.people) if identify else 0)
             trained = models.in_batch
-            trained.compile(optimizer=optimizer, loss=InBatchPairLoss(), metrics=[InBatchBalancedAccuracy()])
+            pair_loss, accuracy = InBatchPairLoss(config.hard_pair_weight), InBatchBalancedAccuracy()
+            if identify:
+                trained.compile(optimizer=optimizer,
+                                loss={"pairs": pair_loss,
+                                      "classes": MarginSoftmaxLoss(config.margin_scale, config.margin)},
+                                loss_weights={"pairs": 1.0, "classes": config.identification_weight},
+                                metrics={"pairs": [accuracy]})
+            else:
+                trained.compile(optimizer=optimizer, loss=pair_loss, metrics=[accuracy])
         else:
+            models = build_models(net)
             left, right, same = pair_rows(train_pairs, index)
             data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed,
                                steps=config.steps_per_epoch, workers=2, use_multiprocessing=False)
@@ -132,25 +176,33 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             trained.compile(optimizer=optimizer, loss="binary_crossentropy",
                             metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
 
-    ## Fit: validation accuracy at P(same) 0.5 picks the epoch; a killed run resumes from its backup.
+    ## Fit: validation accuracy at P(same) 0.5 picks the epoch. A killed run resumes from its backup
+    ## and its history: the best score so far, the patience used and the seconds already spent.
     run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs.sha256[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    best_path = run_dir / "best.keras"
+    best_path, history_csv = run_dir / "best.keras", run_dir / "history.csv"
+    resumed = resume_state(history_csv) if (run_dir / "backup").exists() else {}
+    if resumed:
+        log(f"resuming {run_dir.name}: best validation accuracy so far {resumed['best']:.4f}, "
+            f"{resumed['seconds'] / 60:.1f} min of the budget spent")
+    clock = TrainingClock(resumed.get("seconds", 0.0))
+    budget = config.time_budget_minutes * 60
     callbacks = [
         PairValidation(models.pair, tensors, val_left, val_right, val_same),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_pair_accuracy", mode="max",
-                                        save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_pair_accuracy", mode="max",
-                                      patience=config.early_stopping_patience),
-        (CosineSchedule(config.learning_rate, config.epochs, config.time_budget_minutes * 60)
-         if config.lr_schedule == "cosine" else
+        clock,
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_pair_accuracy", mode="max", save_best_only=True,
+                                        initial_value_threshold=resumed.get("best")),
+        ResumedEarlyStopping(resumed.get("best"), resumed.get("waited", 0), monitor="val_pair_accuracy", mode="max",
+                             patience=config.early_stopping_patience),
+        (CosineSchedule(config.learning_rate, config.epochs, budget, clock) if config.lr_schedule == "cosine" else
          keras.callbacks.ReduceLROnPlateau(monitor="val_pair_loss", mode="min", factor=0.5, patience=8,
                                            min_lr=1e-5)),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        TimeBudget(budget, clock),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
-        TimeBudget(config.time_budget_minutes * 60),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        # last: an epoch counts as done only once its history row and best checkpoint are written
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         *(extra_callbacks or []),
     ]
     history = trained.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0)
@@ -160,35 +212,37 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
                                     f"lower the learning rate (was {config.learning_rate})")
     if not best_path.exists():
         raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
+    # the pair and embedding models share every layer with the trained one
     trained.set_weights(keras.saving.load_model(best_path, safe_mode=True, compile=False).get_weights())
 
     ## Publish: files, then the manifest with their checksums and the data fingerprint.
-    log_df = pd.read_csv(run_dir / "history.csv").rename(columns={"pair_accuracy": "train_accuracy",
-                                                                  "loss": "train_loss",
-                                                                  "val_pair_accuracy": "val_accuracy",
-                                                                  "val_pair_loss": "val_loss"})
+    log_df = _history_columns(pd.read_csv(history_csv))
     log_df["epoch"] = log_df["epoch"] + 1
     best = log_df.loc[log_df["val_accuracy"].idxmax()]
     wall = time.perf_counter() - start
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
     metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
-               "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max())}  # counts resumed runs
+               "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max()),  # counts resumed runs
+               "training_seconds": float(log_df["training_seconds"].iloc[-1])}
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
         tmp = Path(tmp)
-        models.pair.save(tmp / "pair.keras")
-        models.embedder.save(tmp / "embedder.keras")
+        models.pair.save(tmp / PAIR_MODEL)
+        models.embedder.save(tmp / EMBEDDER)
         (tmp / "config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
-        shutil.copy(run_dir / "history.csv", tmp / "history.csv")
-        (tmp / "curve.png").write_bytes(plot_curves(log_df, f"{config.architecture} on {config.dataset}/"
-                                                            f"{config.protocol} ({config.pair_mode})"))
-        published = publish(store, version, {n: tmp / n for n in ("pair.keras", "embedder.keras", "config.json",
+        shutil.copy(history_csv, tmp / "history.csv")
+        (tmp / "curve.png").write_bytes(plot_curves(log_df, f"{config.architecture} ({config.head}) on "
+                                                            f"{config.dataset}/{config.protocol} ({config.pair_mode})"))
+        published = publish(store, version, {n: tmp / n for n in (PAIR_MODEL, EMBEDDER, "config.json",
                                                                      "history.csv", "curve.png")}, {
-            "config": config.model_dump(), "metrics": metrics, "wall_seconds": wall, "machine": machine,
+            "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
+            "machine": machine, "inference": {"flip": config.test_time_flip},
             "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": index_summary.tensors_sha256,
-                     "index_sha256": index_summary.index_sha256},
+                     "index_sha256": index_summary.index_sha256, "dataset": config.dataset,
+                     "protocol": config.protocol},
         })
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
     log(f"registered {version} ({store.uri(catalog.model_prefix(version))}): validation accuracy "
         f"{metrics['val_accuracy']:.4f} at P(same) 0.5 (the score that picked epoch {metrics['best_epoch']} "
-        f"of {metrics['epochs_run']}), {wall / 60:.1f} min")
+        f"of {metrics['epochs_run']}), {metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
+

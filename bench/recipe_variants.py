@@ -1,0 +1,146 @@
+"""Training recipes compared at one equal, short budget: validation accuracy against wall-clock
+minutes, and images per second, on this machine.
+
+    python -m bench.recipe_variants [--storage var/store] [--minutes 10] [--only cosine_id ...]
+
+Each variant trains in a fresh process, one after the other, with the same seed, protocol
+(identity_disjoint: validation people never trained on) and budget. After each, its registered
+model is scored on the validation pairs only (AUC, and accuracy at the best validation
+threshold, a measure that does not depend on how the head is calibrated); test pairs are never
+looked at here, since this table chooses the recipe. Writes bench/out/recipe_variants.json and
+a plot; ``--replot`` redraws them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import settings  # noqa: F401 - first: process defaults
+
+OUT = Path(__file__).resolve().parent / "out"
+BASE = {"protocol": "identity_disjoint", "epochs": 1000, "early_stopping_patience": 1000}
+VARIANTS: dict[str, dict] = {
+    "l1_bce": {"head": "weighted_l1", "identification_weight": 0.0},  # the recipe before the cosine head
+    "cosine_bce": {"head": "cosine", "identification_weight": 0.0},
+    "cosine_id": {},  # the defaults: cosine head + CosFace
+    "cosine_id_hard": {"hard_pair_weight": 1.0},
+    "cosine_id_48px": {"input_size": 48},
+    "cosine_id_32px": {"input_size": 32},
+    "cosine_id_strong_aug": {"augment": "strong"},
+    "cosine_id_width48": {"width": 48},
+}
+
+
+def run_variant(storage: str, name: str, minutes: float) -> dict:
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from model import keras
+    from model.inputs import pair_rows
+    from storage import open_storage
+    from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+    from tasks.evaluation.metrics import accuracy_threshold
+    from tasks.registry import load_scorer
+    from tasks.training.config import TrainConfig
+    from tasks.training.train import train
+
+    curve = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            curve.append({"epoch": epoch + 1, "minutes": (time.monotonic() - self.start) / 60,
+                          "val_accuracy": float(logs["val_pair_accuracy"])})
+
+    config = TrainConfig(**{**BASE, **VARIANTS[name], "time_budget_minutes": minutes})
+    result = train(config, storage, extra_callbacks=[Clock()], log=lambda _: None)
+    images = result.metrics["epochs_run"] * config.steps_per_epoch * config.people_per_batch * config.images_per_person
+
+    store = open_storage(storage)
+    summary = read_index_summary(store, "lfw")
+    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    pairs = read_pairs(store, "lfw", config.protocol).frame
+    left, right, same = pair_rows(pairs[pairs["split"] == "validation"], index)
+    validation = {}
+    for flip in (False, True):
+        scorer = load_scorer(store, result.version, flip=flip)
+        rows = np.unique(np.concatenate([left, right]))
+        position = {r: i for i, r in enumerate(rows)}
+        emb = scorer.embed(tensors[rows])
+        scores = scorer.score_pairs(emb, [position[r] for r in left], [position[r] for r in right])
+        threshold = accuracy_threshold(same, scores)
+        validation["flip" if flip else "plain"] = {
+            "auc": float(roc_auc_score(same, scores)),
+            "best_threshold_accuracy": float(np.mean((scores >= threshold) == (same >= 0.5)))}
+    return {"name": name, "config": config.model_dump(), "version": result.version, "metrics": result.metrics,
+            "images_per_second": images / result.metrics["training_seconds"], "curve": curve,
+            "validation": validation}
+
+
+def plot(results: dict) -> bytes:
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=90)
+    ax = fig.subplots()
+    for name, r in results.items():
+        ax.plot([c["minutes"] for c in r["curve"]], [c["val_accuracy"] for c in r["curve"]], lw=1.5,
+                label=f"{name} ({r['metrics']['val_accuracy']:.3f})")
+    ax.set_xlabel("wall-clock minutes of training (2 CPU cores)")
+    ax.set_ylabel("validation accuracy at P(same) 0.5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("identity_disjoint: recipe variants at an equal budget", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def report(results: dict) -> None:
+    OUT.mkdir(exist_ok=True)
+    (OUT / "recipe_variants.json").write_text(json.dumps(results, indent=2))
+    (OUT / "recipe_variants.png").write_bytes(plot(results))
+    print("variant | val acc at 0.5 (best) | at 5 min | images/s | epochs | val AUC | val acc, best threshold "
+          "| with flip: AUC, acc")
+    for name, r in results.items():
+        at5 = max([c["val_accuracy"] for c in r["curve"] if c["minutes"] <= 5] or [float("nan")])
+        v, f = r["validation"]["plain"], r["validation"]["flip"]
+        print(f"{name} | {r['metrics']['val_accuracy']:.4f} | {at5:.4f} | {r['images_per_second']:.0f} | "
+              f"{r['metrics']['epochs_run']} | {v['auc']:.4f} | {v['best_threshold_accuracy']:.4f} | "
+              f"{f['auc']:.4f}, {f['best_threshold_accuracy']:.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--storage", default="var/store")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--replot", action="store_true")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(args.storage, args.child, args.minutes)))
+        return
+    path = OUT / "recipe_variants.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if not args.replot:
+        for name in args.only:
+            out = subprocess.run([sys.executable, "-m", "bench.recipe_variants", "--storage", args.storage,
+                                  "--minutes", str(args.minutes), "--child", name], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            report(results)  # after every variant: a long run leaves what it measured
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
