@@ -7,7 +7,8 @@ Each variant trains in a fresh process, one after the other, with the same seed,
 (identity_disjoint: validation people never trained on) and budget. After each, its registered
 model is scored on the validation pairs only (AUC, and accuracy at the best validation
 threshold, a measure that does not depend on how the head is calibrated); test pairs are never
-looked at here, since this table chooses the recipe. Writes bench/out/recipe_variants.json and
+looked at here, since this table chooses the recipe; so is one-shot identification among the
+validation people (one gallery image each, their other images as probes). Writes bench/out/recipe_variants.json and
 a plot; ``--replot`` redraws them.
 """
 from __future__ import annotations
@@ -23,28 +24,23 @@ import settings  # noqa: F401 - first: process defaults
 
 OUT = Path(__file__).resolve().parent / "out"
 BASE = {"protocol": "identity_disjoint", "epochs": 1000, "early_stopping_patience": 1000}
+COSINE = {"head": "cosine", "identification_weight": 0.0}
 VARIANTS: dict[str, dict] = {
     "l1_bce": {"head": "weighted_l1", "identification_weight": 0.0},  # the recipe before the cosine head
-    "cosine_bce": {"head": "cosine", "identification_weight": 0.0},
-    "cosine_id": {},  # the defaults: cosine head + CosFace
-    "cosine_id_hard": {"hard_pair_weight": 1.0},
-    "cosine_id_48px": {"input_size": 48},
-    "cosine_id_32px": {"input_size": 32},
-    "cosine_id_strong_aug": {"augment": "strong"},
-    "cosine_id_width48": {"width": 48},
+    "cosine_bce": COSINE,
+    "cosine_id": {"identification_weight": 1.0},  # + CosFace at full weight
+    "cosine_id0.2": {"identification_weight": 0.2},
+    "cosine_bce_hard": {**COSINE, "hard_pair_weight": 1.0},
+    "cosine_bce_48px": {**COSINE, "input_size": 48},
+    "cosine_bce_32px": {**COSINE, "input_size": 32},
+    "cosine_bce_strong_aug": {**COSINE, "augment": "strong"},
+    "cosine_id0.2_48px": {"identification_weight": 0.2, "input_size": 48},  # the two best together
+    "cosine_id0.2_32px": {"identification_weight": 0.2, "input_size": 32},
 }
 
 
 def run_variant(storage: str, name: str, minutes: float) -> dict:
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
     from model import keras
-    from model.inputs import pair_rows
-    from storage import open_storage
-    from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
-    from tasks.evaluation.metrics import accuracy_threshold
-    from tasks.registry import load_scorer
     from tasks.training.config import TrainConfig
     from tasks.training.train import train
 
@@ -62,25 +58,48 @@ def run_variant(storage: str, name: str, minutes: float) -> dict:
     result = train(config, storage, extra_callbacks=[Clock()], log=lambda _: None)
     images = result.metrics["epochs_run"] * config.steps_per_epoch * config.people_per_batch * config.images_per_person
 
+    return {"name": name, "config": config.model_dump(), "version": result.version, "metrics": result.metrics,
+            "images_per_second": images / result.metrics["training_seconds"], "curve": curve,
+            "validation": validation_scores(storage, result.version, config.protocol)}
+
+
+def validation_scores(storage: str, version: str, protocol: str) -> dict:
+    """A registered model on its validation split only: AUC, accuracy at the best threshold, and
+    rank-1 among the validation people; without and with the test-time flip."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from model.inputs import pair_rows
+    from storage import open_storage
+    from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+    from tasks.evaluation.identification import identify
+    from tasks.evaluation.metrics import accuracy_threshold
+    from tasks.registry import load_scorer
+
     store = open_storage(storage)
     summary = read_index_summary(store, "lfw")
     index, tensors = load_index(store, summary), load_tensors(store, summary)
-    pairs = read_pairs(store, "lfw", config.protocol).frame
+    pairs = read_pairs(store, "lfw", protocol).frame
     left, right, same = pair_rows(pairs[pairs["split"] == "validation"], index)
+    val_people = set(pairs.loc[pairs["split"] == "validation", ["left_person", "right_person"]].to_numpy().ravel())
+    usable = index[index["error"].isna() & index["person"].isin(val_people)]
+    people_images = {p: sorted(g) for p, g in usable.groupby("person")["image_id"]}
+    row_of = dict(zip(index["image_id"], index["row"]))
     validation = {}
     for flip in (False, True):
-        scorer = load_scorer(store, result.version, flip=flip)
+        scorer = load_scorer(store, version, flip=flip)
         rows = np.unique(np.concatenate([left, right]))
         position = {r: i for i, r in enumerate(rows)}
         emb = scorer.embed(tensors[rows])
         scores = scorer.score_pairs(emb, [position[r] for r in left], [position[r] for r in right])
         threshold = accuracy_threshold(same, scores)
+        ident = identify(scorer, lambda images: scorer.embed(tensors[[row_of[i] for i in images]]), people_images,
+                         {"accuracy": threshold, "far": threshold})
         validation["flip" if flip else "plain"] = {
             "auc": float(roc_auc_score(same, scores)),
-            "best_threshold_accuracy": float(np.mean((scores >= threshold) == (same >= 0.5)))}
-    return {"name": name, "config": config.model_dump(), "version": result.version, "metrics": result.metrics,
-            "images_per_second": images / result.metrics["training_seconds"], "curve": curve,
-            "validation": validation}
+            "best_threshold_accuracy": float(np.mean((scores >= threshold) == (same >= 0.5))),
+            "rank1": ident["rank1"], "identification_people": ident["gallery_people"]}
+    return validation
 
 
 def plot(results: dict) -> bytes:
@@ -109,13 +128,14 @@ def report(results: dict) -> None:
     (OUT / "recipe_variants.json").write_text(json.dumps(results, indent=2))
     (OUT / "recipe_variants.png").write_bytes(plot(results))
     print("variant | val acc at 0.5 (best) | at 5 min | images/s | epochs | val AUC | val acc, best threshold "
-          "| with flip: AUC, acc")
+          "| val rank-1 | with flip: AUC, acc, rank-1")
     for name, r in results.items():
         at5 = max([c["val_accuracy"] for c in r["curve"] if c["minutes"] <= 5] or [float("nan")])
         v, f = r["validation"]["plain"], r["validation"]["flip"]
         print(f"{name} | {r['metrics']['val_accuracy']:.4f} | {at5:.4f} | {r['images_per_second']:.0f} | "
               f"{r['metrics']['epochs_run']} | {v['auc']:.4f} | {v['best_threshold_accuracy']:.4f} | "
-              f"{f['auc']:.4f}, {f['best_threshold_accuracy']:.4f}")
+              f"{v.get('rank1', float('nan')):.4f} | {f['auc']:.4f}, {f['best_threshold_accuracy']:.4f}, "
+              f"{f.get('rank1', float('nan')):.4f}")
 
 
 def main() -> None:
@@ -124,6 +144,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--replot", action="store_true")
+    ap.add_argument("--rescore", action="store_true", help="score the registered models of the JSON again")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -131,7 +152,10 @@ def main() -> None:
         return
     path = OUT / "recipe_variants.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    if not args.replot:
+    if args.rescore:
+        for name, r in results.items():
+            r["validation"] = validation_scores(args.storage, r["version"], r["config"]["protocol"])
+    elif not args.replot:
         for name in args.only:
             out = subprocess.run([sys.executable, "-m", "bench.recipe_variants", "--storage", args.storage,
                                   "--minutes", str(args.minutes), "--child", name], capture_output=True, text=True)

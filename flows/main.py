@@ -86,8 +86,10 @@ def _evaluation_lines(report: dict) -> list[str]:
     test = splits.get("test")
     if test:
         pairs = test["support_same"] + test["support_different"]
-        out.append(f"  test accuracy: {test['accuracy']:.4f} ({pairs} pairs; AUC {test.get('auc', float('nan')):.4f},"
-                   f" EER {test.get('eer', float('nan')):.4f})")
+        tar = test.get("tar_at_far", {}).get("0.001")
+        out.append(f"  test accuracy: {test['accuracy']:.4f} ({pairs} pairs; AUC {test.get('auc', float('nan')):.4f}, "
+                   f"EER {test.get('eer', float('nan')):.4f}"
+                   + (f", TAR {tar:.4f} at FAR 1e-3" if tar is not None else "") + ")")
     off = report.get("official")
     if off:
         out.append(f"  LFW View 1: {off['view1']['accuracy']:.4f}; LFW View 2: {off['view2']['mean_accuracy']:.4f} "
@@ -97,6 +99,10 @@ def _evaluation_lines(report: dict) -> list[str]:
     if report.get("one_shot"):
         out.append(f"  one-shot on {report['one_shot_people']} held-out people: " + ", ".join(
             f"{n}-way {r['accuracy']:.4f}" for n, r in report["one_shot"].items()))
+    ident = report.get("identification")
+    if ident:
+        out.append(f"  identification among {ident['gallery_people']} held-out people (one gallery image each): "
+                   f"rank-1 {ident['rank1']:.4f}, rank-5 {ident['rank5']:.4f}")
     return out
 
 

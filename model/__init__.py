@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from settings import quiet_native_stderr
+from settings import quiet_native_stderr, settings
 
 with quiet_native_stderr():
     import keras
@@ -17,6 +17,8 @@ with quiet_native_stderr():
         import tensorflow as _tf
 
         _GPUS = [d.name for d in _tf.config.list_physical_devices("GPU")]  # cuInit happens here
+        if not settings().native_logs:  # e.g. retracing notes when the last batch is smaller: not ours to act on
+            _tf.get_logger().setLevel("ERROR")
     elif keras.backend.backend() == "jax":
         import jax as _jax
 

@@ -132,7 +132,7 @@ def test_every_deployment_in_prefect_yaml_passes_its_flows_validation():
     repo = Path(__file__).resolve().parents[1]
     deployments = yaml.safe_load((repo / "prefect.yaml").read_text())["deployments"]
     assert {d["name"] for d in deployments} == {"data", "train", "evaluate", "enrol", "match", "nightly-retrain",
-                                                 "main"}
+                                                 "promote", "main"}
     for d in deployments:
         path, name = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
@@ -141,6 +141,9 @@ def test_every_deployment_in_prefect_yaml_passes_its_flows_validation():
         if name == "match_flow":  # a match run names its probes; the deployment cannot
             assert required == {"params"} and not params
             params = {"params": {"probes": "s3://bucket/probes"}}
+        if name == "promote_flow":  # a promotion names its version
+            assert required == {"version"} and not params
+            params = {"version": "20261125T010159Z-e8d31ce0866a"}
         flow.validate_parameters(params)  # raises on a field the flow does not have or a bad value
 
 
@@ -162,3 +165,23 @@ def test_tuple_fields_take_several_values(capsys):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--nway", "1"])
     assert "--nway.0: Input should be greater than or equal to 2" in capsys.readouterr().err
+
+
+def test_promote_by_hand_records_the_reason_and_needs_an_evaluated_model(tiny_registry, tmp_path, prefect_harness,
+                                                                         capsys):
+    from flows import promote
+    from tests.conftest import copy_models
+
+    source, version, _ = tiny_registry
+    storage = str(tmp_path / "store")
+    store = open_storage(storage)
+    copy_models(source, store)
+    assert promote.main(["--version", version, "--reason", "roll back to the known good one",
+                         "--storage", storage]) == 0
+    pointer = store.read_json(catalog.CHAMPION_KEY)
+    assert pointer["version"] == version and pointer["decision"]["by_hand"]
+    assert pointer["decision"]["reason"] == "roll back to the known good one"
+    assert f"champion: {version}" in capsys.readouterr().out
+    store.delete(catalog.report_key(version))  # never evaluated: matching would have no thresholds
+    with pytest.raises(ValueError, match=f"evaluate it first: python -m flows.evaluate --version {version}"):
+        promote.promote_flow(version, storage=storage)

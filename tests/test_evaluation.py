@@ -88,6 +88,20 @@ def tiny_model(tiny_mirror, tiny_store):  # noqa: F811
     return tiny_store, result.version
 
 
+def test_evaluation_refuses_a_model_whose_pairs_were_regenerated(tiny_model):
+    from tasks.evaluation.fingerprint import DataFingerprintError
+    from tests.fakes import TINY_FACE_COMPARER
+
+    storage, version = tiny_model
+    index = read_index_summary(open_storage(storage), "tiny")
+    run_pairs("tiny", storage, index, "face_comparer", TINY_FACE_COMPARER.replace(seed=2).model_dump(), {})
+    with pytest.raises(DataFingerprintError, match="the train pairs of tiny/face_comparer differ from those model"):
+        evaluate(version, storage, SMALL_EVAL, log=lambda _: None)
+    # back to the pairs it was trained on: evaluated
+    run_pairs("tiny", storage, index, "face_comparer", TINY_FACE_COMPARER.model_dump(), {})
+    assert evaluate(version, storage, SMALL_EVAL, log=lambda _: None).report["version"] == version
+
+
 def test_evaluation_writes_the_report_and_calibrates_on_validation_only(tiny_model):
     storage, version = tiny_model
     store = open_storage(storage)

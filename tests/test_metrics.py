@@ -1,6 +1,8 @@
 """Verification metrics, threshold calibration, View 2 folds and N-way tasks on fixed examples."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,16 +106,82 @@ def test_nway_accuracy_counts_ties_as_wrong():
     assert r["accuracy"] == pytest.approx(1 / 3) and r["chance"] == pytest.approx(1 / 3) and r["tasks"] == 3
 
 
-def _report(version, acc, sha="p1"):
-    return {"version": version, "dataset": "lfw", "protocol": "face_comparer", "data": {"pairs_sha256": sha},
-            "splits": {"test": {"accuracy": acc}}}
+def _report(version, acc, sha="p1", protocol="identity_disjoint", correct=None):
+    test = {"accuracy": acc, "support_same": 1000, "support_different": 1000}
+    if correct is not None:
+        test["correct"] = correct
+    return {"version": version, "dataset": "lfw", "protocol": protocol, "data": {"pairs_sha256": sha},
+            "splits": {"test": test}}
 
 
-def test_promotion_only_when_better_on_the_same_pairs():
-    assert promotion_decision(_report("v2", 0.8), None)["promote"]
-    assert promotion_decision(_report("v2", 0.81), _report("v1", 0.80))["promote"]
-    worse = promotion_decision(_report("v2", 0.79), _report("v1", 0.80))
-    assert not worse["promote"] and "does not beat" in worse["reason"]
-    assert not promotion_decision(_report("v2", 0.80), _report("v1", 0.80))["promote"]  # a tie keeps the champion
-    other = promotion_decision(_report("v2", 0.99, sha="p2"), _report("v1", 0.80))
+def _outcomes(right: int, n: int = 2000, offset: int = 0) -> str:
+    """A test split of n pairs with ``right`` of them right, starting at ``offset`` (wrapping)."""
+    bits = ["0"] * n
+    for i in range(right):
+        bits[(offset + i) % n] = "1"
+    return "".join(bits)
+
+
+def test_promotion_needs_a_gain_beyond_the_noise_of_the_same_pairs():
+    assert promotion_decision(_report("v2", 0.8), None)["promote"]  # no champion yet
+    champion = _report("v1", 0.800, correct=_outcomes(1600))
+    # +0.5 points, the two models disagreeing on 110 pairs: SE of the difference ~0.0052: within the noise
+    close = promotion_decision(_report("v2", 0.805, correct=_outcomes(1610, offset=50)), champion)
+    assert not close["promote"] and "within the noise" in close["reason"]
+    # d = -1 on 50 pairs, +1 on 60: mean 0.005, SE = sqrt((110 - 2000 * 0.005^2) / 1999 / 2000)
+    assert close["gain"] == pytest.approx(0.005)
+    assert close["standard_error"] == pytest.approx(math.sqrt((110 - 2000 * 0.005 ** 2) / 1999 / 2000))
+    # +2 points on the same pairs, the challenger right wherever the champion is: promoted
+    better = promotion_decision(_report("v2", 0.82, correct=_outcomes(1640)), champion)
+    assert better["promote"] and "better beyond the noise" in better["reason"] and better["gain"] == pytest.approx(0.02)
+    worse = promotion_decision(_report("v2", 0.79, correct=_outcomes(1580)), champion)
+    assert not worse["promote"] and "not better" in worse["reason"]
+    # a champion report without per-pair outcomes: the accuracies' own standard errors (~0.0127 here)
+    assert not promotion_decision(_report("v2", 0.81), _report("v1", 0.80))["promote"]
+    assert promotion_decision(_report("v2", 0.84), _report("v1", 0.80))["promote"]
+
+
+def test_models_of_other_protocols_or_data_are_not_compared_and_the_decision_says_what_to_do():
+    other = promotion_decision(_report("v2", 0.99, protocol="face_comparer"), _report("v1", 0.80))
     assert not other["promote"] and "not comparable" in other["reason"]
+    assert "python -m flows.promote --version v2" in other["reason"]
+    changed = promotion_decision(_report("v2", 0.99, sha="p2"), _report("v1", 0.80))
+    assert not changed["promote"] and "not scored on the same held-out pairs" in changed["reason"]
+    unevaluated = promotion_decision(_report("v2", 0.99), {"version": "v1"})  # a champion set by hand, never evaluated
+    assert not unevaluated["promote"] and "has no evaluation report" in unevaluated["reason"]
+    assert "python -m flows.evaluate --version v1" in unevaluated["reason"]
+
+
+def test_identification_enrols_one_image_per_person_and_probes_with_the_others():
+    from tasks.evaluation.identification import identification_sets
+
+    enrolled, known, never = identification_sets({"ann": ["a2", "a1", "a3"], "bob": ["b1", "b2"], "cy": ["c1"]})
+    assert enrolled == {"ann": "a1", "bob": "b1"}
+    assert sorted(known) == [("a2", "ann"), ("a3", "ann"), ("b2", "bob")]
+    assert never == ["c1"]  # a single image: never enrolled, an unknown probe
+    assert not {image for image, _ in known} & set(enrolled.values())
+
+
+def test_held_out_violations_follow_the_protocol():
+    import pandas as pd
+
+    from tasks.data.pairs import held_out_violations
+
+    pairs = pd.DataFrame({"split": ["train", "validation", "test"], "left_image": ["a/1", "b/1", "a/2"],
+                          "right_image": ["c/1", "d/1", "e/1"], "left_person": ["a", "b", "a"],
+                          "right_person": ["c", "d", "e"], "same": [0, 0, 0]})
+    assert held_out_violations(pairs, "identity_disjoint") == ["a"]  # a test pair shows a trained-on person
+    assert held_out_violations(pairs, "face_comparer") == []  # but no trained-on image
+    assert held_out_violations(pairs, "identity_disjoint", "validation") == []
+
+
+def test_the_main_job_and_the_nightly_train_the_same_protocol():
+    import inspect
+
+    from flows.main import main_flow
+    from flows.nightly import nightly_flow
+
+    def default(flow, name):
+        return inspect.signature(flow.fn).parameters[name].default
+
+    assert default(main_flow, "train").protocol == default(nightly_flow, "train").protocol == "identity_disjoint"

@@ -8,6 +8,7 @@ from storage import catalog, open_storage
 from tasks.data.config import DataParams
 from tasks.data.datasets import DATASETS
 from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.evaluate import read_report
 from tasks.matching.gallery import gallery_id
 from tasks.registry import read_champion
 from tasks.training.train import TrainingDivergedError
@@ -55,7 +56,7 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     _set_test_accuracy(store, v2, 2.0)  # now nothing can beat it
     third = nightly_flow(**kwargs)
     v3 = third["challenger"]
-    assert not third["decision"]["promote"] and "does not beat" in third["decision"]["reason"]
+    assert not third["decision"]["promote"] and "not better" in third["decision"]["reason"]
     assert read_champion(store) == v2 and not enrolled(v3)
     assert store.read_json("models/champion.json")["decision"]["challenger"] == v2
 
@@ -64,3 +65,33 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     with pytest.raises(TrainingDivergedError):
         nightly_flow(**{**kwargs, "train": broken})
     assert read_champion(store) == v2  # a failed night leaves the champion as it was
+
+
+def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(tiny_mirror, tmp_path, monkeypatch,
+                                                                          prefect_harness):
+    """Both train identity_disjoint by default: the nightly's challenger is compared with the main job's
+    champion pair by pair (never 'not comparable'), and promoted only beyond the noise."""
+    from flows.main import main_flow
+    from flows.nightly import nightly_flow
+    from tasks.data.pairs import IdentityDisjointConfig
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage = str(tmp_path / "store")
+    data = DataParams(dataset="tiny", mirror=str(folder), protocols=["identity_disjoint", "lfw_official"],
+                      identity_disjoint=IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
+                                                               validation_share=0.25, seed=1))
+    train = NIGHT_TRAIN.replace(protocol="identity_disjoint", people_per_batch=2)
+    evaluation = EvalConfig(nway=(2,), nway_tasks=10)
+    main_flow(data, train, evaluation, storage)
+    store = open_storage(storage)
+    first = read_champion(store)
+    night = nightly_flow(data=data, train=train.replace(seed=2), evaluation=evaluation, storage=storage)
+    decision = night["decision"]
+    assert decision["champion"] == first and "not comparable" not in decision["reason"]
+    assert decision["standard_error"] is not None  # both reports hold each test pair's outcome
+    paired = [int(a) - int(b) for a, b in zip(read_report(store, night["challenger"])["splits"]["test"]["correct"],
+                                               read_report(store, first)["splits"]["test"]["correct"])]
+    assert decision["gain"] == pytest.approx(sum(paired) / len(paired))
+    assert decision["promote"] == (decision["gain"] > decision["standard_error"])
+    assert read_champion(store) == (night["challenger"] if decision["promote"] else first)

@@ -102,6 +102,54 @@ def test_killed_run_resumes_at_the_next_epoch(tiny_store):
     assert result.metrics["epochs_run"] == 4
 
 
+def test_a_killed_run_resumes_with_its_best_epoch_and_its_original_budget(tiny_store, monkeypatch):
+    from model import training_callbacks
+
+    ticks = iter(range(0, 100_000, 10))  # every reading of the training clock is 10 s after the last
+    monkeypatch.setattr(training_callbacks, "now", lambda: next(ticks))
+    config = small(epochs=8, early_stopping_patience=100, time_budget_minutes=35 / 60)  # 10 s an epoch: 4 epochs
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+    result = train(config, tiny_store, log=lambda _: None)
+    m = result.metrics
+    assert m["epochs_run"] == 4 and m["training_seconds"] == 40  # 20 s before the kill count against the budget
+    assert m["best_epoch"] <= 2, "the best epoch of this seeded run comes before the kill, else this means little"
+    # what is published is that epoch, not the first one after the resume
+    accuracy, loss = validation_scores(open_storage(tiny_store), result.version)
+    assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
+
+
+def test_identification_learns_only_the_training_identities(tiny_mirror, tmp_path, monkeypatch):
+    from model.inputs import split_pairs
+    from tasks.data.pairs import IdentityDisjointConfig
+    from tasks.data.steps import preprocess_for, run_index, run_pairs
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage = str(tmp_path / "store")
+    index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
+    config = IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8, validation_share=0.25, seed=1)
+    run_pairs("tiny", storage, index, "identity_disjoint", config.model_dump(),
+              {p.name: str(p) for p in folder.glob("*.txt")})
+    store = open_storage(storage)
+    pairs = read_pairs(store, "tiny", "identity_disjoint").frame
+    held_out_people = set(pairs.loc[pairs["split"] != "train", ["left_person", "right_person"]].to_numpy().ravel())
+    # the classes are the people the batches draw from: the training split's, none held out
+    batches = IdentityBatches(np.zeros((57, 16, 16), np.uint8),
+                              rows_by_person(split_pairs(pairs, "train"), load_index(store, read_index_summary(store, "tiny"))),
+                              2, 2, steps=1, augment=None, seed=0)
+    assert batches.people and not set(batches.people) & held_out_people
+    classes = []
+    grab = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: classes.append(
+        grab.model.get_layer("classes").classes))
+    result = train(small(protocol="identity_disjoint", people_per_batch=2, epochs=1), storage,
+                   extra_callbacks=[grab], log=lambda _: None)
+    assert classes == [len(batches.people)]
+    # and no identity travels with the published model: the classifier stays behind
+    names = {layer.name for layer in load_model(store, result.version).layers}
+    assert "classes" not in names
+
+
 def test_in_batch_batches_only_draw_training_images(tiny_store):
     store = open_storage(tiny_store)
     index = pd.read_parquet(f"{tiny_store}/datasets/tiny/index.parquet")
@@ -156,3 +204,24 @@ def test_cosine_schedule_warms_up_peaks_and_decays_to_the_floor():
     # a slow machine: half the budget spent at a quarter of the epochs -> already half-way down
     assert cosine_learning_rate(6, 20, 2e-3, elapsed_fraction=0.5) == pytest.approx(2e-3 * (0.01 + 0.99 * 0.5))
     assert cosine_learning_rate(6, 20, 2e-3, elapsed_fraction=1.2) == pytest.approx(2e-5)
+
+
+def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow(tiny_store):
+    """The GPU machines this project can borrow hold JAX, not TensorFlow: training must run there."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from tasks.training.train import train; from tests.fakes import TINY_TRAIN; "
+            "r = train(TINY_TRAIN.replace(epochs=2, steps_per_epoch=2), sys.argv[1], log=lambda _: None); "
+            "print(json.dumps({'version': r.version, 'machine': r.manifest['machine'], 'metrics': r.metrics}))")
+    out = subprocess.run([sys.executable, "-c", code, tiny_store], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["machine"]["backend"] == "jax" and "jax on the CPU" in result["machine"]["device"]
+    # the model trained on JAX, scored here on TensorFlow, reproduces what JAX measured on validation
+    accuracy, loss = validation_scores(open_storage(tiny_store), result["version"])
+    assert accuracy == pytest.approx(result["metrics"]["val_accuracy"])
+    assert loss == pytest.approx(result["metrics"]["val_loss"], rel=1e-3)

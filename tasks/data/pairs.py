@@ -230,3 +230,24 @@ def official_pairs(index: pd.DataFrame, files: Mapping[str, Sequence[OfficialPai
                              f"e.g. {missing[:3]}")
         splits.append((split, pairs, folds))
     return pairs_frame(splits)
+
+
+def split_fingerprint(pairs: pd.DataFrame, split: str) -> str:
+    """sha256 of one split's pairs, independent of row order and of the other splits: what a model
+    records of the pairs it trained on (train) and was chosen on (validation)."""
+    import hashlib
+
+    rows = pairs.loc[pairs["split"] == split, ["left_image", "right_image", "same"]]
+    text = "\n".join(sorted(f"{a}\t{b}\t{int(s)}" for a, b, s in rows.itertuples(index=False)))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def held_out_violations(pairs: pd.DataFrame, protocol: str, split: str = "test") -> list[str]:
+    """What ``split`` shares with the train split that the protocol forbids: images under
+    face_comparer, people under identity_disjoint (a few examples; empty when it holds out)."""
+    def used(name: str, what: str) -> set:
+        g = pairs[pairs["split"] == name]
+        return set(g[f"left_{what}"]).union(g[f"right_{what}"])
+
+    what = {"face_comparer": "image", "identity_disjoint": "person"}.get(protocol)
+    return sorted(used(split, what) & used("train", what))[:5] if what else []

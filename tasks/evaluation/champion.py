@@ -1,6 +1,16 @@
 """Champion / challenger: promote a newly evaluated model only when it beats the champion on the
-same held-out pairs (pure decision; the caller moves the pointer)."""
+same held-out pairs by more than the noise of those pairs (pure decision; the caller moves the
+pointer).
+
+The noise is the standard error of the accuracy difference on the same pairs: with each pair's
+outcome for both models, d_i = right_challenger - right_champion and SE = sd(d) / sqrt(n) (paired,
+so the pairs both get right or both get wrong cost nothing); without them, the two accuracies'
+independent standard errors combined. Models trained under different protocols were tested on
+different pairs: they are not compared, and the decision says how to promote one by hand.
+"""
 from __future__ import annotations
+
+import math
 
 from tasks.evaluation.report import report_value
 
@@ -12,10 +22,32 @@ def metric_value(report: dict, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def gain_and_noise(challenger: dict, champion: dict, metric: str) -> tuple[float, float | None]:
+    """(challenger - champion on ``metric``, the standard error of that difference or None)."""
+    gain = metric_value(challenger, metric) - metric_value(champion, metric)
+    if metric != PROMOTION_METRIC:
+        return gain, None
+    ours, theirs = (report_value(r, "splits.test.correct") for r in (challenger, champion))
+    if isinstance(ours, str) and isinstance(theirs, str) and len(ours) == len(theirs) > 1:
+        d = [int(a) - int(b) for a, b in zip(ours, theirs)]
+        mean = sum(d) / len(d)
+        return gain, math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+    variance = 0.0
+    for report in (challenger, champion):
+        test = report_value(report, "splits.test") or {}
+        n = int(test.get("support_same", 0)) + int(test.get("support_different", 0))
+        if not n:
+            return gain, None
+        p = float(test["accuracy"])
+        variance += p * (1 - p) / n
+    return gain, math.sqrt(variance)
+
+
 def promotion_decision(challenger: dict, champion: dict | None, metric: str = PROMOTION_METRIC,
                        min_gain: float = 0.0) -> dict:
-    """``challenger`` and ``champion``: evaluation reports. Promote when there is no champion, or
-    when both were scored on the same pairs and the challenger is better by more than ``min_gain``."""
+    """``challenger`` and ``champion``: evaluation reports. Promote when there is no champion, or when
+    both were scored on the same pairs and the challenger is better by more than the noise (and by
+    more than ``min_gain``)."""
     ours = metric_value(challenger, metric)
     decision = {"metric": metric, "challenger": challenger["version"], "challenger_score": ours,
                 "champion": champion["version"] if champion else None,
@@ -26,14 +58,29 @@ def promotion_decision(challenger: dict, champion: dict | None, metric: str = PR
         return {**decision, "promote": True, "reason": "there is no champion yet"}
     if champion["version"] == challenger["version"]:
         return {**decision, "promote": False, "reason": "it is already the champion"}
-    same_pairs = (champion.get("dataset"), champion.get("protocol"), champion.get("data", {}).get("pairs_sha256")) \
-        == (challenger.get("dataset"), challenger.get("protocol"), challenger.get("data", {}).get("pairs_sha256"))
-    if not same_pairs or decision["champion_score"] is None:
+    by_hand = f"to make it champion anyway: python -m flows.promote --version {challenger['version']}"
+    if "splits" not in champion:  # made champion by hand before any evaluation: nothing to compare with
         return {**decision, "promote": False,
-                "reason": "not comparable: the champion was not scored on the same held-out pairs"}
-    if ours > decision["champion_score"] + min_gain:
-        return {**decision, "promote": True,
-                "reason": f"{metric} {ours:.4f} beats the champion's {decision['champion_score']:.4f}"}
+                "reason": f"the champion {champion['version']} has no evaluation report: evaluate it "
+                          f"(python -m flows.evaluate --version {champion['version']}), or {by_hand[3:]}"}
+    trained_on = (champion.get("dataset"), champion.get("protocol")), (challenger.get("dataset"),
+                                                                        challenger.get("protocol"))
+    if trained_on[0] != trained_on[1]:
+        return {**decision, "promote": False,
+                "reason": f"not comparable: the champion was trained and tested on {'/'.join(map(str, trained_on[0]))}, "
+                          f"this model on {'/'.join(map(str, trained_on[1]))}, other pairs; {by_hand}"}
+    if (champion.get("data", {}).get("pairs_sha256") != challenger.get("data", {}).get("pairs_sha256")
+            or decision["champion_score"] is None):
+        return {**decision, "promote": False,
+                "reason": f"not comparable: the champion was not scored on the same held-out pairs (the data "
+                          f"changed since); {by_hand}"}
+    gain, noise = gain_and_noise(challenger, champion, metric)
+    decision.update(gain=gain, standard_error=noise)
+    bar = max(noise or 0.0, min_gain)
+    measured = f"{metric} {ours:.4f} against the champion's {decision['champion_score']:.4f} (gain {gain:+.4f}"
+    measured += f", standard error of the difference {noise:.4f})" if noise is not None else ")"
+    if gain > bar:
+        return {**decision, "promote": True, "reason": f"{measured}: better beyond the noise"}
     return {**decision, "promote": False,
-            "reason": f"{metric} {ours:.4f} does not beat the champion's {decision['champion_score']:.4f}"
-                      + (f" by more than {min_gain}" if min_gain else "")}
+            "reason": f"{measured}: " + ("not better" if gain <= 0 else
+                                         f"within the noise (needs more than {bar:.4f})")}

@@ -22,6 +22,8 @@ from storage import Storage, catalog, open_storage
 from storage.manifests import same_inputs
 from tasks.data.prepared import load_index, load_tensors, pairs_exist, read_index_summary, read_pairs
 from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.fingerprint import check_model_data
+from tasks.evaluation.identification import identify
 from tasks.evaluation.metrics import (
     accuracy_threshold,
     classification_metrics,
@@ -35,7 +37,7 @@ from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
 from tasks.registry import load_scorer, read_champion, read_manifest
 
-EVAL_FORMAT = 1
+EVAL_FORMAT = 2  # 2: per-pair test outcomes, identification, the flip setting
 
 
 @dataclass
@@ -59,6 +61,13 @@ class EmbeddedImages:
         images = tensors[self.rows]
         rng = np.random.default_rng(seed)
         self.passes = [scorer.embed(images)] + [scorer.embed(images, AugmentConfig(), rng) for _ in range(tta_passes)]
+
+    def plain(self, rows) -> np.ndarray:
+        """The plain (not augmented) embeddings of these tensor-store rows."""
+        position = self.position[np.asarray(rows)]
+        if (position < 0).any():
+            raise ValueError("embeddings asked for images that were not embedded")
+        return self.passes[0][position]
 
     def scores(self, left_rows, right_rows) -> np.ndarray:
         left, right = self.position[np.asarray(left_rows)], self.position[np.asarray(right_rows)]
@@ -131,6 +140,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                       if config.official and pairs_exist(store, dataset, "lfw_official") else None)
     official = official_pairs.frame if official_pairs else None
     summary = read_index_summary(store, dataset)
+    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
               "data": {"pairs_sha256": protocol_pairs.sha256,
                        "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
@@ -157,6 +167,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         needed += [row_of[official["left_image"]], row_of[official["right_image"]]]
     for t in tasks.values():
         needed += [row_of[t.query], row_of[t.support.reshape(-1)]]
+    needed.append(row_of[[image for images in held_out.values() for image in images]])  # identification
     scorer = load_scorer(store, version, config.flip)
     t0 = time.perf_counter()
     emb = EmbeddedImages(scorer, tensors, np.concatenate([np.asarray(n) for n in needed]), config.tta_passes,
@@ -175,6 +186,10 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                   "far": far_threshold(val_labels, val_scores, config.calibrate_far),
                   "far_target": config.calibrate_far, "calibrated_on": f"{dataset}/{protocol}/validation"}
     splits = {s: _split_report(*scored[s], thresholds, config.far_targets) for s in scored}
+    if "test" in splits:  # each test pair right (1) or wrong (0), in pair order: promotion compares models pair by pair
+        test_labels, test_scores = scored["test"]
+        splits["test"]["correct"] = "".join("1" if ok else "0" for ok in
+                                            (test_scores >= thresholds["accuracy"]) == (test_labels == 1))
 
     files: dict[str, bytes] = {}
     curves = {f"{protocol} test": roc_metrics(*scored["test"])} if "auc" in splits.get("test", {}) else {}
@@ -199,6 +214,8 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         curves["LFW View 1 test"] = roc_metrics(y_te, s_te)
         curves["LFW View 2 (all folds)"] = v2_roc
 
+    identification = identify(scorer, lambda images: emb.plain(row_of[list(images)].to_numpy()), held_out,
+                              thresholds)
     one_shot = {}
     for n, t in tasks.items():
         scores = emb.scores(np.broadcast_to(row_of[t.query].to_numpy()[:, None], t.support.shape),
@@ -215,9 +232,11 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                                                              thresholds["accuracy"], tensors, row_of).items()})
     roc_rows = [pd.DataFrame({"curve": name, "fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
                 for name, c in curves.items()]
-    report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol, "config": config.model_dump(mode="json"),
+    report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol,
+              "config": config.model_dump(mode="json"),
               "thresholds": thresholds, "splits": splits, "official": report_official, "one_shot": one_shot,
-              "one_shot_people": len(held_out), "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
+              "one_shot_people": len(held_out), "identification": identification,
+              "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
               "seconds": time.perf_counter() - start}
     champion_version = read_champion(store)
     champion = read_report(store, champion_version) if champion_version and champion_version != version else None
@@ -241,5 +260,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         + (f"; View 1 {report_official['view1']['accuracy']:.4f}; View 2 "
            f"{report_official['view2']['mean_accuracy']:.4f} +- {report_official['view2']['standard_error']:.4f}"
            if report_official else "")
-        + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in one_shot.items()))
+        + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in one_shot.items())
+        + (f"; identification among {identification['gallery_people']} held-out people: rank-1 "
+           f"{identification['rank1']:.4f}, rank-5 {identification['rank5']:.4f}" if identification else ""))
     return EvalResult(version, report, report_key, markdown, files=keys)

@@ -53,6 +53,19 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
         for r in report["one_shot"].values():
             lines.append(f"| {r['n_way']} | {r['tasks']} | **{r['accuracy']:.4f}** | {r['standard_error']:.4f} | "
                          f"{r['chance']:.4f} |")
+    ident = report.get("identification")
+    if ident:
+        lines += ["", "## One-shot identification among the held-out people", "",
+                  f"A gallery of one image each of {ident['gallery_people']} held-out people; "
+                  f"{ident['known_probes']} other images of theirs as probes, and {ident['never_enrolled_probes']} "
+                  f"images of held-out people never enrolled.", "",
+                  f"- rank-1 **{ident['rank1']:.4f}**, rank-5 **{ident['rank5']:.4f}** (chance "
+                  f"{ident['chance_rank1']:.4f})"]
+        for name in ("accuracy", "far"):
+            rejected = ident.get(f"never_enrolled_rejected_at_{name}")
+            lines.append(f"- at the {name} threshold: {ident[f'known_named_and_accepted_at_{name}']:.4f} of the known "
+                         f"named right and accepted" + (f", {rejected:.4f} of the never-enrolled rejected as unknown"
+                                                        if rejected is not None else ""))
     if champion:
         lines += ["", f"## Against the champion `{champion['version']}`", "",
                   "| metric | this model | champion |", "|---|---:|---:|"]
@@ -66,7 +79,8 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
 COMPARED = [("test accuracy", "splits.test.accuracy"), ("test AUC", "splits.test.auc"),
             ("test EER", "splits.test.eer"), ("View 1 accuracy", "official.view1.accuracy"),
             ("View 2 mean accuracy", "official.view2.mean_accuracy"),
-            ("5-way one-shot", "one_shot.5.accuracy"), ("20-way one-shot", "one_shot.20.accuracy")]
+            ("5-way one-shot", "one_shot.5.accuracy"), ("20-way one-shot", "one_shot.20.accuracy"),
+            ("identification rank-1", "identification.rank1"), ("identification rank-5", "identification.rank5")]
 
 
 def report_value(report: dict | None, path: str):

@@ -25,6 +25,7 @@ import model
 from model import keras
 from settings import siamese_home
 from storage import catalog, open_storage
+from tasks.data.pairs import split_fingerprint
 from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
 from tasks.registry import EMBEDDER, PAIR_MODEL
 from tasks.training.config import TrainConfig
@@ -238,7 +239,8 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             "machine": machine, "inference": {"flip": config.test_time_flip},
             "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": index_summary.tensors_sha256,
                      "index_sha256": index_summary.index_sha256, "dataset": config.dataset,
-                     "protocol": config.protocol},
+                     "protocol": config.protocol,
+                     "splits_sha256": {s: split_fingerprint(pairs.frame, s) for s in ("train", "validation")}},
         })
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
     log(f"registered {version} ({store.uri(catalog.model_prefix(version))}): validation accuracy "
