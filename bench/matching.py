@@ -74,14 +74,14 @@ def main() -> int:
 
     import numpy as np
 
-    from model.scoring import PairScorer
+    from model.inputs import resize_images
     from storage import open_storage
     from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
     from tasks.data.steps import cache_dir
     from tasks.evaluation.evaluate import read_report
     from tasks.matching.config import EnrolParams, MatchParams
     from tasks.matching.gallery import Gallery
-    from tasks.registry import load_model, read_manifest, resolve_version
+    from tasks.registry import load_model, load_scorer, read_manifest, resolve_version
 
     local = open_storage(args.storage)
     version = resolve_version(local, args.model)
@@ -94,7 +94,7 @@ def main() -> int:
     images_root = cache_dir(dataset) / "images"
     if not (images_root / index["path"].iloc[0]).is_file():
         sys.exit(f"extracted images not found under {images_root}: run make run MIRROR=../shared/data/lfw first")
-    scorer = PairScorer(load_model(local, version, "pair.keras"))
+    scorer = load_scorer(local, version)  # as matching runs it: the manifest's flip setting
     result: dict = {"model": version, "cpu_cores": os.cpu_count()}
 
     valid = index[index["error"].isna()]
@@ -182,13 +182,14 @@ def main() -> int:
         # probe's top identity (one gallery image per identity); ours pays for embedding the gallery.
         common = probe_ids[:args.ancestor_probes]
         pair = load_model(local, version, "pair.keras")
-        g = tensors[[row_of[i] for i in gallery_ids]]
+        g = resize_images(tensors[[row_of[i] for i in gallery_ids]], scorer.input_size)
         names = np.array(gallery_people, dtype=object)
         pair.predict([g[:256, ..., None].astype("float32")] * 2, batch_size=256, verbose=0)  # warm-up
         t0 = time.perf_counter()
         ancestor_top = []
         for i in common:
-            p = np.repeat(tensors[row_of[i]][None, ..., None].astype("float32"), len(g), axis=0)
+            p = np.repeat(resize_images(tensors[[row_of[i]]], scorer.input_size)[..., None].astype("float32"),
+                          len(g), axis=0)
             ancestor_top.append(names[int(np.argmax(pair.predict([p, g[..., None].astype("float32")],
                                                                  batch_size=256, verbose=0)))])
         ancestor_s = time.perf_counter() - t0

@@ -26,23 +26,14 @@ OUT = Path(__file__).resolve().parent / "out"
 
 
 def train_mode(storage: str, protocol: str, mode: str, minutes: float) -> dict:
-    from model import keras
+    from bench.curves import accuracy_clock
     from tasks.training.config import TrainConfig
     from tasks.training.train import train
 
     curve = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.start = time.monotonic()
-
-        def on_epoch_end(self, epoch, logs=None):
-            curve.append({"epoch": epoch + 1, "minutes": (time.monotonic() - self.start) / 60,
-                          "val_accuracy": float(logs["val_pair_accuracy"]), "loss": float(logs["loss"])})
-
     config = TrainConfig(protocol=protocol, pair_mode=mode, epochs=1000, time_budget_minutes=minutes,
                          early_stopping_patience=1000)
-    result = train(config, storage, extra_callbacks=[Clock()], log=lambda _: None)
+    result = train(config, storage, extra_callbacks=[accuracy_clock(curve)], log=lambda _: None)
     return {"mode": mode, "version": result.version, "metrics": result.metrics, "curve": curve}
 
 

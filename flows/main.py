@@ -92,7 +92,10 @@ def _evaluation_lines(report: dict) -> list[str]:
                    + (f", TAR {tar:.4f} at FAR 1e-3" if tar is not None else "") + ")")
     off = report.get("official")
     if off:
-        out.append(f"  LFW View 1: {off['view1']['accuracy']:.4f}; LFW View 2: {off['view2']['mean_accuracy']:.4f} "
+        at_val = off["view1"].get("accuracy_at_validation_threshold")
+        out.append(f"  LFW View 1: {off['view1']['accuracy']:.4f}"
+                   + (f" ({at_val:.4f} at the validation threshold)" if at_val is not None else "")
+                   + f"; LFW View 2: {off['view2']['mean_accuracy']:.4f} "
                    f"+- {off['view2']['standard_error']:.4f} (pairs showing a trained-on person: View 1 "
                    f"{off['overlap']['view1_test_pairs_with_trained_person']:.0%}, View 2 "
                    f"{off['overlap']['view2_pairs_with_trained_person']:.0%})")

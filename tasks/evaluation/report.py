@@ -36,7 +36,10 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
         lines += ["", "## Official LFW protocols", "",
                   f"- **View 1**: threshold {v1['threshold']:.4f} chosen on pairsDevTrain ({v1['train_pairs']} pairs), "
                   f"pairsDevTest accuracy **{v1['accuracy']:.4f}** ({v1['test_pairs']} pairs), AUC {v1['auc']:.4f}, "
-                  f"EER {v1['eer']:.4f}.",
+                  f"EER {v1['eer']:.4f}."
+                  + (f" At the threshold calibrated on this model's validation split (people it never trained on, "
+                     f"where DevTrain shows people it did): **{v1['accuracy_at_validation_threshold']:.4f}**."
+                     if "accuracy_at_validation_threshold" in v1 else ""),
                   f"- **View 2** (10 folds, threshold chosen on the other 9): mean accuracy "
                   f"**{v2['mean_accuracy']:.4f} +- {v2['standard_error']:.4f}** (standard error); AUC over all "
                   f"6,000 pairs {v2['auc']:.4f}.",

@@ -19,7 +19,7 @@ class TrainConfig(Params):
     head: Head = Field("cosine", description="cosine: P(same) from the cosine of unit-length embeddings (a gallery "
                                              "is a matrix product); weighted_l1 / mlp: the ancestors' heads")
     input_size: int = Field(48, ge=16, le=512, description="model input side in pixels (the store is resized); "
-                                                           "48 learned as much as 64 in the recipe benchmark at 1.8x the images/s")
+                                                           "48 learned as much as 64 in the recipe benchmark at 1.6-1.8x the images/s")
     width: int = Field(32, ge=1, description="resnet: filters of the first stage")
     embedding_dim: int = Field(128, ge=2, description="resnet: embedding size")
     pair_mode: Literal["in_batch", "pairs"] = Field(
