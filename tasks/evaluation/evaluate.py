@@ -62,17 +62,18 @@ class EmbeddedImages:
         rng = np.random.default_rng(seed)
         self.passes = [scorer.embed(images)] + [scorer.embed(images, AugmentConfig(), rng) for _ in range(tta_passes)]
 
-    def plain(self, rows) -> np.ndarray:
-        """The plain (not augmented) embeddings of these tensor-store rows."""
+    def _positions(self, rows) -> np.ndarray:
         position = self.position[np.asarray(rows)]
         if (position < 0).any():
-            raise ValueError("embeddings asked for images that were not embedded")
-        return self.passes[0][position]
+            raise ValueError("asked for images that were not embedded")
+        return position
+
+    def plain(self, rows) -> np.ndarray:
+        """The plain (not augmented) embeddings of these tensor-store rows."""
+        return self.passes[0][self._positions(rows)]
 
     def scores(self, left_rows, right_rows) -> np.ndarray:
-        left, right = self.position[np.asarray(left_rows)], self.position[np.asarray(right_rows)]
-        if (left < 0).any() or (right < 0).any():
-            raise ValueError("scores asked for images that were not embedded")
+        left, right = self._positions(left_rows), self._positions(right_rows)
         return np.mean([self.scorer.score_pairs(e, left, right) for e in self.passes], axis=0)
 
 
@@ -205,7 +206,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
             "train_pairs": len(dev_train), "test_pairs": len(dev_test),
             # a model that trained on DevTrain's people scores them higher than unseen ones, which pulls the
             # protocol's threshold up; the model's own validation threshold comes from people it never saw
-            "accuracy_at_validation_threshold": float(np.mean((s_te >= thresholds["accuracy"]) == (y_te == 1)))}
+            "accuracy_at_validation_threshold": classification_metrics(y_te, s_te, thresholds["accuracy"])["accuracy"]}
         v2_roc = roc_metrics(y_v2, s_v2, config.far_targets)
         v2 = {**tenfold_accuracy(y_v2, s_v2, view2["fold"].to_numpy()), "auc": v2_roc["auc"], "eer": v2_roc["eer"]}
         overlap = {
