@@ -23,6 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL: under a loaded full suite a Prefect worker can take over 30 s to shut
+    down after its run is done, which is no failure of what the test checks."""
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+
+
 def _api(url: str, path: str, body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"},
@@ -54,8 +65,7 @@ def prefect_server(tmp_path):
             raise RuntimeError("prefect server did not become healthy in 120 s")
         yield url, env
     finally:
-        server.terminate()
-        server.wait(30)
+        _stop(server)
         log.close()
 
 
@@ -107,8 +117,7 @@ def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registr
                 break
             time.sleep(0.5)
     finally:
-        worker.terminate()
-        worker.wait(30)
+        _stop(worker)
         worker_log.close()
 
     artifacts = _api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
