@@ -38,6 +38,10 @@ VARIANTS: dict[str, dict] = {
     "cosine_bce_strong_aug": {**COSINE, "augment": "strong"},
     "cosine_id0.2_48px": {"identification_weight": 0.2, "input_size": 48},  # the two best together
     "cosine_id0.2_32px": {"identification_weight": 0.2, "input_size": 32},
+    # distillation from dlib's pretrained ResNet (outside data): the teacher issue's variants
+    "teacher_cos5": {"identification_weight": 0.2, "input_size": 48, "teacher": "dlib", "distill_weight": 5.0},
+    "teacher_cos5_rel5": {"identification_weight": 0.2, "input_size": 48, "teacher": "dlib", "distill_weight": 5.0,
+                          "relational_weight": 5.0},
 }
 
 
@@ -49,7 +53,9 @@ def run_variant(storage: str, name: str, minutes: float) -> dict:
     curve = []
     config = TrainConfig(**{**BASE, **VARIANTS[name], "time_budget_minutes": minutes})
     result = train(config, storage, extra_callbacks=[accuracy_clock(curve)], log=lambda _: None)
-    images = result.metrics["epochs_run"] * config.steps_per_epoch * config.people_per_batch * config.images_per_person
+    per_step = config.people_per_batch * config.images_per_person + (
+        config.teacher_images_per_batch if config.teacher != "none" else 0)
+    images = result.metrics["epochs_run"] * config.steps_per_epoch * per_step
 
     return {"name": name, "config": config.model_dump(), "version": result.version, "metrics": result.metrics,
             "images_per_second": images / result.metrics["training_seconds"], "curve": curve,

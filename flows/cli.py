@@ -14,34 +14,30 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from tasks.matching.faces import DETECT_MODES
+from tasks.matching.faces import DETECT_MODES, DETECTORS
 
 
-def _model(storage: str | None, model: str):
+def _model(storage: str | None, model: str, embedder: str, detector: str | None):
+    """(store, version, embedder, the threshold's report) for a model reference."""
     from storage import open_storage
     from tasks.evaluation.evaluate import read_report
+    from tasks.matching.embedders import embedder_thresholds, make_embedder
     from tasks.registry import load_scorer, resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)
-    return store, version, load_scorer(store, version), read_report(store, version)
-
-
-def _faces(path: str, detect: str):
-    from tasks.matching.faces import faces_from_bytes
-
-    return faces_from_bytes(Path(path).read_bytes(), detect)
+    report = read_report(store, version)
+    return (store, version, make_embedder(embedder, lambda: load_scorer(store, version), report, version, detector),
+            embedder_thresholds(embedder, report, version))
 
 
 def cmd_match(args) -> int:
     from tasks.matching.gallery import enrol, read_gallery
     from tasks.matching.search import UNKNOWN, resolve_threshold, score_against_gallery
 
-    store, version, scorer, report = _model(args.storage, args.model)
+    store, version, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
     threshold = resolve_threshold(args.threshold, report)
-    enrolled = enrol(args.gallery, version, args.storage, args.detect, scorer=scorer, log=lambda _: None)
+    enrolled = enrol(args.gallery, version, args.storage, args.detect, embedder=embedder, log=lambda _: None)
     if not enrolled.images:
         print(f"error: no usable images in the gallery {args.gallery}", file=sys.stderr)
         return 2
@@ -49,12 +45,12 @@ def cmd_match(args) -> int:
     failed = 0
     for path in args.images:
         try:
-            faces = _faces(path, args.detect)
+            faces = embedder.faces(Path(path).read_bytes(), args.detect)
         except (OSError, ValueError) as err:
             print(f"{path}: {err}", file=sys.stderr)
             failed += 1
             continue
-        names, scores = score_against_gallery(scorer, scorer.embed(np.stack([f.pixels for f in faces])), gallery, 1)
+        names, scores = score_against_gallery(embedder.head, embedder.embed(faces), gallery, 1)
         for name, score in zip(names[:, 0], scores[:, 0]):
             print(f"{path},{name if score >= threshold else UNKNOWN},{score:.4f}")
     return 1 if failed else 0
@@ -63,16 +59,16 @@ def cmd_match(args) -> int:
 def cmd_verify(args) -> int:
     from tasks.matching.search import resolve_threshold
 
-    _, _, scorer, report = _model(args.storage, args.model)
+    _, _, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
     threshold = resolve_threshold(args.threshold, report)
     embeddings = []
     for path in (args.a, args.b):
         try:
-            embeddings.append(scorer.embed(np.stack([_faces(path, args.detect)[0].pixels])))
+            embeddings.append(embedder.embed(embedder.faces(Path(path).read_bytes(), args.detect)[:1]))
         except (OSError, ValueError) as err:
             print(f"{path}: {err}", file=sys.stderr)
             return 1
-    score = float(scorer.score(embeddings[0], embeddings[1])[0])
+    score = float(embedder.head.score(embeddings[0], embeddings[1])[0])
     print(f"{'same' if score >= threshold else 'different'},{score:.4f}")
     return 0
 
@@ -85,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--threshold", default="accuracy", help="accuracy (default), far, or a number")
     common.add_argument("--detect", default="none", choices=DETECT_MODES,
                         help="none: aligned LFW-style portraits (default); largest/all: find faces in photos")
+    common.add_argument("--detector", default=None, choices=DETECTORS,
+                        help="with --detect largest/all: haar (OpenCV), dlib_hog or dlib_cnn (default: the "
+                             "embedder's own, haar for the model and dlib_hog for dlib)")
+    common.add_argument("--embedder", default="model", choices=("model", "dlib"),
+                        help="model: the registered model (default); dlib: dlib's pretrained ResNet (outside data, "
+                             "slower), calibrated beside the model's evaluation")
     ap = argparse.ArgumentParser(prog="python -m flows.cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)

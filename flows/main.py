@@ -32,6 +32,7 @@ from tasks.data.pairs import PROTOCOLS, TRAINABLE_PROTOCOLS
 from tasks.evaluation.champion import PROMOTION_METRIC
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.prefect_tasks import decide_promotion, promote
+from tasks.evaluation.report import fmt, learned_from_line, report_value
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainResult
 
@@ -106,6 +107,17 @@ def _evaluation_lines(report: dict) -> list[str]:
     if ident:
         out.append(f"  identification among {ident['gallery_people']} held-out people (one gallery image each): "
                    f"rank-1 {ident['rank1']:.4f}, rank-5 {ident['rank5']:.4f}")
+    teacher = report.get("teacher")
+    if teacher:
+        out.append(f"  beside the teacher {teacher['name']} on the same pairs and people: " + ", ".join(
+            f"{label} {fmt(report_value(report, path))} vs {fmt(report_value(teacher, path))}"
+            for label, path in (("test", "splits.test.accuracy"), ("View 1", "official.view1.accuracy"),
+                                ("20-way", "one_shot.20.accuracy"), ("rank-1", "identification.rank1"))))
+        t = teacher.get("throughput")
+        if t:
+            out.append(f"  throughput on the same {t['images']} photos: {t['student_images_per_second']:.0f} images/s "
+                       f"vs the teacher's {t['teacher_images_per_second']:.1f} ({t['ratio']:.0f}x)")
+    out.append("  " + learned_from_line(report).replace("**", ""))
     return out
 
 
@@ -160,6 +172,9 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
     ap.add_argument("--train-protocol", default=None, choices=TRAINABLE_PROTOCOLS,
                     help=f"pairs to train on (default {train_fields['protocol'].default})")
     ap.add_argument("--no-train", action="store_true", help="only the data stages")
+    ap.add_argument("--teacher", default=None, choices=("none", "dlib"),
+                    help="dlib: distil dlib's pretrained face embedder (outside data) into the model; its "
+                         "embeddings of the training images are computed once (default none)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
 
@@ -186,6 +201,8 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
         train["time_budget_minutes"] = args.train_minutes
     if args.train_protocol:
         train["protocol"] = args.train_protocol
+    if args.teacher:
+        train["teacher"] = args.teacher
 
     def build(cls, values: dict, name: str):
         try:

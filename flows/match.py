@@ -1,7 +1,8 @@
 """The ``enrol`` and ``match`` flows: embed a gallery, then match batches of probes against it.
 
     python -m flows.match --probes s3://bucket/probes [--gallery s3://bucket/gallery] [--model champion]
-                          [--storage s3://bucket/siamese] [--detect none|largest|all] [--dask tcp://host:8786]
+                          [--storage s3://bucket/siamese] [--detect none|largest|all] [--embedder model|dlib]
+                          [--dask tcp://host:8786]
 """
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ from tasks.matching.runs import run_params
 def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) -> dict:
     """Embed ``<gallery>/<identity>/<image>`` with a model version (``champion`` by default)."""
     version, _ = resolve_model(params.model, storage, None)
-    return enrol_gallery(params.gallery_url(), version, storage, params.detect)
+    return enrol_gallery(params.gallery_url(), version, storage, params.detect, params.embedder, params.detector)
 
 
 @flow(name="match", flow_run_name="match-{params.model}", log_prints=True)
 def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     """Match every probe image (a folder, an S3 prefix, or a manifest of keys under it) against the
     gallery; per face: the top identities with scores, or ``unknown`` below the threshold."""
-    version, limit = resolve_model(params.model, storage, params.threshold)
+    version, limit = resolve_model(params.model, storage, params.threshold, params.embedder)
     resolved = run_params(params, version)
-    enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect)
+    enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.embedder, params.detector)
     if not enrolled["images"]:
         raise ValueError(f"the gallery {resolved.gallery} has no usable <identity>/<image> files: nothing to "
                          "match against")

@@ -16,6 +16,12 @@ from tasks.training.train import TrainResult
 
 @flow(name="train", flow_run_name="train-{config.dataset}-{config.protocol}", log_prints=True)
 def train_flow(config: TrainConfig = TrainConfig(), storage: str | None = None) -> TrainResult:
+    # The teacher stage first: a data task that needs the protocol's train split, which only training
+    # knows; cached by image sha256, so it embeds only training images it has not embedded before.
+    if config.teacher != "none":
+        from tasks.teacher.prefect_tasks import teacher_embeddings
+
+        teacher_embeddings(config.teacher, config.dataset, config.protocol, storage)
     return train_model(config, storage)
 
 

@@ -19,7 +19,45 @@ from model.layers import AbsDiff, CosineSimilarity, SameLogit, SqueezeLast
 _NOT_HEAD = (SqueezeLast, keras.layers.Activation)  # after the logit: the sigmoid, the squeeze
 
 
-class PairScorer:
+class PairHead:
+    """The head's scoring from embeddings: P(same) for pairs of embeddings, from the trained head's
+    weights (or, for an outside embedder, a cosine head calibrated on validation: ``cosine_head``)."""
+
+    kind: str = "cosine"
+    scale: float = 1.0
+    bias: float = 0.0
+    l1_weights = l1_bias = head = None
+    flip: bool = False
+
+    def logits_from_cosines(self, cosines: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(cosines, dtype="float64") + self.bias
+
+    def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """P(same) for embedding pairs (N, D) x (N, D) -> (N,)."""
+        if self.kind == "cosine":
+            return _sigmoid(self.logits_from_cosines(np.einsum("nd,nd->n", left, right)))
+        diff = np.abs(left - right)
+        if self.kind == "weighted_l1":
+            return _sigmoid(diff @ self.l1_weights + self.l1_bias)
+        out = [np.asarray(self.head(diff[i:i + 4096], training=False), dtype="float64").reshape(-1)
+               for i in range(0, len(diff), 4096)]
+        return np.concatenate(out) if out else np.empty(0)
+
+    def score_pairs(self, embeddings: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """P(same) for pairs given as row numbers into ``embeddings``, or (T, N) index arrays."""
+        left, right = np.broadcast_arrays(np.asarray(left), np.asarray(right))
+        flat = self.score(embeddings[left.reshape(-1)], embeddings[right.reshape(-1)])
+        return flat.reshape(left.shape)
+
+
+def cosine_head(scale: float, bias: float) -> PairHead:
+    """P(same) = sigmoid(scale * cos + bias) for unit embeddings made elsewhere (a teacher's)."""
+    head = PairHead()
+    head.scale, head.bias = float(scale), float(bias)
+    return head
+
+
+class PairScorer(PairHead):
     """``flip``: each embedding is the mean of the image's and its mirror image's (then unit length
     again for the cosine head): test-time augmentation that evaluation and matching share."""
 
@@ -34,7 +72,6 @@ class PairScorer:
         self.dim = int(self.embedder.output_shape[-1])
         merge = pair_model.layers[merges[0]]
         head = [layer for layer in pair_model.layers[merges[0] + 1:] if not isinstance(layer, _NOT_HEAD)]
-        self.l1_weights = self.l1_bias = self.head = None
         if isinstance(merge, CosineSimilarity):
             (logit,) = [layer for layer in head if isinstance(layer, SameLogit)]
             log_scale, bias = (float(np.asarray(w)) for w in logit.get_weights())
@@ -71,26 +108,6 @@ class PairScorer:
             if self.kind == "cosine":
                 out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
-
-    def logits_from_cosines(self, cosines: np.ndarray) -> np.ndarray:
-        return self.scale * np.asarray(cosines, dtype="float64") + self.bias
-
-    def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """P(same) for embedding pairs (N, D) x (N, D) -> (N,)."""
-        if self.kind == "cosine":
-            return _sigmoid(self.logits_from_cosines(np.einsum("nd,nd->n", left, right)))
-        diff = np.abs(left - right)
-        if self.kind == "weighted_l1":
-            return _sigmoid(diff @ self.l1_weights + self.l1_bias)
-        out = [np.asarray(self.head(diff[i:i + 4096], training=False), dtype="float64").reshape(-1)
-               for i in range(0, len(diff), 4096)]
-        return np.concatenate(out) if out else np.empty(0)
-
-    def score_pairs(self, embeddings: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """P(same) for pairs given as row numbers into ``embeddings``, or (T, N) index arrays."""
-        left, right = np.broadcast_arrays(np.asarray(left), np.asarray(right))
-        flat = self.score(embeddings[left.reshape(-1)], embeddings[right.reshape(-1)])
-        return flat.reshape(left.shape)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

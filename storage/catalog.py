@@ -3,6 +3,7 @@
     datasets/<dataset>/index.parquet, index.json, tensors/<preprocess id>.npy, skew.md, skew.csv
     datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
                                         images_per_person_<split>.png
+    datasets/<dataset>/teacher/<teacher>/<training|evaluation>/<part>.parquet
     models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
     models/champion.json
     galleries/<gallery id>/<version>/embeddings.parquet, manifest.json
@@ -60,6 +61,18 @@ def pairs_skew_keys(dataset: str, protocol: str) -> tuple[str, str]:
 
 def pairs_plot_key(dataset: str, protocol: str, split: str) -> str:
     return _join(pairs_prefix(dataset, protocol), f"images_per_person_{split}.png")
+
+
+def teacher_prefix(dataset: str, teacher: str, purpose: str) -> str:
+    """A teacher's embedding cache; ``training`` and ``evaluation`` are separate so training can
+    only ever read the former."""
+    if purpose not in ("training", "evaluation"):
+        raise ValueError(f"invalid teacher cache {purpose!r}")
+    return _join(dataset_prefix(dataset), "teacher", teacher, purpose) + "/"
+
+
+def teacher_part_key(dataset: str, teacher: str, purpose: str, part: str) -> str:
+    return teacher_prefix(dataset, teacher, purpose) + f"{part}.parquet"
 
 
 # --- models ----------------------------------------------------------------------------------

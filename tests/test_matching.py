@@ -102,7 +102,7 @@ def test_enrol_then_reenrol_embeds_only_what_changed(s3_setup):
 
 def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup, prefect_harness):
     from flows.match import match_flow
-    from tasks.matching.prefect_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_embedder
     from tasks.matching.search import resolve_threshold
 
     s = s3_setup
@@ -111,12 +111,12 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
     store = open_storage(s["storage"])
     run = list_probes(params, store)
     assert (run["shards"], run["probes"]) == (3, 10)
-    scorer = cached_scorer(s["storage"], s["version"])
+    embedder = cached_embedder(s["storage"], s["version"])
     gallery = read_gallery(store, enrolled.embeddings_key)
     limit = resolve_threshold("accuracy", s["report"])
-    match_shard(run, 0, s["storage"], scorer, gallery, limit, log=lambda _: None)
+    match_shard(run, 0, s["storage"], embedder, gallery, limit, log=lambda _: None)
     with pytest.raises(RuntimeError, match="injected failure"):
-        match_shard(run, 1, s["storage"], scorer, gallery, limit, fail_after=2, log=lambda _: None)
+        match_shard(run, 1, s["storage"], embedder, gallery, limit, fail_after=2, log=lambda _: None)
     assert not store.exists(catalog.match_results_key(run["run_id"], 1))  # nothing half-written
 
     summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["storage"])
@@ -142,9 +142,9 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
                                     probe_manifest=f"s3://{s['bucket']}/lists/keys.txt", shard_size=100), s["version"])
     store = open_storage(s["storage"])
     run = list_probes(params, store)
-    from tasks.matching.prefect_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_embedder
 
-    match_shard(run, 0, s["storage"], cached_scorer(s["storage"], s["version"]),
+    match_shard(run, 0, s["storage"], cached_embedder(s["storage"], s["version"]),
                 read_gallery(store, enrolled.embeddings_key), 0.5, log=lambda _: None)
     rows = store.read_parquet(catalog.match_results_key(run["run_id"], 0))
     assert sorted(rows["probe_key"]) == sorted([*corpus, "missing.jpg"])  # each exactly once
@@ -256,7 +256,7 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
 
     from flows.match import match_flow
     from storage.location import s3_client
-    from tasks.matching.prefect_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_embedder
     from tests.servers import free_port
 
     port = free_port()
@@ -279,13 +279,13 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         params = MatchParams(probes=probes_url, gallery=gallery_url, model=version, shard_size=3)
         run = list_probes(run_params(params, version), store)
         gallery = read_gallery(store, enrolled.embeddings_key)
-        scorer = cached_scorer(local, version)
+        embedder = cached_embedder(local, version)
         limit = report["thresholds"]["accuracy"]
-        match_shard(run, 0, storage, scorer, gallery, limit, log=lambda _: None)
+        match_shard(run, 0, storage, embedder, gallery, limit, log=lambda _: None)
 
         server.stop()  # the endpoint goes away in the middle of the run
         with pytest.raises(Exception, match="(?i)connect"):
-            match_shard(run, 1, storage, scorer, gallery, limit, log=lambda _: None)
+            match_shard(run, 1, storage, embedder, gallery, limit, log=lambda _: None)
 
         # the re-run starts while S3 is still down; Prefect's task retries carry it over the outage
         restart = threading.Timer(3.0, lambda: (setattr(server, "_server", None), server.start()))
@@ -302,19 +302,19 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
 def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.matching.prefect_tasks import cached_scorer
+    from tasks.matching.prefect_tasks import cached_embedder
 
     s = s3_setup
     store = open_storage(s["storage"])
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
     gallery = read_gallery(store, enrolled.embeddings_key)
-    scorer = cached_scorer(s["storage"], s["version"])
+    embedder = cached_embedder(s["storage"], s["version"])
     runs = [list_probes(run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=5, top_k=k),
                                    s["version"]), store) for k in (1, 3)]
     assert runs[0]["run_id"] != runs[1]["run_id"]
 
     def run_all(run):
-        return [match_shard(run, i, s["storage"], scorer, gallery, 0.5, log=lambda _: None)
+        return [match_shard(run, i, s["storage"], embedder, gallery, 0.5, log=lambda _: None)
                 for i in range(run["shards"])]
 
     with ThreadPoolExecutor(2) as pool:

@@ -1,7 +1,7 @@
 """The evaluation flow's parameters (rendered as a form in the Prefect UI)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -20,4 +20,7 @@ class EvalConfig(Params):
                                                  "(face-comparer used 50); reported in evaluation-tta<N>/")
     flip: bool | None = Field(None, description="average each image's embedding with its mirror image's; "
                                                 "default: what the model's manifest says (matching does the same)")
+    teacher: Literal["auto", "none", "dlib"] = Field(
+        "auto", description="score a pretrained teacher beside the model on the same pairs and people (its "
+                            "embeddings cached): auto does so for a model that learned from one")
     seed: int = 42

@@ -37,7 +37,8 @@ from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
 from tasks.registry import load_scorer, read_champion, read_manifest
 
-EVAL_FORMAT = 3  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation threshold
+EVAL_FORMAT = 4  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
+# threshold; 4: the teacher beside the student, embedding throughput, what the model learned from
 
 
 @dataclass
@@ -123,79 +124,57 @@ def _error_grids(split: pd.DataFrame, scores: np.ndarray, threshold: float, tens
     return grids
 
 
-def read_report(store: Storage, version: str) -> dict | None:
-    """The plain (not test-time-augmented) evaluation of ``version``: the thresholds matching uses."""
-    return store.read_json_or_none(catalog.report_key(version))
+@dataclass
+class EvaluationData:
+    """What every embedder is scored on: the protocol's pairs, the official ones, the held-out people
+    (one-shot and identification) and the seeded N-way tasks."""
+
+    pairs: pd.DataFrame
+    official: pd.DataFrame | None
+    held_out: dict[str, list[str]]
+    row_of: pd.Series
+    dataset: str
+    protocol: str
+    tasks: dict = field(default_factory=dict)
+
+    def needed_rows(self) -> np.ndarray:
+        row_of = self.row_of
+        needed = [row_of[self.pairs["left_image"]], row_of[self.pairs["right_image"]]]
+        if self.official is not None:
+            needed += [row_of[self.official["left_image"]], row_of[self.official["right_image"]]]
+        for t in self.tasks.values():
+            needed += [row_of[t.query], row_of[t.support.reshape(-1)]]
+        needed.append(row_of[[image for images in self.held_out.values() for image in images]])  # identification
+        return np.unique(np.concatenate([np.asarray(n) for n in needed]))
 
 
-def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
-             log: Callable[[str], None] = print) -> EvalResult:
-    start = time.perf_counter()
-    store = open_storage(storage_url)
-    manifest = read_manifest(store, version)
-    report_key = catalog.report_key(version, config.tta_passes)
-    dataset, protocol = manifest["config"]["dataset"], manifest["config"]["protocol"]
-    protocol_pairs = read_pairs(store, dataset, protocol)
-    pairs = protocol_pairs.frame
-    official_pairs = (read_pairs(store, dataset, "lfw_official")
-                      if config.official and pairs_exist(store, dataset, "lfw_official") else None)
-    official = official_pairs.frame if official_pairs else None
-    summary = read_index_summary(store, dataset)
-    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256)
-    wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
-              "data": {"pairs_sha256": protocol_pairs.sha256,
-                       "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
-                       "tensors_sha256": summary.tensors_sha256}}
-    prior = store.read_json_or_none(report_key)
-    if same_inputs(prior, wanted):
-        log(f"evaluation of {version} with these settings and data exists: reused")
-        markdown = store.read_bytes(prior["files"]["report.md"]).decode()
-        return EvalResult(version, prior, report_key, markdown, reused=True, files=prior["files"])
-
-    index, tensors = load_index(store, summary), load_tensors(store, summary)
-    row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-    trained_people = _people(pairs[pairs["split"] == "train"])
-    held_out = held_out_images(index, pairs)
-    tasks = {}
-    for n in config.nway:
-        try:
-            tasks[n] = draw_nway_tasks(held_out, n, config.nway_tasks, config.seed + n)
-        except ValueError as err:
-            log(f"{n}-way one-shot skipped: {err}")
-
-    needed = [row_of[pairs["left_image"]], row_of[pairs["right_image"]]]
-    if official is not None:
-        needed += [row_of[official["left_image"]], row_of[official["right_image"]]]
-    for t in tasks.values():
-        needed += [row_of[t.query], row_of[t.support.reshape(-1)]]
-    needed.append(row_of[[image for images in held_out.values() for image in images]])  # identification
-    scorer = load_scorer(store, version, config.flip)
-    t0 = time.perf_counter()
-    emb = EmbeddedImages(scorer, tensors, np.concatenate([np.asarray(n) for n in needed]), config.tta_passes,
-                         config.seed)
-    log(f"embedded {len(emb.rows)} images x {config.tta_passes + 1} pass(es) in {time.perf_counter() - t0:.1f} s")
+def score_model(emb, head, data: EvaluationData, config: EvalConfig) -> dict:
+    """Thresholds (validation only), the protocol's splits, the official protocols, N-way one-shot
+    and identification, for one embedder: ``emb`` gives its embeddings (``plain``) and pair scores
+    (``scores``), ``head`` scores them against a gallery."""
+    pairs, official, row_of = data.pairs, data.official, data.row_of
 
     def split_scores(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         return frame["same"].to_numpy().astype(int), emb.scores(*_rows(frame, row_of))
 
     by_split = {s: pairs[pairs["split"] == s] for s in ("train", "validation", "test") if (pairs["split"] == s).any()}
     if "validation" not in by_split:
-        raise ValueError(f"{protocol} has no validation split to calibrate thresholds on")
+        raise ValueError(f"{data.protocol} has no validation split to calibrate thresholds on")
     scored = {s: split_scores(f) for s, f in by_split.items()}
     val_labels, val_scores = scored["validation"]
     thresholds = {"accuracy": accuracy_threshold(val_labels, val_scores),
                   "far": far_threshold(val_labels, val_scores, config.calibrate_far),
-                  "far_target": config.calibrate_far, "calibrated_on": f"{dataset}/{protocol}/validation"}
+                  "far_target": config.calibrate_far, "calibrated_on": f"{data.dataset}/{data.protocol}/validation"}
     splits = {s: _split_report(*scored[s], thresholds, config.far_targets) for s in scored}
     if "test" in splits:  # each test pair right (1) or wrong (0), in pair order: promotion compares models pair by pair
         test_labels, test_scores = scored["test"]
         splits["test"]["correct"] = "".join("1" if ok else "0" for ok in
                                             (test_scores >= thresholds["accuracy"]) == (test_labels == 1))
 
-    files: dict[str, bytes] = {}
-    curves = {f"{protocol} test": roc_metrics(*scored["test"])} if "auc" in splits.get("test", {}) else {}
+    curves = {f"{data.protocol} test": roc_metrics(*scored["test"])} if "auc" in splits.get("test", {}) else {}
     report_official = None
     if official is not None and {"dev_train", "dev_test", "view2"} <= set(official["split"]):
+        trained_people = _people(pairs[pairs["split"] == "train"])
         dev_train, dev_test, view2 = (official[official["split"] == s] for s in ("dev_train", "dev_test", "view2"))
         y_tr, s_tr = split_scores(dev_train)
         y_te, s_te = split_scores(dev_test)
@@ -218,37 +197,122 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         curves["LFW View 1 test"] = roc_metrics(y_te, s_te)
         curves["LFW View 2 (all folds)"] = v2_roc
 
-    identification = identify(scorer, lambda images: emb.plain(row_of[list(images)].to_numpy()), held_out,
+    identification = identify(head, lambda images: emb.plain(row_of[list(images)].to_numpy()), data.held_out,
                               thresholds)
     one_shot = {}
-    for n, t in tasks.items():
+    for n, t in data.tasks.items():
         scores = emb.scores(np.broadcast_to(row_of[t.query].to_numpy()[:, None], t.support.shape),
                             row_of[t.support.reshape(-1)].to_numpy().reshape(t.support.shape))
         one_shot[str(n)] = nway_accuracy(scores, t.answer)
+    return {"thresholds": thresholds, "splits": splits, "official": report_official, "one_shot": one_shot,
+            "identification": identification, "curves": curves, "by_split": by_split, "scores": scored}
 
+
+def teacher_for(config: EvalConfig, manifest: dict) -> str | None:
+    """The teacher to score beside the model: the one asked for, or with ``auto`` the model's own."""
+    if config.teacher == "auto":
+        return "dlib" if manifest.get("teacher") else None
+    return None if config.teacher == "none" else config.teacher
+
+
+def evaluate_teacher(teacher: str, store: Storage, storage_url: str | None, index: pd.DataFrame,
+                     data: EvaluationData, student, config: EvalConfig, log: Callable[[str], None]) -> dict:
+    """The teacher on exactly the student's pairs, tasks and people (its embeddings cached), its
+    P(same) a cosine head fitted on validation only, and both embedders' throughput measured now."""
+    from tasks.teacher.steps import TeacherEmbeddings, compare_throughput
+
+    rows = data.needed_rows()
+    t_emb = TeacherEmbeddings.for_rows(store, storage_url, data.dataset, index, rows, log)
+    validation = data.pairs[data.pairs["split"] == "validation"]
+    t_emb.calibrate(validation["same"].to_numpy().astype(int), *_rows(validation, data.row_of))
+    scored = score_model(t_emb, t_emb.head, data, config)
+    for unused in ("by_split", "scores"):
+        scored.pop(unused)
+    throughput = compare_throughput(student, index.iloc[np.sort(rows)[:: max(1, len(rows) // 48)][:48]],
+                                    data.dataset, log)
+    return {**t_emb.describe(), **scored, "throughput": throughput}
+
+
+def read_report(store: Storage, version: str) -> dict | None:
+    """The plain (not test-time-augmented) evaluation of ``version``: the thresholds matching uses."""
+    return store.read_json_or_none(catalog.report_key(version))
+
+
+def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
+             log: Callable[[str], None] = print) -> EvalResult:
+    start = time.perf_counter()
+    store = open_storage(storage_url)
+    manifest = read_manifest(store, version)
+    report_key = catalog.report_key(version, config.tta_passes)
+    dataset, protocol = manifest["config"]["dataset"], manifest["config"]["protocol"]
+    protocol_pairs = read_pairs(store, dataset, protocol)
+    pairs = protocol_pairs.frame
+    official_pairs = (read_pairs(store, dataset, "lfw_official")
+                      if config.official and pairs_exist(store, dataset, "lfw_official") else None)
+    official = official_pairs.frame if official_pairs else None
+    summary = read_index_summary(store, dataset)
+    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256)
+    wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
+              "teacher_scored": teacher_for(config, manifest),
+              "data": {"pairs_sha256": protocol_pairs.sha256,
+                       "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
+                       "tensors_sha256": summary.tensors_sha256}}
+    prior = store.read_json_or_none(report_key)
+    if same_inputs(prior, wanted):
+        log(f"evaluation of {version} with these settings and data exists: reused")
+        markdown = store.read_bytes(prior["files"]["report.md"]).decode()
+        return EvalResult(version, prior, report_key, markdown, reused=True, files=prior["files"])
+
+    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
+    data = EvaluationData(pairs, official, held_out_images(index, pairs), row_of, dataset, protocol)
+    for n in config.nway:
+        try:
+            data.tasks[n] = draw_nway_tasks(data.held_out, n, config.nway_tasks, config.seed + n)
+        except ValueError as err:
+            log(f"{n}-way one-shot skipped: {err}")
+
+    scorer = load_scorer(store, version, config.flip)
+    t0 = time.perf_counter()
+    emb = EmbeddedImages(scorer, tensors, data.needed_rows(), config.tta_passes, config.seed)
+    embed_seconds = time.perf_counter() - t0
+    log(f"embedded {len(emb.rows)} images x {config.tta_passes + 1} pass(es) in {embed_seconds:.1f} s")
+    scored = score_model(emb, scorer, data, config)
+    thresholds, splits = scored["thresholds"], scored["splits"]
+    teacher_name = teacher_for(config, manifest)
+    teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer, config, log)
+               if teacher_name else None)
+
+    files: dict[str, bytes] = {}
+    curves = scored.pop("curves")
+    if teacher:  # the teacher's curves on the same pairs, in the same figure
+        curves.update({f"teacher: {name}": c for name, c in teacher.pop("curves").items() if "View 2" not in name})
+    by_split, scores_by_split = scored.pop("by_split"), scored.pop("scores")
     if curves:
         files["roc.png"] = roc_png(curves, f"model {version}")
     if "test" in splits:
         files["scores.png"] = score_histogram_png(splits["test"]["histogram"], {
             "accuracy": thresholds["accuracy"], f"FAR {config.calibrate_far:g}": thresholds["far"]},
             f"{protocol} test: P(same) by pair kind")
-        files.update({f"{k}.png": v for k, v in _error_grids(by_split["test"], scored["test"][1],
+        files.update({f"{k}.png": v for k, v in _error_grids(by_split["test"], scores_by_split["test"][1],
                                                              thresholds["accuracy"], tensors, row_of).items()})
     roc_rows = [pd.DataFrame({"curve": name, "fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
                 for name, c in curves.items()]
     report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol,
-              "config": config.model_dump(mode="json"),
-              "thresholds": thresholds, "splits": splits, "official": report_official, "one_shot": one_shot,
-              "one_shot_people": len(held_out), "identification": identification,
+              "config": config.model_dump(mode="json"), **scored, "one_shot_people": len(data.held_out),
               "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
+              "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
+              # where the model's knowledge comes from: a teacher trained on outside data, or the dataset alone
+              "learned_from": manifest.get("teacher") or None, "teacher": teacher,
               "seconds": time.perf_counter() - start}
+    report_official, one_shot, identification = report["official"], report["one_shot"], report["identification"]
     champion_version = read_champion(store)
     champion = read_report(store, champion_version) if champion_version and champion_version != version else None
     markdown = report_markdown(report, champion)
     keys = {}
-    for name, data in files.items():
+    for name, blob in files.items():
         keys[name] = catalog.evaluation_file_key(version, name, config.tta_passes)
-        store.write_bytes(keys[name], data)
+        store.write_bytes(keys[name], blob)
     if roc_rows:
         buf = io.BytesIO()
         pd.concat(roc_rows).to_csv(buf, index=False)

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from model.scoring import PairScorer
+from model.scoring import PairHead
 from tasks.matching.gallery import Gallery
 from tasks.matching.search import score_against_gallery
 
@@ -26,7 +26,7 @@ def identification_sets(held_out: Mapping[str, Sequence[str]]) -> tuple[dict[str
     return enrolled, known, never
 
 
-def identify(scorer: PairScorer, embedding_of, held_out: Mapping[str, Sequence[str]],
+def identify(scorer: PairHead, embedding_of, held_out: Mapping[str, Sequence[str]],
              thresholds: Mapping[str, float]) -> dict:
     """``embedding_of(image ids) -> (n, D)`` embeddings of the scorer's model."""
     enrolled, known, never = identification_sets(held_out)

@@ -32,6 +32,10 @@ def evaluate_model(version: str, storage_url: str | None, config: EvalConfig) ->
 
 @task(tags=["siamese-faces", "champion"],
       name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
+def _source(teacher: str | None) -> str:
+    return f"outside data (teacher `{teacher}`)" if teacher else "the dataset alone"
+
+
 def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOTION_METRIC,
                      min_gain: float = 0.0) -> dict:
     store = open_storage(storage_url)
@@ -44,9 +48,11 @@ def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOT
     create_markdown_artifact(
         key="champion-decision",
         markdown=(f"### {'Promote' if decision['promote'] else 'Do not promote'}: `{report['version']}`\n\n"
-                  f"{decision['reason']}\n\n| | version | {metric} |\n|---|---|---:|\n"
-                  f"| challenger | `{decision['challenger']}` | {fmt(decision['challenger_score'])} |\n"
-                  f"| champion before | `{decision['champion'] or '-'}` | {fmt(decision['champion_score'])} |\n"),
+                  f"{decision['reason']}\n\n| | version | {metric} | learned from |\n|---|---|---:|---|\n"
+                  f"| challenger | `{decision['challenger']}` | {fmt(decision['challenger_score'])} | "
+                  f"{_source(decision['challenger_teacher'])} |\n"
+                  f"| champion before | `{decision['champion'] or '-'}` | {fmt(decision['champion_score'])} | "
+                  f"{_source(decision['champion_teacher']) if decision['champion'] else '-'} |\n"),
         description="champion / challenger decision")
     return decision
 

@@ -13,7 +13,8 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
     lines = [f"# Evaluation of model `{report['version']}`", "",
              f"Trained on `{report['dataset']}/{report['protocol']}`. Thresholds chosen on its validation split "
              f"only: accuracy-maximising **{t['accuracy']:.4f}**; FAR <= {t['far_target']:g}: **{t['far']:.4f}**. "
-             f"Test-time augmentation passes: {report['config']['tta_passes']}.", "",
+             f"Test-time augmentation passes: {report['config']['tta_passes']}. "
+             + learned_from_line(report), "",
              "| split | pairs | accuracy | error | precision | recall | F1 | accuracy at 0.5 | AUC | EER | "
              + " | ".join(f"TAR@FAR={f:g}" for f in report["config"]["far_targets"]) + " |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(report["config"]["far_targets"])]
@@ -69,6 +70,8 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
             lines.append(f"- at the {name} threshold: {ident[f'known_named_and_accepted_at_{name}']:.4f} of the known "
                          f"named right and accepted" + (f", {rejected:.4f} of the never-enrolled rejected as unknown"
                                                         if rejected is not None else ""))
+    if report.get("teacher"):
+        lines += teacher_section(report)
     if champion:
         lines += ["", f"## Against the champion `{champion['version']}`", "",
                   "| metric | this model | champion |", "|---|---:|---:|"]
@@ -77,6 +80,37 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
     lines += ["", "Figures: `roc.png`, `scores.png`, `false_positives.png`, `false_negatives.png` beside this "
                   "report."]
     return "\n".join(lines) + "\n"
+
+
+def learned_from_line(report: dict) -> str:
+    """Whether a model learned from outside data: the first thing to know before comparing it."""
+    teacher = report.get("learned_from")
+    if teacher:
+        return (f"**Learned from outside data**: distilled from the teacher `{teacher['name']}` (dlib "
+                f"{teacher.get('dlib')}, pretrained on faces outside {report['dataset']}).")
+    return f"Learned from {report['dataset']} alone."
+
+
+def teacher_section(report: dict) -> list[str]:
+    """The teacher and the student on the same pairs, tasks and people."""
+    teacher = report["teacher"]
+    lines = ["", f"## Beside the teacher `{teacher['name']}`", "",
+             f"The same pairs, N-way tasks and identification sets; the teacher's P(same) is a cosine head fitted "
+             f"on the validation pairs only, its thresholds calibrated there like the model's. Its embeddings of "
+             f"{teacher['images']} images are cached ({teacher['embedded_now']} embedded by this run; the detector "
+             f"missed {teacher['detector_missed']}, embedded from the dataset's face box).", "",
+             "| metric | this model | teacher |", "|---|---:|---:|"]
+    for label, path in [("validation accuracy", "splits.validation.accuracy"), *COMPARED]:
+        lines.append(f"| {label} | {fmt(report_value(report, path))} | {fmt(report_value(teacher, path))} |")
+    tar = [(r.get("splits", {}).get("test", {}).get("tar_at_far", {}).get("0.001")) for r in (report, teacher)]
+    lines.append(f"| test TAR at FAR 1e-3 | {fmt(tar[0])} | {fmt(tar[1])} |")
+    t = teacher.get("throughput")
+    if t:
+        lines += ["", f"Throughput on the same {t['images']} photos in this run, from the file's bytes to the "
+                      f"embedding: this model **{t['student_images_per_second']:.0f} images/s**"
+                      f"{' (with the mirror image)' if t['student_flip'] else ''}, the teacher "
+                      f"**{t['teacher_images_per_second']:.1f} images/s** (one core): **{t['ratio']:.0f}x**."]
+    return lines
 
 
 COMPARED = [("test accuracy", "splits.test.accuracy"), ("test AUC", "splits.test.auc"),

@@ -6,11 +6,17 @@ from typing import Literal
 from pydantic import Field
 
 from settings import Params, settings
-from tasks.matching.faces import Detect
+from tasks.matching.embedders import EmbedderName
+from tasks.matching.faces import Detect, Detector
 
 ModelRef = Field("champion", description="a registered model version, champion or latest")
 DetectField = Field("none", description="none: aligned LFW-style portraits; largest/all: find faces in photos "
-                                        "(OpenCV's Haar cascade)")
+                                        "(OpenCV's Haar cascade; dlib's HOG detector with embedder dlib)")
+DetectorField = Field(None, description="haar (OpenCV), dlib_hog or dlib_cnn (dlib-bin); default: the embedder's "
+                                         "own (haar for the model, dlib_hog for dlib)")
+EmbedderField = Field("model", description="model: the registered model (fast); dlib: dlib's pretrained ResNet "
+                                           "(outside data; its accuracy at its speed), calibrated beside the model's "
+                                           "evaluation")
 
 
 class EnrolParams(Params):
@@ -18,6 +24,8 @@ class EnrolParams(Params):
                                                   "SIAMESE_GALLERY setting of the machine that runs it")
     model: str = ModelRef
     detect: Detect = DetectField
+    embedder: EmbedderName = EmbedderField
+    detector: Detector | None = DetectorField
 
     def gallery_url(self) -> str:
         return resolve_gallery(self.gallery)
@@ -31,6 +39,8 @@ class MatchParams(Params):
     probe_manifest: str | None = Field(None, description="a Parquet file (column key) or text file of probe keys "
                                                          "under probes; default: every image under probes")
     detect: Detect = DetectField
+    embedder: EmbedderName = EmbedderField
+    detector: Detector | None = DetectorField
     top_k: int = Field(5, ge=1, description="identities reported per face")
     threshold: Literal["accuracy", "far"] | float = Field(
         "accuracy", description="below it a face is 'unknown': a threshold calibrated on validation by the "

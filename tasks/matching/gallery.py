@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.scoring import PairScorer
 from storage import Storage, catalog, open_storage
 from storage.manifests import sha256_bytes
 from tasks.images import ImageDecodeError
+from tasks.matching.embedders import Embedder, ModelEmbedder
 from tasks.matching.faces import faces_from_bytes
 from tasks.registry import load_scorer
 
@@ -75,13 +75,16 @@ def list_gallery(source: Storage) -> GalleryListing:
     return GalleryListing(pd.DataFrame(rows, columns=["identity", "key", "etag"]), rejected)
 
 
-def fetch_faces(source: Storage, keys: Iterable[str], detect: str, workers: int = 16
-                ) -> list[tuple[str, list, str | None]]:
+def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Embedder | None = None,
+                workers: int = 16) -> list[tuple[str, list, str | None]]:
     """(key, faces, error) for each key, fetched and decoded on a thread pool (I/O and OpenCV release
-    the GIL). A missing object or an unusable image is that key's error; a storage outage raises."""
+    the GIL), faces found as ``embedder`` finds them (default: the model's way). A missing object or
+    an unusable image is that key's error; a storage outage raises."""
+    find = embedder.faces if embedder is not None else faces_from_bytes
+
     def one(key: str):
         try:
-            return key, faces_from_bytes(source.read_bytes(key), detect), None
+            return key, find(source.read_bytes(key), detect), None
         except FileNotFoundError:
             return key, [], "missing: the object no longer exists"
         except ImageDecodeError as err:
@@ -136,16 +139,20 @@ class EnrolResult:
 
 
 def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "none",
-          scorer: PairScorer | None = None, log: Callable[[str], None] = print) -> EnrolResult:
+          embedder: Embedder | None = None, log: Callable[[str], None] = print) -> EnrolResult:
+    """Embed the gallery with ``embedder`` (default: model ``version`` itself); the embeddings are
+    stored under the embedder's name (the model version, or the teacher's)."""
     start = time.perf_counter()
     store, source = open_storage(storage_url), open_storage(gallery_url)
+    embedder = embedder or ModelEmbedder(load_scorer(store, version), version)
+    version = embedder.name
     key = catalog.gallery_embeddings_key(gallery_id(gallery_url), version)
     manifest_key = catalog.gallery_manifest_key(gallery_id(gallery_url), version)
     listing = list_gallery(source)
     previous = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
     prior_manifest = store.read_json_or_none(manifest_key)
     if (prior_manifest and prior_manifest.get("format") == GALLERY_FORMAT and prior_manifest.get("detect") == detect
-            and store.exists(key)):
+            and prior_manifest.get("detector", "haar") == embedder.detector and store.exists(key)):
         previous = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pandas()
     current = listing.images
     merged = current.merge(previous[["key", "etag"]], on=["key", "etag"], how="left", indicator=True)
@@ -153,8 +160,7 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
     kept = previous[previous["key"].isin(set(merged.loc[merged["_merge"] == "both", "key"]))]
     removed = len(previous) - len(kept) - int(previous["key"].isin(set(todo["key"])).sum())
 
-    scorer = scorer or load_scorer(store, version)
-    fetched = fetch_faces(source, todo["key"], detect) if len(todo) else []
+    fetched = fetch_faces(source, todo["key"], detect, embedder) if len(todo) else []
     errors = list(listing.rejected)
     new_rows = []
     faces = []
@@ -166,21 +172,22 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
             continue
         face = max(found, key=lambda f: f.box[2] * f.box[3])  # a gallery image shows one person
         new_rows.append({"identity": identity_of[k], "key": k, "etag": etag_of[k], "box": face.box})
-        faces.append(face.pixels)
+        faces.append(face)
     if faces:
-        embeddings = scorer.embed(np.stack(faces))
+        embeddings = embedder.embed(faces)
         for row, e in zip(new_rows, embeddings):
             row["embedding"] = e
     frame = pd.concat([kept, pd.DataFrame(new_rows, columns=["identity", "key", "etag", "box", "embedding"])],
                       ignore_index=True).sort_values("key", kind="stable")
     buf = io.BytesIO()
-    pq.write_table(embedding_table(frame, scorer.dim), buf)
+    pq.write_table(embedding_table(frame, embedder.dim), buf)
     store.write_bytes(key, buf.getvalue())
     result = EnrolResult(source.url, version, key, sha256_bytes(buf.getvalue()),
                          int(frame["identity"].nunique()), len(frame), len(new_rows), len(kept), max(0, removed),
                          errors, time.perf_counter() - start)
     store.write_json(manifest_key, {
         "format": GALLERY_FORMAT, "gallery": source.url, "model_version": version, "detect": detect,
+        "detector": embedder.detector,
         "embeddings_key": key, "embeddings_sha256": result.embeddings_sha256,
         "identities": result.identities, "images": result.images, "errors": errors})
     log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "

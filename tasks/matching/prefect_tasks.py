@@ -8,10 +8,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from model.scoring import PairScorer
 from storage import catalog, open_storage
 from tasks.evaluation.evaluate import read_report
 from tasks.matching.config import MatchParams
+from tasks.matching.embedders import Embedder, embedder_thresholds, make_embedder
 from tasks.matching.gallery import Gallery, enrol, read_gallery
 from tasks.matching.runs import list_probes, match_shard, summarize_run
 from tasks.matching.search import resolve_threshold
@@ -21,8 +21,9 @@ _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _scorer(storage_url: str | None, version: str) -> PairScorer:
-    return load_scorer(open_storage(storage_url), version)
+def _embedder(storage_url: str | None, version: str, name: str, detector: str | None) -> Embedder:
+    store = open_storage(storage_url)
+    return make_embedder(name, lambda: load_scorer(store, version), read_report(store, version), version, detector)
 
 
 @lru_cache(maxsize=4)
@@ -30,9 +31,10 @@ def _gallery(storage_url: str | None, key: str, sha256: str) -> Gallery:  # sha2
     return read_gallery(open_storage(storage_url), key)
 
 
-def cached_scorer(storage_url: str | None, version: str) -> PairScorer:
+def cached_embedder(storage_url: str | None, version: str, name: str = "model", detector: str | None = None
+                    ) -> Embedder:
     with _lock:  # one load per process, even when several shards start at once
-        return _scorer(storage_url, version)
+        return _embedder(storage_url, version, name, detector)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -47,19 +49,24 @@ def _transient(task, task_run, state) -> bool:
 
 
 @task(name="resolve-model", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5, retry_condition_fn=_transient)
-def resolve_model(model: str, storage: str | None, threshold: str | float | None) -> tuple[str, float | None]:
-    """The model version (champion, latest or a version) and the threshold to apply."""
+def resolve_model(model: str, storage: str | None, threshold: str | float | None,
+                  embedder: str = "model") -> tuple[str, float | None]:
+    """The model version (champion, latest or a version) and the threshold to apply to ``embedder``'s scores."""
     store = open_storage(storage)
     version = resolve_version(store, model)
-    return version, None if threshold is None else resolve_threshold(threshold, read_report(store, version))
+    if threshold is None:
+        return version, None
+    return version, resolve_threshold(threshold, embedder_thresholds(embedder, read_report(store, version), version))
 
 
 @task(tags=["siamese-faces", "match"],
       name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=5)
-def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str) -> dict:
+def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str,
+                  embedder: str = "model", detector: str | None = None) -> dict:
     log = get_run_logger()
-    result = enrol(gallery_url, version, storage_url, detect, scorer=cached_scorer(storage_url, version), log=log.info)
+    result = enrol(gallery_url, version, storage_url, detect,
+                   embedder=cached_embedder(storage_url, version, embedder, detector), log=log.info)
     for e in result.errors[:20]:
         log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
     return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256,
@@ -80,8 +87,10 @@ def list_probe_shards(params: MatchParams, storage_url: str | None) -> dict:
       retry_delay_seconds=5)
 def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
                     progress_id=None) -> dict:
-    version = run["params"]["model"]
-    out = match_shard(run, shard, storage_url, cached_scorer(storage_url, version),
+    params = run["params"]
+    out = match_shard(run, shard, storage_url, cached_embedder(storage_url, params["model"],
+                                                               params.get("embedder", "model"),
+                                                               params.get("detector")),
                       _gallery(storage_url, gallery["embeddings_key"], gallery["sha256"]), threshold,
                       log=get_run_logger().info)
     if progress_id is not None:

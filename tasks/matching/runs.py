@@ -15,15 +15,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.scoring import PairScorer
 from storage import Storage, catalog, open_storage
 from storage.location import split_object_url
 from tasks.matching.config import MatchParams
+from tasks.matching.embedders import Embedder
 from tasks.matching.gallery import Gallery, fetch_faces, is_image_key
 from tasks.matching.search import UNKNOWN, score_against_gallery
 
@@ -100,7 +99,7 @@ def results_table(rows: list[dict]) -> pa.Table:
     })
 
 
-def _score_fetched(fetched: list, scorer: PairScorer, gallery: Gallery, threshold: float, top_k: int) -> list[dict]:
+def _score_fetched(fetched: list, embedder: Embedder, gallery: Gallery, threshold: float, top_k: int) -> list[dict]:
     rows, faces, owners = [], [], []
     for key, found, error in fetched:
         if error:
@@ -109,9 +108,9 @@ def _score_fetched(fetched: list, scorer: PairScorer, gallery: Gallery, threshol
         for i, face in enumerate(found):
             owners.append(len(rows))
             rows.append({"probe_key": key, "face": i, "box": list(face.box)})
-            faces.append(face.pixels)
+            faces.append(face)
     if faces:
-        names, scores = score_against_gallery(scorer, scorer.embed(np.stack(faces)), gallery, top_k)
+        names, scores = score_against_gallery(embedder.head, embedder.embed(faces), gallery, top_k)
         for owner, n, s in zip(owners, names, scores):
             best = float(s[0])
             rows[owner].update({"identity": str(n[0]) if best >= threshold else UNKNOWN, "score": best,
@@ -119,7 +118,7 @@ def _score_fetched(fetched: list, scorer: PairScorer, gallery: Gallery, threshol
     return rows
 
 
-def match_keys(source: Storage, keys: list[str], scorer: PairScorer, gallery: Gallery, threshold: float,
+def match_keys(source: Storage, keys: list[str], embedder: Embedder, gallery: Gallery, threshold: float,
                detect: str, top_k: int, fail_after: int | None = None, chunk: int = 256) -> list[dict]:
     """Rows for these probe keys: one per face, or one error row per key. The next chunk is fetched
     and decoded while the current one is embedded and scored. ``fail_after`` (tests) raises once
@@ -128,19 +127,19 @@ def match_keys(source: Storage, keys: list[str], scorer: PairScorer, gallery: Ga
     rows: list[dict] = []
     fetched_so_far = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as prefetch:
-        pending = prefetch.submit(fetch_faces, source, chunks[0], detect) if chunks else None
+        pending = prefetch.submit(fetch_faces, source, chunks[0], detect, embedder) if chunks else None
         for i in range(len(chunks)):
             fetched = pending.result()
             if i + 1 < len(chunks):
-                pending = prefetch.submit(fetch_faces, source, chunks[i + 1], detect)
+                pending = prefetch.submit(fetch_faces, source, chunks[i + 1], detect, embedder)
             fetched_so_far += len(fetched)
             if fail_after is not None and fetched_so_far > fail_after:
                 raise RuntimeError(f"injected failure after {fail_after} probes")
-            rows.extend(_score_fetched(fetched, scorer, gallery, threshold, top_k))
+            rows.extend(_score_fetched(fetched, embedder, gallery, threshold, top_k))
     return rows
 
 
-def match_shard(run: dict, shard: int, storage_url: str | None, scorer: PairScorer, gallery: Gallery,
+def match_shard(run: dict, shard: int, storage_url: str | None, embedder: Embedder, gallery: Gallery,
                 threshold: float, fail_after: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Match one shard unless its results exist; returns its key and counts, never the rows."""
     store = open_storage(storage_url)
@@ -150,7 +149,7 @@ def match_shard(run: dict, shard: int, storage_url: str | None, scorer: PairScor
     start = time.perf_counter()
     params = run["params"]
     keys = store.read_parquet(catalog.match_shard_key(run["run_id"], shard))["key"].tolist()
-    rows = match_keys(open_storage(params["probes"]), keys, scorer, gallery, threshold, params["detect"],
+    rows = match_keys(open_storage(params["probes"]), keys, embedder, gallery, threshold, params["detect"],
                       params["top_k"], fail_after)
     buf = io.BytesIO()
     pq.write_table(results_table(rows), buf)

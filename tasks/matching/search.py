@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.scoring import PairScorer
+from model.scoring import PairHead
 from tasks.matching.gallery import Gallery
 
 UNKNOWN = "unknown"
@@ -29,7 +29,7 @@ def _identity_blocks(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return order, ids[starts], starts
 
 
-def _block_scores(scorer: PairScorer, probes: np.ndarray, gallery: np.ndarray, chunk: int = 1024) -> np.ndarray:
+def _block_scores(scorer: PairHead, probes: np.ndarray, gallery: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """(b, n) P(same) of probes x gallery rows. The cosine head is one matrix product (and a
     sigmoid); the other heads go through gallery chunks, so memory stays at b x chunk x D."""
     if scorer.kind == "cosine":
@@ -46,7 +46,7 @@ def _block_scores(scorer: PairScorer, probes: np.ndarray, gallery: np.ndarray, c
     return out
 
 
-def score_against_gallery(scorer: PairScorer, probes: np.ndarray, gallery: Gallery, top_k: int,
+def score_against_gallery(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: int,
                           block: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(top identity names (P, k), their P(same) (P, k)): each identity scores its best image."""
     if not len(gallery.identities):

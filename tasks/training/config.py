@@ -46,6 +46,15 @@ class TrainConfig(Params):
     margin_scale: float = Field(30.0, gt=0, description="CosFace scale s")
     hard_pair_weight: float = Field(0.0, ge=0, description="in_batch mode: > 0 weighs the hardest pairs of a batch "
                                                            "more (a softmax of their logits); 0: every pair alike")
+    teacher: Literal["none", "dlib"] = Field(
+        "none", description="dlib: distil dlib's pretrained ResNet (trained on outside data) into the student; "
+                            "its embeddings of the training split's images are computed once and cached")
+    distill_weight: float = Field(1.0, ge=0, description="with a teacher: weight of 1 - cos(student, teacher) per image")
+    relational_weight: float = Field(0.0, ge=0, description="with a teacher: weight of the squared difference "
+                                                            "between the student's and the teacher's in-batch cosines")
+    teacher_images_per_batch: int = Field(
+        64, ge=0, description="with a teacher: images of any training person (single-image people too) added to "
+                              "each batch, taught by the teacher alone")
     test_time_flip: bool = Field(True, description="embed each image and its mirror image and average them, in "
                                                    "evaluation and matching (recorded in the model's manifest)")
     early_stopping_patience: int = Field(50, ge=1, description="epochs without a better validation accuracy")

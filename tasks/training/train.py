@@ -114,7 +114,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     """Train, keep the best validation epoch, and publish the model to the registry."""
     from model.augment import PRESETS
     from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
-    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss
+    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss, TeacherDistillationLoss
     from model.networks import NetworkConfig, build_models
     from model.training_callbacks import (
         CosineSchedule,
@@ -150,22 +150,39 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     identify = config.pair_mode == "in_batch" and config.identification_weight > 0
     if config.pair_mode == "pairs" and config.identification_weight > 0:
         log("pairs mode has no identities per batch: the identification loss is off")
+    teacher = None
+    if config.teacher != "none":
+        if config.pair_mode != "in_batch":
+            raise ValueError("training with a teacher needs pair_mode in_batch (its batches carry the targets)")
+        from tasks.teacher.dlib_face import teacher_version
+        from tasks.teacher.stage import training_targets
+
+        teacher_info = teacher_version()  # first: a missing package is named before anything else
+        teacher = training_targets(store, config.dataset, config.protocol, index, pairs.frame)
+        log(f"teacher {config.teacher}: targets for {len(teacher.rows)} training images "
+            f"({teacher.errors} it could not read); {config.teacher_images_per_batch} of them join each batch")
+    outputs = tuple(name for name, on in (("pairs", True), ("classes", identify), ("teacher", teacher is not None))
+                    if on)
     with _distribution_scope(machine):  # several GPUs: one replica each (MirroredStrategy)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if config.pair_mode == "in_batch":
             data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
                                    config.images_per_person, config.steps_per_epoch, augment, config.seed,
-                                   outputs=("pairs", "classes") if identify else None, workers=2,
+                                   outputs=outputs if len(outputs) > 1 else None,
+                                   teacher_targets=teacher.targets if teacher else None,
+                                   extra_rows=teacher.rows if teacher else None,
+                                   extra_per_batch=config.teacher_images_per_batch, workers=2,
                                    use_multiprocessing=False)
-            models = build_models(net, identities=len(data.people) if identify else 0)
+            models = build_models(net, identities=len(data.people) if identify else 0, teacher=teacher is not None)
             trained = models.in_batch
             pair_loss, accuracy = InBatchPairLoss(config.hard_pair_weight), InBatchBalancedAccuracy()
-            if identify:
-                trained.compile(optimizer=optimizer,
-                                loss={"pairs": pair_loss,
-                                      "classes": MarginSoftmaxLoss(config.margin_scale, config.margin)},
-                                loss_weights={"pairs": 1.0, "classes": config.identification_weight},
-                                metrics={"pairs": [accuracy]})
+            if len(outputs) > 1:
+                losses = {"pairs": (pair_loss, 1.0),
+                          "classes": (MarginSoftmaxLoss(config.margin_scale, config.margin),
+                                      config.identification_weight),
+                          "teacher": (TeacherDistillationLoss(config.relational_weight), config.distill_weight)}
+                trained.compile(optimizer=optimizer, loss={o: losses[o][0] for o in outputs},
+                                loss_weights={o: losses[o][1] for o in outputs}, metrics={"pairs": [accuracy]})
             else:
                 trained.compile(optimizer=optimizer, loss=pair_loss, metrics=[accuracy])
         else:
@@ -237,6 +254,8 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
                                                                      "history.csv", "curve.png")}, {
             "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
             "machine": machine, "inference": {"flip": config.test_time_flip},
+            # a model that learned from outside data says so and names it; LFW-only models have none
+            "teacher": ({**teacher_info, "training_images": len(teacher.rows)} if teacher else None),
             "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": index_summary.tensors_sha256,
                      "index_sha256": index_summary.index_sha256, "dataset": config.dataset,
                      "protocol": config.protocol,
