@@ -15,6 +15,7 @@ def accuracy_clock(curve: list):
 
         def on_epoch_end(self, epoch, logs=None):
             curve.append({"epoch": epoch + 1, "minutes": (time.monotonic() - self.start) / 60,
-                          "val_accuracy": float(logs["val_pair_accuracy"]), "loss": float(logs["loss"])})
+                          "val_accuracy": float(logs["val_pair_accuracy"]), "loss": float(logs["loss"]),
+                          "val_threshold_accuracy": float(logs["val_threshold_accuracy"])})
 
     return AccuracyClock()

@@ -28,8 +28,8 @@ import numpy as np
 
 from storage import open_storage
 from tasks.data.prepared import load_index, read_index_summary, read_pairs
-from tasks.registry import load_scorer, read_manifest, resolve_version
-from tasks.teacher.steps import image_root
+from tasks.registry import load_scorer, model_preprocess, read_manifest, resolve_version
+from tasks.data.steps import extracted_images
 
 
 def _teacher_chunk(root: str, paths: list[str], box) -> list[np.ndarray]:
@@ -59,16 +59,20 @@ def main() -> None:
     candidates = index[index["error"].isna() & index["person"].isin(test_people)]["path"].tolist()
     random.Random(0).shuffle(candidates)
     paths = candidates[:args.photos]
-    root = str(image_root(config["dataset"]))
+    root = str(extracted_images(config["dataset"]))
     photos = [open(f"{root}/{p}", "rb").read() for p in paths]
     box = fallback_box(config["dataset"])
     print(f"{len(photos)} seeded photos of {config['dataset']}'s test people; {os.cpu_count()} cores")
 
     scorer = load_scorer(store, version)
-    scorer.embed(np.stack([faces_from_bytes(b)[0].pixels for b in photos[:256]]))  # warm-up
+    preprocess = model_preprocess(read_manifest(store, version))
+
+    def student_batch(batch):
+        return scorer.embed(np.stack([faces_from_bytes(b, preprocess=preprocess)[0].pixels for b in batch]))
+
+    student_batch(photos[:256])  # warm-up
     t0 = time.perf_counter()
-    student = np.concatenate([scorer.embed(np.stack([faces_from_bytes(b)[0].pixels for b in photos[i:i + 256]]))
-                              for i in range(0, len(photos), 256)])
+    student = np.concatenate([student_batch(photos[i:i + 256]) for i in range(0, len(photos), 256)])
     student_rate = len(photos) / (time.perf_counter() - t0)
     print(f"student {version} (flip {scorer.flip}): {student_rate:.0f} photos/s")
 

@@ -22,12 +22,12 @@ def _model(storage: str | None, model: str, embedder: str, detector: str | None)
     from storage import open_storage
     from tasks.evaluation.evaluate import read_report
     from tasks.matching.embedders import embedder_thresholds, make_embedder
-    from tasks.registry import load_scorer, resolve_version
+    from tasks.registry import resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)
     report = read_report(store, version)
-    return (store, version, make_embedder(embedder, lambda: load_scorer(store, version), report, version, detector),
+    return (store, version, make_embedder(embedder, store, version, report, detector),
             embedder_thresholds(embedder, report, version))
 
 
@@ -36,12 +36,13 @@ def cmd_match(args) -> int:
     from tasks.matching.search import UNKNOWN, resolve_threshold, score_against_gallery
 
     store, version, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
-    threshold = resolve_threshold(args.threshold, report)
+    resolve_threshold(args.threshold, report, 1)  # a wrong threshold fails before the gallery is enrolled
     enrolled = enrol(args.gallery, version, args.storage, args.detect, embedder=embedder, log=lambda _: None)
     if not enrolled.images:
         print(f"error: no usable images in the gallery {args.gallery}", file=sys.stderr)
         return 2
-    gallery = read_gallery(store, enrolled.embeddings_key)
+    threshold = resolve_threshold(args.threshold, report, enrolled.identities, args.unknown_rate)
+    gallery = read_gallery(store, enrolled.embeddings_key, enrolled.index)
     failed = 0
     for path in args.images:
         try:
@@ -60,7 +61,7 @@ def cmd_verify(args) -> int:
     from tasks.matching.search import resolve_threshold
 
     _, _, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
-    threshold = resolve_threshold(args.threshold, report)
+    threshold = resolve_threshold(args.verify_threshold, report, 1, args.unknown_rate)  # one identity: a pair
     embeddings = []
     for path in (args.a, args.b):
         try:
@@ -78,9 +79,11 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--storage", default=None,
                         help="where models and galleries are stored (default: SIAMESE_STORAGE or ./var/store)")
     common.add_argument("--model", "-m", default="champion", help="a model version, champion (default) or latest")
-    common.add_argument("--threshold", default="accuracy", help="accuracy (default), far, or a number")
-    common.add_argument("--detect", default="none", choices=DETECT_MODES,
-                        help="none: aligned LFW-style portraits (default); largest/all: find faces in photos")
+    common.add_argument("--unknown-rate", type=float, default=0.01,
+                        help="open_set: the share of never-enrolled faces allowed a name (default 0.01)")
+    common.add_argument("--detect", default="auto", choices=DETECT_MODES,
+                        help="auto (default): the training crop for photos in LFW's 250x250 frame, the detector for "
+                             "anything else; none: aligned portraits; largest/all: find faces in photos")
     common.add_argument("--detector", default=None, choices=DETECTORS,
                         help="with --detect largest/all: haar (OpenCV), dlib_hog or dlib_cnn (default: the "
                              "embedder's own, haar for the model and dlib_hog for dlib)")
@@ -92,8 +95,13 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     m = sub.add_parser("match", parents=[common], help="name the faces in images against a gallery")
     m.add_argument("--gallery", "-db", required=True, help="<identity>/<image> folder or s3:// prefix")
+    m.add_argument("--threshold", default="open_set",
+                   help="open_set (default: calibrated for this gallery's size and --unknown-rate), accuracy, far, "
+                        "or a number")
     m.add_argument("images", nargs="+", metavar="IMAGE")
     v = sub.add_parser("verify", parents=[common], help="are two images the same person?")
+    v.add_argument("--threshold", dest="verify_threshold", default="accuracy",
+                   help="accuracy (default), far, open_set (one identity: --unknown-rate as the pair's), or a number")
     v.add_argument("a")
     v.add_argument("b")
     return ap

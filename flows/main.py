@@ -33,8 +33,9 @@ from tasks.evaluation.champion import PROMOTION_METRIC
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.prefect_tasks import decide_promotion, promote
 from tasks.evaluation.report import fmt, learned_from_line, report_value
+from tasks.registry import read_champion
 from tasks.training.config import TrainConfig
-from tasks.training.train import TrainResult
+from tasks.training.train import TrainResult, selection_line
 
 
 @flow(name="siamese-faces", flow_run_name="main-{data.dataset}", log_prints=True)
@@ -51,7 +52,28 @@ def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = Train
     evaluated, decision = evaluate_and_decide(model.version, storage, evaluation)
     if decision["promote"]:
         promote(model.version, decision, storage)
-    return prepared, model, {"report_key": evaluated.report_key, "report": evaluated.report, **decision}
+    demo = demo_matching(storage)
+    return prepared, model, {"report_key": evaluated.report_key, "report": evaluated.report, **decision,
+                             "demo": demo}
+
+
+def demo_matching(storage: str | None) -> dict | None:
+    """The pipeline's last stage on the champion: a gallery of held-out people enrolled in the
+    storage and a batch of their other photos plus never-enrolled people matched in bulk."""
+    from flows.match import match_flow
+    from tasks.matching.config import MatchParams
+    from tasks.matching.prefect_tasks import demo_batch, demo_score
+
+    store = open_storage(storage)
+    version = read_champion(store)
+    if version is None:
+        return None
+    batch = demo_batch(version, storage)
+    if batch is None:
+        return None
+    summary = match_flow(MatchParams(probes=batch.probes_url, gallery=batch.gallery_url, model=version), storage)
+    return {**demo_score(batch, summary, storage), "version": version, "threshold": summary["threshold"],
+            "run_id": summary["run_id"], "results": summary["results_prefix"]}
 
 
 def checked_training(data: DataParams, train: TrainConfig | None) -> TrainConfig | None:
@@ -139,12 +161,18 @@ def report(result: DataResult, storage_url: str | None, seconds: float, model: T
     if model:
         m = model.metrics
         out.append(f"model: {store.uri(catalog.model_prefix(model.version))}: trained {model.wall_seconds / 60:.1f} "
-                   f"min on {model.manifest['machine']['device']}; epoch {m['best_epoch']} of {m['epochs_run']} "
-                   f"kept for its validation accuracy at P(same) 0.5: {m['val_accuracy']:.4f}")
+                   f"min on {model.manifest['machine']['device']}; {selection_line(m)}")
     if evaluation:
         out.append(f"evaluation: {store.uri(evaluation['report_key'])}")
         out += _evaluation_lines(evaluation["report"])
         out.append(f"champion: {'promoted' if evaluation['promote'] else 'kept'} ({evaluation['reason']})")
+        demo = evaluation.get("demo")
+        if demo:
+            out.append(f"matching: {demo['known_probes'] + demo['never_enrolled_probes']} photos of held-out people "
+                       f"matched in bulk by the champion {demo['version']} against a gallery of "
+                       f"{demo['gallery_people']} of them (one photo each), threshold {demo['threshold']:.4f}: "
+                       f"rank-1 {demo['rank1']:.4f}, rank-5 {demo['rank5']:.4f}; {demo['never_enrolled_called_unknown']:.4f} "
+                       f"of the {demo['never_enrolled_probes']} never-enrolled called unknown; results {demo['results']}")
     out.append(f"total {seconds:.1f} s")
     return "\n".join(out)
 

@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow, unmapped
+from prefect import flow
+from prefect.futures import as_completed, wait
 from prefect.artifacts import create_progress_artifact
 
 from flows.args import add_model_arguments, model_from_arguments
 from tasks.matching.config import EnrolParams, MatchParams
-from tasks.matching.prefect_tasks import enrol_gallery, list_probe_shards, match_one_shard, resolve_model, summarize
+from tasks.matching.prefect_tasks import (
+    enrol_gallery,
+    list_probe_shards,
+    match_one_shard,
+    resolve_match_threshold,
+    resolve_model,
+    summarize,
+)
 from tasks.matching.runs import run_params
 
 
 @flow(name="enrol", flow_run_name="enrol-{params.model}", log_prints=True)
 def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) -> dict:
     """Embed ``<gallery>/<identity>/<image>`` with a model version (``champion`` by default)."""
-    version, _ = resolve_model(params.model, storage, None)
+    version = resolve_model(params.model, storage)
     return enrol_gallery(params.gallery_url(), version, storage, params.detect, params.embedder, params.detector)
 
 
@@ -28,23 +36,37 @@ def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) 
 def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     """Match every probe image (a folder, an S3 prefix, or a manifest of keys under it) against the
     gallery; per face: the top identities with scores, or ``unknown`` below the threshold."""
-    version, limit = resolve_model(params.model, storage, params.threshold, params.embedder)
+    version = resolve_model(params.model, storage)
     resolved = run_params(params, version)
     enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.embedder, params.detector)
     if not enrolled["images"]:
         raise ValueError(f"the gallery {resolved.gallery} has no usable <identity>/<image> files: nothing to "
                          "match against")
-    run = list_probe_shards(resolved, storage)
+    limit = resolve_match_threshold(version, storage, params, enrolled["identities"])
+    run = list_probe_shards(resolved, storage, enrolled["sha256"])
     progress = create_progress_artifact(progress=0.0, description=f"match run {run['run_id']}: shards done")
-    futures = match_one_shard.map(unmapped(run), range(run["shards"]), unmapped(storage), unmapped(enrolled),
-                                  unmapped(limit), unmapped(progress))
-    futures.wait()
+    futures = bounded_submit(lambda shard: match_one_shard.submit(run, shard, storage, enrolled, limit, progress),
+                             range(run["shards"]), params.concurrent_shards)
     failed = [f for f in futures if f.state.is_failed()]
     summary = summarize(run, storage)
     if failed:
         raise RuntimeError(f"{len(failed)} of {run['shards']} shards failed; re-run the same command to resume "
                            f"(finished shards are kept)")
     return {**summary, "threshold": limit, "model_version": version, "gallery": enrolled}
+
+
+def bounded_submit(submit, items, limit: int) -> list:
+    """``submit(item)`` for every item, never more than ``limit`` unfinished at once (a new one starts
+    as soon as any finishes); returns every future once all are done."""
+    running, done = [], []
+    for item in items:
+        if len(running) >= limit:
+            finished = next(as_completed(running))
+            running.remove(finished)
+            done.append(finished)
+        running.append(submit(item))
+    wait(running)
+    return done + running
 
 
 def parse_args(argv: list[str]):

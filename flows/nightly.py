@@ -24,7 +24,7 @@ from tasks.training.config import TrainConfig
 
 @flow(name="nightly-retrain", flow_run_name="nightly-{data.dataset}", log_prints=True)
 def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(),
-                 evaluation: EvalConfig = EvalConfig(), gallery: str | None = None, detect: Detect = "none",
+                 evaluation: EvalConfig = EvalConfig(), gallery: str | None = None, detect: Detect = "auto",
                  metric: str = PROMOTION_METRIC, min_gain: float = 0.0, storage: str | None = None) -> dict:
     """``gallery``: re-enrolled for a new champion; default: the SIAMESE_GALLERY setting where it runs."""
     train = checked_training(data, train)

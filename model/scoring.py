@@ -110,6 +110,34 @@ class PairScorer(PairHead):
         return out
 
 
+class RowEmbeddings:
+    """Embeddings of numbered images (tensor-store rows), one array per pass (test-time
+    augmentation), scored by a head: what evaluation scores every embedder through."""
+
+    def __init__(self, head: PairHead | None, rows: np.ndarray, passes: list[np.ndarray]):
+        self.head, self.rows, self.passes = head, np.asarray(rows, dtype=np.int64), passes
+        self.position = np.full(int(self.rows.max()) + 1 if len(self.rows) else 0, -1, dtype=np.int64)
+        self.position[self.rows] = np.arange(len(self.rows))
+
+    def _positions(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        if rows.size and rows.max() >= len(self.position):
+            raise ValueError("asked for images that were not embedded")
+        position = self.position[rows]
+        if (position < 0).any():
+            raise ValueError("asked for images that were not embedded")
+        return position
+
+    def plain(self, rows) -> np.ndarray:
+        """The plain (not augmented) embeddings of these rows."""
+        return self.passes[0][self._positions(rows)]
+
+    def scores(self, left_rows, right_rows) -> np.ndarray:
+        """P(same) of row pairs (or (T, N) arrays of rows), averaged over the passes."""
+        left, right = self._positions(left_rows), self._positions(right_rows)
+        return np.mean([self.head.score_pairs(e, left, right) for e in self.passes], axis=0)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype="float64")
     return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))

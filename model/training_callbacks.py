@@ -22,9 +22,21 @@ def cosine_learning_rate(epoch: int, epochs: int, peak: float, warmup: int = 2, 
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def best_threshold_accuracy(scores: np.ndarray, same: np.ndarray) -> float:
+    """The highest accuracy any threshold on ``scores`` reaches (every cut between sorted scores)."""
+    order = np.argsort(-np.asarray(scores, dtype="float64"), kind="stable")
+    y = (np.asarray(same)[order] >= 0.5).astype(np.int64)
+    negatives = len(y) - int(y.sum())
+    # accepting the top k: tp(k) + tn(k) right; k = 0 accepts nothing
+    right = np.concatenate([[negatives], np.cumsum(y) + negatives - np.cumsum(1 - y)])
+    return float(right.max() / max(1, len(y)))
+
+
 class PairValidation(keras.callbacks.Callback):
     """Scores the fixed validation pairs with the pair model after every epoch (no augmentation)
-    and adds ``val_pair_accuracy`` / ``val_pair_loss`` to the logs, whatever the training mode."""
+    and adds ``val_pair_accuracy`` (at P(same) 0.5), ``val_pair_loss`` and
+    ``val_threshold_accuracy`` (at the best threshold, whatever the head's calibration) to the
+    logs, whatever the training mode."""
 
     def __init__(self, pair_model, tensors, left, right, same, batch_size: int = 256):
         super().__init__()
@@ -39,6 +51,7 @@ class PairValidation(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         logs["val_pair_accuracy"] = float(np.mean((p >= 0.5) == (self.same >= 0.5)))
         logs["val_pair_loss"] = float(-np.mean(self.same * np.log(p) + (1 - self.same) * np.log(1 - p)))
+        logs["val_threshold_accuracy"] = best_threshold_accuracy(p.reshape(-1), self.same)
 
 
 class TrainingClock(keras.callbacks.Callback):

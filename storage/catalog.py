@@ -3,10 +3,11 @@
     datasets/<dataset>/index.parquet, index.json, tensors/<preprocess id>.npy, skew.md, skew.csv
     datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
                                         images_per_person_<split>.png
-    datasets/<dataset>/teacher/<teacher>/<training|evaluation>/<part>.parquet
+    datasets/<dataset>/teacher/<teacher>/<training|evaluation>/<part>.parquet, teacher.json
+    demo/<dataset>/gallery/<person>/<file>, demo/<dataset>/probes/<file>
     models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
     models/champion.json
-    galleries/<gallery id>/<version>/embeddings.parquet, manifest.json
+    galleries/<gallery id>/<version>/embeddings.parquet, manifest.json, index-<embeddings sha256>.faiss
     matches/<run id>/run.json, shards/<NNNNN>.parquet, results/<NNNNN>.parquet
 """
 from __future__ import annotations
@@ -75,6 +76,15 @@ def teacher_part_key(dataset: str, teacher: str, purpose: str, part: str) -> str
     return teacher_prefix(dataset, teacher, purpose) + f"{part}.parquet"
 
 
+def demo_gallery_prefix(dataset: str) -> str:
+    """The main job's demo gallery (held-out people, one photo each) and probe batch."""
+    return _join("demo", dataset, "gallery")
+
+
+def demo_probes_prefix(dataset: str) -> str:
+    return _join("demo", dataset, "probes")
+
+
 # --- models ----------------------------------------------------------------------------------
 
 MODELS_PREFIX = "models/"
@@ -129,6 +139,11 @@ def gallery_embeddings_key(gallery_id: str, version: str) -> str:
 
 def gallery_manifest_key(gallery_id: str, version: str) -> str:
     return _join(gallery_prefix(gallery_id, version), "manifest.json")
+
+
+def gallery_index_key(gallery_id: str, version: str, embeddings_sha256: str) -> str:
+    """The search index built from exactly the embeddings with this checksum."""
+    return _join(gallery_prefix(gallery_id, version), f"index-{embeddings_sha256[:16]}.faiss")
 
 
 # --- matching runs ---------------------------------------------------------------------------

@@ -41,17 +41,28 @@ def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+class OutsideStorageError(NotFoundError):
+    """A key's file lies outside the storage's folder (through a link); to every reader it does not
+    exist there, and the message says why."""
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.url = self.root.as_uri()
 
     def path(self, key: str) -> Path:
-        return self.root / normalize_key(key)
+        """The file of ``key``; a key whose file or folder is a link out of the root is refused
+        (a probe folder's link to /etc/passwd is an error row, never read)."""
+        path = self.root / normalize_key(key)
+        if not path.resolve().is_relative_to(self.root):
+            raise OutsideStorageError(f"{self.uri(key)} leads outside {self.root} (a symbolic link): refused")
+        return path
 
     def read_bytes(self, key: str) -> bytes:
+        path = self.path(key)
         try:
-            return self.path(key).read_bytes()
+            return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFoundError(f"{self.uri(key)} does not exist") from None
 

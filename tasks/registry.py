@@ -66,6 +66,18 @@ def load_scorer(store: Storage, version: str, flip: bool | None = None):
     return PairScorer(load_model(store, version, PAIR_MODEL), flip=flip)
 
 
+def model_preprocess(manifest: dict):
+    """How the model's training faces were cut (crop box, size, grey or colour), so enrolment and
+    matching cut theirs alike; for models registered before it was recorded, their dataset's."""
+    from tasks.data.datasets import get_dataset
+    from tasks.images import PreprocessConfig
+
+    recorded = manifest.get("preprocess")
+    if recorded:
+        return PreprocessConfig(**recorded)
+    return PreprocessConfig(crop_box=get_dataset(manifest["config"]["dataset"]).crop_box)
+
+
 def read_champion(store: Storage) -> str | None:
     pointer = store.read_json_or_none(catalog.CHAMPION_KEY)
     return pointer["version"] if pointer else None

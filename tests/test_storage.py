@@ -1,4 +1,4 @@
-"""Every storage operation, on a local directory and on a real S3 endpoint (moto server)."""
+"""Every storage operation, on a local directory, a real S3 server (SeaweedFS) and moto's server."""
 from __future__ import annotations
 
 import pandas as pd
@@ -9,11 +9,11 @@ from storage.local import LocalStorage
 from storage.s3 import S3Storage
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "seaweedfs", "moto"])
 def store(request, tmp_path):
     if request.param == "local":
         return open_storage(str(tmp_path / "store"))
-    bucket = request.getfixturevalue("s3_bucket")
+    bucket = request.getfixturevalue("seaweed_bucket" if request.param == "seaweedfs" else "s3_bucket")
     return open_storage(f"s3://{bucket}/some/prefix")
 
 
@@ -91,6 +91,32 @@ def test_upload_and_download_files(store, tmp_path):
 def test_keys_cannot_escape_the_location(store, bad):
     with pytest.raises(ValueError):
         store.write_bytes(bad, b"x")
+
+
+def test_a_local_link_out_of_the_folder_is_refused(tmp_path):
+    from storage.local import OutsideStorageError
+    from tasks.matching.gallery import fetch_faces
+    from tests.fakes import jpeg
+
+    secret = tmp_path / "outside" / "secret.jpg"
+    secret.parent.mkdir()
+    secret.write_bytes(jpeg(1))
+    root = tmp_path / "probes"
+    (root / "inside").mkdir(parents=True)
+    (root / "inside" / "ok.jpg").write_bytes(jpeg(2))
+    (root / "inside" / "link.jpg").symlink_to(secret)
+    (root / "linked_dir").symlink_to(secret.parent, target_is_directory=True)
+    store = LocalStorage(root)
+    assert store.read_bytes("inside/ok.jpg") == jpeg(2)
+    for key in ("inside/link.jpg", "linked_dir/secret.jpg"):
+        with pytest.raises(OutsideStorageError, match="outside"):
+            store.read_bytes(key)
+        with pytest.raises(OutsideStorageError):
+            store.write_bytes(key, b"x")
+    assert secret.read_bytes() == jpeg(1)  # never written through the link
+    # in a batch the link is one error row, the rest is matched
+    found = {key: error for key, _, error in fetch_faces(store, ["inside/ok.jpg", "inside/link.jpg"], "none")}
+    assert found["inside/ok.jpg"] is None and "refused" in found["inside/link.jpg"]
 
 
 def test_local_write_is_atomic(tmp_path):

@@ -198,7 +198,7 @@ def test_the_student_learns_the_teacher_and_the_report_says_so(tiny_disjoint):
     for i, person in enumerate(("Ann", "Bob", "Cy")):
         (gallery_dir / person).mkdir(parents=True)
         (gallery_dir / person / "1.jpg").write_bytes(jpeg(900 + i))
-    embedder = make_embedder("dlib", None, report, result.version)
+    embedder = make_embedder("dlib", store, result.version, report)
     enrolled = enrol(str(gallery_dir), result.version, tiny_disjoint, embedder=embedder, log=lambda _: None)
     assert enrolled.images == 3 and "/dlib_resnet_v1/" in enrolled.embeddings_key
     threshold = resolve_threshold("accuracy", report["teacher"])

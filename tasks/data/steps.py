@@ -46,6 +46,22 @@ def cache_dir(dataset: str) -> Path:
     return siamese_home() / "cache" / dataset
 
 
+class ExtractedImagesError(ValueError):
+    """A stage needs the dataset's original photos on this machine; the message says what to run."""
+
+
+def extracted_images(dataset: str) -> Path:
+    """The extracted original photos of ``dataset`` (the teacher and the demo need the whole frame in
+    colour, which the tensor store does not keep)."""
+    from tasks.data.archive import extraction_marker
+
+    root = cache_dir(dataset) / "images"
+    if not extraction_marker(root).is_file():
+        raise ExtractedImagesError(f"the original photos of {dataset} are read from {root}, which this machine has "
+                                   f"not extracted: run the data flow for {dataset} here first")
+    return root
+
+
 # --- download ------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from model.augment import AugmentConfig
-from model.scoring import PairScorer
+from model.scoring import PairScorer, RowEmbeddings
 from storage import Storage, catalog, open_storage
 from storage.manifests import same_inputs
 from tasks.data.prepared import load_index, load_tensors, pairs_exist, read_index_summary, read_pairs
@@ -28,6 +28,7 @@ from tasks.evaluation.metrics import (
     accuracy_threshold,
     classification_metrics,
     far_threshold,
+    open_set_curve,
     roc_metrics,
     score_histogram,
     tenfold_accuracy,
@@ -35,10 +36,12 @@ from tasks.evaluation.metrics import (
 from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
 from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
+from tasks.images import PreprocessConfig
 from tasks.registry import load_scorer, read_champion, read_manifest
 
-EVAL_FORMAT = 4  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
-# threshold; 4: the teacher beside the student, embedding throughput, what the model learned from
+EVAL_FORMAT = 5  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
+# threshold; 4: the teacher beside the student, embedding throughput, what the model learned from;
+# 5: the open-set threshold curve (every different-person validation pair)
 
 
 @dataclass
@@ -51,31 +54,15 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)  # name -> storage key
 
 
-class EmbeddedImages:
-    """Embeddings of the tensor-store rows an evaluation needs, one array per TTA pass."""
+class EmbeddedImages(RowEmbeddings):
+    """The model's embeddings of the tensor-store rows an evaluation needs, one array per TTA pass."""
 
     def __init__(self, scorer: PairScorer, tensors: np.ndarray, rows: np.ndarray, tta_passes: int, seed: int):
-        self.scorer = scorer
-        self.rows = np.unique(np.asarray(rows, dtype=np.int64))
-        self.position = np.full(len(tensors), -1, dtype=np.int64)
-        self.position[self.rows] = np.arange(len(self.rows))
-        images = tensors[self.rows]
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        images = tensors[rows]
         rng = np.random.default_rng(seed)
-        self.passes = [scorer.embed(images)] + [scorer.embed(images, AugmentConfig(), rng) for _ in range(tta_passes)]
-
-    def _positions(self, rows) -> np.ndarray:
-        position = self.position[np.asarray(rows)]
-        if (position < 0).any():
-            raise ValueError("asked for images that were not embedded")
-        return position
-
-    def plain(self, rows) -> np.ndarray:
-        """The plain (not augmented) embeddings of these tensor-store rows."""
-        return self.passes[0][self._positions(rows)]
-
-    def scores(self, left_rows, right_rows) -> np.ndarray:
-        left, right = self._positions(left_rows), self._positions(right_rows)
-        return np.mean([self.scorer.score_pairs(e, left, right) for e in self.passes], axis=0)
+        super().__init__(scorer, rows, [scorer.embed(images)] +
+                         [scorer.embed(images, AugmentConfig(), rng) for _ in range(tta_passes)])
 
 
 def _rows(pairs: pd.DataFrame, row_of: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +151,8 @@ def score_model(emb, head, data: EvaluationData, config: EvalConfig) -> dict:
     val_labels, val_scores = scored["validation"]
     thresholds = {"accuracy": accuracy_threshold(val_labels, val_scores),
                   "far": far_threshold(val_labels, val_scores, config.calibrate_far),
-                  "far_target": config.calibrate_far, "calibrated_on": f"{data.dataset}/{data.protocol}/validation"}
+                  "far_target": config.calibrate_far, "calibrated_on": f"{data.dataset}/{data.protocol}/validation",
+                  "open_set": open_set_curve(validation_different_scores(emb, by_split["validation"], row_of))}
     splits = {s: _split_report(*scored[s], thresholds, config.far_targets) for s in scored}
     if "test" in splits:  # each test pair right (1) or wrong (0), in pair order: promotion compares models pair by pair
         test_labels, test_scores = scored["test"]
@@ -208,6 +196,24 @@ def score_model(emb, head, data: EvaluationData, config: EvalConfig) -> dict:
             "identification": identification, "curves": curves, "by_split": by_split, "scores": scored}
 
 
+def validation_different_scores(emb, validation: pd.DataFrame, row_of: pd.Series, limit: int = 2_000_000
+                                ) -> np.ndarray:
+    """Scores of every different-person pair of the validation images (not only the pairs table's):
+    the hundreds of thousands a gallery-sized false-accept rate needs (seeded sample above ``limit``)."""
+    images = pd.concat([validation[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
+                        validation[["right_image", "right_person"]].set_axis(["image", "person"], axis=1)]
+                       ).drop_duplicates("image")
+    rows, people = row_of[images["image"]].to_numpy(), pd.factorize(images["person"])[0]
+    left, right = np.triu_indices(len(rows), k=1)
+    different = people[left] != people[right]
+    left, right = left[different], right[different]
+    if len(left) > limit:
+        keep = np.random.default_rng(0).choice(len(left), limit, replace=False)
+        left, right = left[keep], right[keep]
+    return np.concatenate([emb.scores(rows[left[i:i + 100_000]], rows[right[i:i + 100_000]])
+                           for i in range(0, len(left), 100_000)])
+
+
 def teacher_for(config: EvalConfig, manifest: dict) -> str | None:
     """The teacher to score beside the model: the one asked for, or with ``auto`` the model's own."""
     if config.teacher == "auto":
@@ -216,7 +222,8 @@ def teacher_for(config: EvalConfig, manifest: dict) -> str | None:
 
 
 def evaluate_teacher(teacher: str, store: Storage, storage_url: str | None, index: pd.DataFrame,
-                     data: EvaluationData, student, config: EvalConfig, log: Callable[[str], None]) -> dict:
+                     data: EvaluationData, student, preprocess, config: EvalConfig,
+                     log: Callable[[str], None]) -> dict:
     """The teacher on exactly the student's pairs, tasks and people (its embeddings cached), its
     P(same) a cosine head fitted on validation only, and both embedders' throughput measured now."""
     from tasks.teacher.steps import TeacherEmbeddings, compare_throughput
@@ -228,7 +235,7 @@ def evaluate_teacher(teacher: str, store: Storage, storage_url: str | None, inde
     scored = score_model(t_emb, t_emb.head, data, config)
     for unused in ("by_split", "scores"):
         scored.pop(unused)
-    throughput = compare_throughput(student, index.iloc[np.sort(rows)[:: max(1, len(rows) // 48)][:48]],
+    throughput = compare_throughput(student, preprocess, index.iloc[np.sort(rows)[:: max(1, len(rows) // 48)][:48]],
                                     data.dataset, log)
     return {**t_emb.describe(), **scored, "throughput": throughput}
 
@@ -280,8 +287,8 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     scored = score_model(emb, scorer, data, config)
     thresholds, splits = scored["thresholds"], scored["splits"]
     teacher_name = teacher_for(config, manifest)
-    teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer, config, log)
-               if teacher_name else None)
+    teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer,
+                                PreprocessConfig(**summary.preprocess), config, log) if teacher_name else None)
 
     files: dict[str, bytes] = {}
     curves = scored.pop("curves")

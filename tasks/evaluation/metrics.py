@@ -67,6 +67,32 @@ def far_threshold(labels, scores, far: float) -> float:
     return float(np.nextafter(negatives[allowed], np.inf))  # accepts at most `allowed` negatives, even with ties
 
 
+def open_set_curve(different_scores: np.ndarray) -> dict:
+    """Thresholds for pair false-accept rates from 1e-2 down to the smallest these different-person
+    scores can resolve (one in n): what matching turns into a threshold for a gallery of any size."""
+    negatives = np.sort(np.asarray(different_scores, dtype="float64"))[::-1]
+    if negatives.size == 0:
+        raise ValueError("open_set_curve needs different-person scores")
+    fars = [f for f in np.logspace(-2, -8, 25) if f * negatives.size >= 1.0]
+    return {"different_pairs": int(negatives.size), "pair_far": [float(f) for f in fars],
+            "threshold": [float(np.nextafter(negatives[int(math.floor(f * negatives.size + 1e-9))], np.inf))
+                          for f in fars]}
+
+
+def open_set_threshold(curve: dict, gallery_identities: int, unknown_rate: float) -> tuple[float, float, bool]:
+    """(threshold, the pair FAR it stands for, whether that FAR lay within the measured range) for a
+    gallery of ``gallery_identities``: a never-enrolled face is accepted if it beats the threshold
+    against any of them, so each pair may false-accept at most 1 - (1 - rate)^(1/G) ~ rate / G."""
+    pair_far = 1.0 - (1.0 - unknown_rate) ** (1.0 / max(1, gallery_identities))
+    fars, thresholds = np.asarray(curve["pair_far"]), np.asarray(curve["threshold"])
+    if pair_far < fars[-1]:  # finer than the validation pairs resolve: the strictest measured one
+        return float(thresholds[-1]), float(fars[-1]), False
+    if pair_far >= fars[0]:
+        return float(thresholds[0]), float(fars[0]), True
+    # fars fall, thresholds rise: interpolate in log(FAR)
+    return float(np.interp(np.log(pair_far), np.log(fars[::-1]), thresholds[::-1])), float(pair_far), True
+
+
 def roc_metrics(labels, scores, fars=(1e-2, 1e-3)) -> dict:
     """ROC curve, AUC, equal error rate and TAR at the given FARs (the highest TPR with FPR <= FAR).
 

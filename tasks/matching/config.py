@@ -10,8 +10,9 @@ from tasks.matching.embedders import EmbedderName
 from tasks.matching.faces import Detect, Detector
 
 ModelRef = Field("champion", description="a registered model version, champion or latest")
-DetectField = Field("none", description="none: aligned LFW-style portraits; largest/all: find faces in photos "
-                                        "(OpenCV's Haar cascade; dlib's HOG detector with embedder dlib)")
+DetectField = Field("auto", description="auto: the training crop for photos in LFW's 250x250 frame, the detector "
+                                        "for anything else; none: every photo is an aligned portrait; largest/all: "
+                                        "find faces in photos (the detector's largest, or all)")
 DetectorField = Field(None, description="haar (OpenCV), dlib_hog or dlib_cnn (dlib-bin); default: the embedder's "
                                          "own (haar for the model, dlib_hog for dlib)")
 EmbedderField = Field("model", description="model: the registered model (fast); dlib: dlib's pretrained ResNet "
@@ -42,10 +43,15 @@ class MatchParams(Params):
     embedder: EmbedderName = EmbedderField
     detector: Detector | None = DetectorField
     top_k: int = Field(5, ge=1, description="identities reported per face")
-    threshold: Literal["accuracy", "far"] | float = Field(
-        "accuracy", description="below it a face is 'unknown': a threshold calibrated on validation by the "
-                                "evaluation (accuracy, far) or a number")
+    threshold: Literal["open_set", "accuracy", "far"] | float = Field(
+        "open_set", description="below it a face is 'unknown'. open_set: calibrated on validation for this gallery's "
+                                "size, so at most unknown_rate of never-enrolled faces get a name; accuracy / far: "
+                                "the pair thresholds (best accuracy; false accepts <= 1e-3 per pair); or a number")
+    unknown_rate: float = Field(0.01, gt=0, lt=1, description="open_set: the share of never-enrolled faces allowed "
+                                                               "to be named as someone")
     shard_size: int = Field(2000, ge=1, description="probes per shard task")
+    concurrent_shards: int = Field(2, ge=1, description="shards matched at once (each embeds on every core and "
+                                                        "fetches on the process's shared pool of 16 threads)")
 
     def gallery_url(self) -> str:
         return resolve_gallery(self.gallery)

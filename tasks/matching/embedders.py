@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from model.scoring import PairHead, PairScorer, cosine_head
-from tasks.images import ImageDecodeError, crop_box_for, decode
+from tasks.images import LFW_FRAME, ImageDecodeError, PreprocessConfig, crop_box_for, decode
 from tasks.matching.faces import Detector, Face, faces_from_bytes
 
 EmbedderName = Literal["model", "dlib"]
@@ -33,20 +33,24 @@ class Embedder(Protocol):
 
 
 class ModelEmbedder:
-    def __init__(self, scorer: PairScorer, version: str, detector: Detector | None = None):
+    """``preprocess``: how the model's training faces were cut (its manifest's), applied to every photo."""
+
+    def __init__(self, scorer: PairScorer, version: str, detector: Detector | None = None,
+                 preprocess: PreprocessConfig = PreprocessConfig()):
         self.head, self.dim, self.name = scorer, scorer.dim, version
-        self.detector = detector or "haar"
+        self.detector, self.preprocess = detector or "haar", preprocess
 
     def faces(self, data: bytes, detect: str) -> list[Face]:
-        return faces_from_bytes(data, detect, detector_name=self.detector)
+        return faces_from_bytes(data, detect, self.preprocess, self.detector)
 
     def embed(self, faces: list[Face]) -> np.ndarray:
         return self.head.embed(np.stack([f.pixels for f in faces]))
 
 
 class DlibEmbedder:
-    """``detect="none"``: the photo is an LFW-framed portrait, its face where dlib finds LFW's; else
-    dlib's HOG detector (the largest face, or all). One set of dlib models per thread."""
+    """``detect="none"`` (and ``auto`` for a photo in LFW's 250x250 frame): an LFW-framed portrait,
+    its face where dlib finds LFW's; else dlib's HOG detector (the largest face, or all). One set of
+    dlib models per thread."""
 
     def __init__(self, head: PairHead, detector: Detector | None = None):
         from tasks.teacher.dlib_face import FALLBACK_BOXES, TEACHER_NAME, check_available
@@ -70,6 +74,8 @@ class DlibEmbedder:
     def faces(self, data: bytes, detect: str) -> list[Face]:
         rgb = decode(data, grey=False)
         models = self._models()
+        if detect == "auto":
+            detect = "none" if rgb.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
         if detect == "none":
             boxes = [crop_box_for(rgb.shape[1], rgb.shape[0], self._portrait_box)]
         else:
@@ -98,12 +104,19 @@ def teacher_calibration(report: dict | None, version: str) -> dict:
     return teacher
 
 
-def make_embedder(name: EmbedderName, scorer_of, report: dict | None, version: str,
+def model_embedder(store, version: str, detector: Detector | None = None) -> ModelEmbedder:
+    """The registered model ``version`` with its own preprocessing (from its manifest)."""
+    from tasks.registry import load_scorer, model_preprocess, read_manifest
+
+    return ModelEmbedder(load_scorer(store, version), version, detector, model_preprocess(read_manifest(store, version)))
+
+
+def make_embedder(name: EmbedderName, store, version: str, report: dict | None,
                   detector: Detector | None = None) -> Embedder:
-    """``scorer_of()`` loads the model's scorer (only for ``model``); ``detector`` None: the embedder's
-    own (Haar for the model, dlib's HOG for dlib)."""
+    """``name`` for model ``version`` (its evaluation ``report`` calibrates the dlib embedder);
+    ``detector`` None: the embedder's own (Haar for the model, dlib's HOG for dlib)."""
     if name == "model":
-        return ModelEmbedder(scorer_of(), version, detector)
+        return model_embedder(store, version, detector)
     if name == "dlib":
         calibration = teacher_calibration(report, version)["calibration"]
         return DlibEmbedder(cosine_head(calibration["scale"], calibration["bias"]), detector)

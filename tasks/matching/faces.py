@@ -1,9 +1,13 @@
 """From any photo's bytes to the face tensors the model takes, with a clear reason when it can't.
 
-Photos are decoded by ``tasks.images.decode``; faces are then cut out with the training geometry:
+Photos are decoded by ``tasks.images.decode``; faces are then cut out as the model's training data
+was (its manifest's preprocessing: crop box, size, grey or colour):
 
-  detect="none"     the photo is an aligned LFW-style portrait: the training crop (LFWcrop's box,
-                    scaled to the photo's size); on a 250x250 photo exactly the tensor store's pixels
+  detect="auto"     the default: "none" for a photo in LFW's 250x250 frame, "largest" otherwise
+
+  detect="none"     the photo is an aligned portrait framed like the training photos: the model's
+                    crop box scaled to the photo's size (LFW: on a 250x250 photo exactly the tensor
+                    store's pixels; a dataset without a crop box: the whole photo)
   detect="largest"  the detector's largest face
   detect="all"      every face it finds
 
@@ -20,9 +24,9 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from tasks.images import FACE_SIZE, LFW_CROP_BOX, ImageDecodeError, crop_box_for, cut_face, decode
+from tasks.images import LFW_CROP_BOX, LFW_FRAME, ImageDecodeError, PreprocessConfig, crop_box_for, cut_face, decode
 
-Detect = Literal["none", "largest", "all"]
+Detect = Literal["auto", "none", "largest", "all"]
 DETECT_MODES: tuple[str, ...] = Detect.__args__
 Detector = Literal["haar", "dlib_hog", "dlib_cnn"]
 DETECTORS: tuple[str, ...] = Detector.__args__
@@ -34,7 +38,7 @@ CROP_FROM_DETECTION = {"haar": (-0.0084, 0.0756, 0.7217), "dlib_hog": None, "dli
 @dataclass(frozen=True)
 class Face:
     box: tuple[int, int, int, int]  # x, y, width, height in the (EXIF-rotated) photo
-    pixels: np.ndarray  # uint8 (size, size), grey
+    pixels: np.ndarray  # uint8 (size, size) grey, or (size, size, 3) for a colour model
 
 
 _cascade = None
@@ -74,36 +78,63 @@ def detect_boxes(grey: np.ndarray, detector_name: Detector = "haar") -> list[tup
     return sorted((tuple(int(v) for v in b) for b in boxes), key=lambda b: -b[2] * b[3])
 
 
-def _square_crop(grey: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
-    """A square around (cx, cy), padded by reflection where it leaves the photo, resized (INTER_AREA)."""
-    half = side / 2.0
-    x0, y0, x1, y1 = (int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half))
-    pad = max(0, -x0, -y0, x1 - grey.shape[1], y1 - grey.shape[0])
+def _cut(pixels: np.ndarray, x0: float, y0: float, x1: float, y1: float, size: int) -> np.ndarray:
+    """The region (x0, y0)-(x1, y1), padded by reflection where it leaves the photo, resized (INTER_AREA)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
+    pad = max(0, -x0, -y0, x1 - pixels.shape[1], y1 - pixels.shape[0])
     if pad:
-        grey = cv2.copyMakeBorder(grey, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    return cv2.resize(grey[y0 + pad:y1 + pad, x0 + pad:x1 + pad], (size, size), interpolation=cv2.INTER_AREA)
+        pixels = cv2.copyMakeBorder(pixels, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    return cv2.resize(pixels[y0 + pad:y1 + pad, x0 + pad:x1 + pad], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def find_faces(grey: np.ndarray, detect: Detect = "none", size: int = FACE_SIZE,
+def _model_crop(pixels: np.ndarray, box: tuple[int, int, int, int], detector_name: Detector,
+                preprocess: PreprocessConfig) -> np.ndarray:
+    """A detection -> the model's own crop. The measured constants place LFWcrop's box around the
+    detection; that box fixes the LFW-style 250x250 frame around the face, and the model's crop box
+    (in that frame; none: the whole frame) is cut from it."""
+    x, y, w, h = box
+    dx, dy, scale = CROP_FROM_DETECTION[detector_name]
+    left, top, right, bottom = LFW_CROP_BOX
+    k = scale * w / (right - left)  # photo pixels per LFW-frame pixel
+    frame_x = x + w / 2 + dx * w - k * (left + right) / 2
+    frame_y = y + h / 2 + dy * h - k * (top + bottom) / 2
+    l, t, r, b = preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)
+    return _cut(pixels, frame_x + k * l, frame_y + k * t, frame_x + k * r, frame_y + k * b, preprocess.size)
+
+
+# A crop this flat (standard deviation in grey levels) is a blank image, not a face: no detector
+# is needed to refuse it (real LFW face crops have 30 and more).
+BLANK_STD = 2.0
+
+
+def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: PreprocessConfig = PreprocessConfig(),
                detector_name: Detector = "haar") -> list[Face]:
-    """The faces of a grey photo as model inputs; an empty list when detection finds none."""
+    """The faces of a photo (grey, or colour for a colour model) as the model's inputs, cut as its
+    training data was (``preprocess``: crop box, size); an empty list when there is none.
+
+    ``auto`` (the default): a photo in LFW's own 250x250 frame is an aligned portrait (the training
+    crop, no detector: the fast path for LFW-style batches); any other photo goes to the detector,
+    so a banner, a screenshot or a landscape is "no face found", never matched to someone."""
     if detect not in DETECT_MODES:
         raise ValueError(f"detect must be one of {DETECT_MODES}, got {detect!r}")
+    if detect == "auto":
+        detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
     if detect == "none":
-        left, top, right, bottom = crop_box_for(grey.shape[1], grey.shape[0], LFW_CROP_BOX)
-        return [Face((left, top, right - left, bottom - top), cut_face(grey, LFW_CROP_BOX, size))]
+        box = preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)
+        left, top, right, bottom = crop_box_for(pixels.shape[1], pixels.shape[0], box)
+        face = cut_face(pixels, preprocess.crop_box, preprocess.size)
+        return [Face((left, top, right - left, bottom - top), face)] if face.std() >= BLANK_STD else []
+    grey = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     boxes = detect_boxes(grey, detector_name)
     if detect == "largest":
         boxes = boxes[:1]
-    dx, dy, scale = CROP_FROM_DETECTION[detector_name]
-    return [Face((x, y, bw, bh), _square_crop(grey, x + bw / 2 + dx * bw, y + bh / 2 + dy * bh, scale * bw, size))
-            for x, y, bw, bh in boxes]
+    return [Face(b, _model_crop(pixels, b, detector_name, preprocess)) for b in boxes]
 
 
-def faces_from_bytes(data: bytes, detect: Detect = "none", size: int = FACE_SIZE,
+def faces_from_bytes(data: bytes, detect: Detect = "auto", preprocess: PreprocessConfig = PreprocessConfig(),
                      detector_name: Detector = "haar") -> list[Face]:
     """decode + find_faces; ImageDecodeError when the bytes are unusable or hold no face."""
-    faces = find_faces(decode(data, grey=True), detect, size, detector_name)
+    faces = find_faces(decode(data, grey=preprocess.grey), detect, preprocess, detector_name)
     if not faces:
         raise ImageDecodeError("no face found")
     return faces

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import Storage, catalog, open_storage
+from storage.local import OutsideStorageError
 from storage.manifests import sha256_bytes
 from tasks.images import ImageDecodeError
-from tasks.matching.embedders import Embedder, ModelEmbedder
+from tasks.matching.embedders import Embedder, model_embedder
 from tasks.matching.faces import faces_from_bytes
-from tasks.registry import load_scorer
+from tasks.matching.index import GalleryIndex, build_index, key_ids, load_index, update_index
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 GALLERY_FORMAT = 2  # 2: faces cut by tasks.images at the tensor store's size
@@ -85,6 +87,8 @@ def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Emb
     def one(key: str):
         try:
             return key, find(source.read_bytes(key), detect), None
+        except OutsideStorageError as err:
+            return key, [], f"refused: {err}"
         except FileNotFoundError:
             return key, [], "missing: the object no longer exists"
         except ImageDecodeError as err:
@@ -92,8 +96,20 @@ def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Emb
         # Anything else (the endpoint unreachable after the client's own retries) fails the whole
         # call: the shard is retried or re-run, instead of a passing outage turning into error rows.
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        return list(pool.map(one, list(keys)))
+    return list(fetch_pool(workers).map(one, list(keys)))
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def fetch_pool(workers: int = 16) -> ThreadPoolExecutor:
+    """One pool of fetch threads per process, shared by every shard it runs at once: concurrent
+    shards split the connections instead of each opening 16 more."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        return _pools[workers]
 
 
 def embedding_table(frame: pd.DataFrame, dim: int) -> pa.Table:
@@ -109,18 +125,60 @@ def embedding_table(frame: pd.DataFrame, dim: int) -> pa.Table:
 
 @dataclass
 class Gallery:
-    """Enrolled embeddings, ready for matching."""
+    """Enrolled embeddings, ready for matching; with ``index`` (cosine-head models) a search index
+    over them whose ids are ``ids``."""
     identities: np.ndarray  # (n,) identity of each row
     keys: np.ndarray
     embeddings: np.ndarray  # (n, D) float32
+    index: GalleryIndex | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        return key_ids(self.keys)
 
 
-def read_gallery(store: Storage, key: str) -> Gallery:
+def read_gallery(store: Storage, key: str, index: dict | None = None) -> Gallery:
+    """The embeddings at ``key``; with ``index`` (an enrolment's index entry) its search index too."""
     table = pq.read_table(io.BytesIO(store.read_bytes(key)))
     dim = table.schema.field("embedding").type.list_size
     emb = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return Gallery(np.array(table.column("identity").to_pylist(), dtype=object),
-                   np.array(table.column("key").to_pylist(), dtype=object), emb.reshape(-1, dim).astype("float32"))
+    gallery = Gallery(np.array(table.column("identity").to_pylist(), dtype=object),
+                      np.array(table.column("key").to_pylist(), dtype=object), emb.reshape(-1, dim).astype("float32"))
+    if index:
+        gallery.index = load_index(store.read_bytes(index["key"]), index["kind"], index["trained_rows"])
+        if gallery.index.size != len(gallery.keys):
+            raise GalleryError(f"the index {index['key']} holds {gallery.index.size} images, the gallery "
+                               f"{len(gallery.keys)}: enrol again to rebuild it")
+    return gallery
+
+
+def gallery_index(store: Storage, key: str, embeddings: pd.DataFrame, prior: dict | None, removed_keys,
+                  added: pd.DataFrame, sha256: str, log: Callable[[str], None]) -> dict:
+    """Build or update the search index of the embeddings just written (``sha256``), from the prior
+    enrolment's index when there is one; returns the manifest's index entry."""
+    all_emb = np.stack(embeddings["embedding"].to_numpy()).astype(np.float32) if len(embeddings) else None
+    index = None
+    if prior and prior.get("index") and store.exists(prior["index"]["key"]):
+        previous = load_index(store.read_bytes(prior["index"]["key"]), prior["index"]["kind"],
+                              prior["index"]["trained_rows"])
+        new = np.stack(added["embedding"].to_numpy()).astype(np.float32) if len(added) else np.zeros((0, 1))
+        index = update_index(previous, key_ids(removed_keys), new, key_ids(added["key"]), all_emb,
+                             key_ids(embeddings["key"]))
+        how = "updated" if index is previous else "rebuilt"
+    if index is None:
+        index = build_index(all_emb, key_ids(embeddings["key"]))
+        how = "built"
+    out = {"key": catalog.gallery_index_key(*_gallery_version(key), sha256), "kind": index.kind,
+           "trained_rows": index.trained_rows, "embeddings_sha256": sha256}
+    store.write_bytes(out["key"], index.to_bytes())
+    log(f"index {how}: {index.kind}, {index.size} images")
+    return out
+
+
+def _gallery_version(embeddings_key: str) -> tuple[str, str]:
+    """(gallery id, version) of ``galleries/<id>/<version>/embeddings.parquet``."""
+    _, gid, version, _ = embeddings_key.split("/")
+    return gid, version
 
 
 @dataclass
@@ -136,15 +194,16 @@ class EnrolResult:
     removed: int
     errors: list[dict]
     seconds: float
+    index: dict | None = None  # the search index's manifest entry (cosine-head models)
 
 
-def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "none",
+def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "auto",
           embedder: Embedder | None = None, log: Callable[[str], None] = print) -> EnrolResult:
     """Embed the gallery with ``embedder`` (default: model ``version`` itself); the embeddings are
     stored under the embedder's name (the model version, or the teacher's)."""
     start = time.perf_counter()
     store, source = open_storage(storage_url), open_storage(gallery_url)
-    embedder = embedder or ModelEmbedder(load_scorer(store, version), version)
+    embedder = embedder or model_embedder(store, version)
     version = embedder.name
     key = catalog.gallery_embeddings_key(gallery_id(gallery_url), version)
     manifest_key = catalog.gallery_manifest_key(gallery_id(gallery_url), version)
@@ -177,18 +236,23 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
         embeddings = embedder.embed(faces)
         for row, e in zip(new_rows, embeddings):
             row["embedding"] = e
-    frame = pd.concat([kept, pd.DataFrame(new_rows, columns=["identity", "key", "etag", "box", "embedding"])],
-                      ignore_index=True).sort_values("key", kind="stable")
+    added = pd.DataFrame(new_rows, columns=["identity", "key", "etag", "box", "embedding"])
+    frame = pd.concat([kept, added], ignore_index=True).sort_values("key", kind="stable")
     buf = io.BytesIO()
     pq.write_table(embedding_table(frame, embedder.dim), buf)
     store.write_bytes(key, buf.getvalue())
-    result = EnrolResult(source.url, version, key, sha256_bytes(buf.getvalue()),
-                         int(frame["identity"].nunique()), len(frame), len(new_rows), len(kept), max(0, removed),
-                         errors, time.perf_counter() - start)
+    sha256 = sha256_bytes(buf.getvalue())
+    index = None
+    if embedder.head.kind == "cosine" and len(frame):  # the other heads score exactly, without an index
+        kept_keys = set(kept["key"])
+        gone = [k for k in previous["key"] if k not in kept_keys]  # removed, or changed and embedded again
+        index = gallery_index(store, key, frame, prior_manifest if len(previous) else None, gone, added, sha256, log)
+    result = EnrolResult(source.url, version, key, sha256, int(frame["identity"].nunique()), len(frame),
+                         len(new_rows), len(kept), max(0, removed), errors, time.perf_counter() - start, index)
     store.write_json(manifest_key, {
         "format": GALLERY_FORMAT, "gallery": source.url, "model_version": version, "detect": detect,
         "detector": embedder.detector,
-        "embeddings_key": key, "embeddings_sha256": result.embeddings_sha256,
+        "embeddings_key": key, "embeddings_sha256": result.embeddings_sha256, "index": index,
         "identities": result.identities, "images": result.images, "errors": errors})
     log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "
         f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(errors)} errors) "

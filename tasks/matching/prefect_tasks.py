@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 
+import pandas as pd
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -11,24 +13,39 @@ from prefect.cache_policies import NO_CACHE
 from storage import catalog, open_storage
 from tasks.evaluation.evaluate import read_report
 from tasks.matching.config import MatchParams
+from tasks.matching.demo import DemoBatch, score_demo, write_demo
 from tasks.matching.embedders import Embedder, embedder_thresholds, make_embedder
 from tasks.matching.gallery import Gallery, enrol, read_gallery
 from tasks.matching.runs import list_probes, match_shard, summarize_run
 from tasks.matching.search import resolve_threshold
-from tasks.registry import load_scorer, resolve_version
+from tasks.registry import resolve_version
 
 _lock = threading.Lock()
+# Storage outages: botocore's own retries (SIAMESE_S3_MAX_ATTEMPTS) give up within seconds when the
+# endpoint refuses connections, so every storage-facing task waits 5, 15, 30 and 60 s between tries:
+# an outage of a minute and more is ridden out before a shard fails (a re-run resumes it anyway).
+STORAGE_RETRY_DELAYS = [5, 15, 30, 60]
 
 
 @lru_cache(maxsize=4)
 def _embedder(storage_url: str | None, version: str, name: str, detector: str | None) -> Embedder:
     store = open_storage(storage_url)
-    return make_embedder(name, lambda: load_scorer(store, version), read_report(store, version), version, detector)
+    return make_embedder(name, store, version, read_report(store, version), detector)
 
 
 @lru_cache(maxsize=4)
-def _gallery(storage_url: str | None, key: str, sha256: str) -> Gallery:  # sha256: a new enrolment, a new entry
-    return read_gallery(open_storage(storage_url), key)
+def _gallery(storage_url: str | None, key: str, sha256: str, index_key: str | None, index_kind: str | None,
+             trained_rows: int) -> Gallery:  # sha256: a new enrolment, a new entry
+    index = {"key": index_key, "kind": index_kind, "trained_rows": trained_rows} if index_key else None
+    return read_gallery(open_storage(storage_url), key, index)
+
+
+def cached_gallery(storage_url: str | None, enrolled: dict) -> Gallery:
+    """An enrolment's gallery (and its index), read once per process."""
+    index = enrolled.get("index") or {}
+    with _lock:
+        return _gallery(storage_url, enrolled["embeddings_key"], enrolled["sha256"], index.get("key"),
+                        index.get("kind"), int(index.get("trained_rows", 0)))
 
 
 def cached_embedder(storage_url: str | None, version: str, name: str = "model", detector: str | None = None
@@ -48,20 +65,26 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-@task(name="resolve-model", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=5, retry_condition_fn=_transient)
-def resolve_model(model: str, storage: str | None, threshold: str | float | None,
-                  embedder: str = "model") -> tuple[str, float | None]:
-    """The model version (champion, latest or a version) and the threshold to apply to ``embedder``'s scores."""
-    store = open_storage(storage)
-    version = resolve_version(store, model)
-    if threshold is None:
-        return version, None
-    return version, resolve_threshold(threshold, embedder_thresholds(embedder, read_report(store, version), version))
+@task(name="resolve-model", cache_policy=NO_CACHE, retries=len(STORAGE_RETRY_DELAYS),
+      retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
+def resolve_model(model: str, storage: str | None) -> str:
+    """The model version: champion, latest or a version."""
+    return resolve_version(open_storage(storage), model)
+
+
+@task(name="resolve-threshold", cache_policy=NO_CACHE, retries=len(STORAGE_RETRY_DELAYS),
+      retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
+def resolve_match_threshold(version: str, storage: str | None, params: MatchParams, gallery_identities: int) -> float:
+    """The threshold below which a face is unknown, for ``params.embedder``'s scores and this gallery."""
+    report = embedder_thresholds(params.embedder, read_report(open_storage(storage), version), version)
+    limit = resolve_threshold(params.threshold, report, gallery_identities, params.unknown_rate)
+    get_run_logger().info("threshold %s for %d gallery identities: %.4f", params.threshold, gallery_identities, limit)
+    return limit
 
 
 @task(tags=["siamese-faces", "match"],
-      name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=5)
+      name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE,
+      retries=len(STORAGE_RETRY_DELAYS), retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
 def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str,
                   embedder: str = "model", detector: str | None = None) -> dict:
     log = get_run_logger()
@@ -69,29 +92,30 @@ def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detec
                    embedder=cached_embedder(storage_url, version, embedder, detector), log=log.info)
     for e in result.errors[:20]:
         log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
-    return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256,
+    return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256, "index": result.index,
             "identities": result.identities, "images": result.images, "embedded": result.embedded,
             "errors": len(result.errors)}
 
 
 @task(tags=["siamese-faces", "match"],
-      name="list-probes", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def list_probe_shards(params: MatchParams, storage_url: str | None) -> dict:
-    run = list_probes(params, open_storage(storage_url))
+      name="list-probes", cache_policy=NO_CACHE, retries=len(STORAGE_RETRY_DELAYS),
+      retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
+def list_probe_shards(params: MatchParams, storage_url: str | None, gallery_sha256: str) -> dict:
+    run = list_probes(params, open_storage(storage_url), gallery_sha256)
     get_run_logger().info("run %s: %d probes in %d shards", run["run_id"], run["probes"], run["shards"])
     return run
 
 
 @task(tags=["siamese-faces", "match"],
-      name="match-shard", task_run_name="match-shard-{shard}", cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=5)
+      name="match-shard", task_run_name="match-shard-{shard}", cache_policy=NO_CACHE,
+      retries=len(STORAGE_RETRY_DELAYS), retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
 def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
                     progress_id=None) -> dict:
     params = run["params"]
     out = match_shard(run, shard, storage_url, cached_embedder(storage_url, params["model"],
                                                                params.get("embedder", "model"),
                                                                params.get("detector")),
-                      _gallery(storage_url, gallery["embeddings_key"], gallery["sha256"]), threshold,
+                      cached_gallery(storage_url, gallery), threshold,
                       log=get_run_logger().info)
     if progress_id is not None:
         store = open_storage(storage_url)
@@ -112,3 +136,38 @@ def summarize(run: dict, storage_url: str | None) -> dict:
                           run["run_id"], summary["probes"], summary["matched"], summary["unknown"],
                           summary["errors"], summary["complete"])
     return summary
+
+
+@task(tags=["siamese-faces", "match"], name="demo-batch", task_run_name="demo-batch-{version}",
+      cache_policy=NO_CACHE, retries=len(STORAGE_RETRY_DELAYS), retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_condition_fn=_transient)
+def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
+    """The held-out people of model ``version``'s protocol as a gallery and a probe batch in the storage."""
+    from tasks.data.prepared import load_index, read_index_summary, read_pairs
+    from tasks.data.steps import extracted_images
+    from tasks.evaluation.evaluate import held_out_images
+    from tasks.registry import read_manifest
+
+    store = open_storage(storage_url)
+    config = read_manifest(store, version)["config"]
+    index = load_index(store, read_index_summary(store, config["dataset"]))
+    pairs = read_pairs(store, config["dataset"], config["protocol"]).frame
+    batch = write_demo(store, config["dataset"], index, held_out_images(index, pairs),
+                       extracted_images(config["dataset"]))
+    if batch is None:
+        get_run_logger().info("demo: fewer than two held-out people with two photos: nothing to enrol")
+        return None
+    get_run_logger().info("demo: gallery %s, %d probes in %s", batch.gallery_url, len(batch.truth), batch.probes_url)
+    return batch
+
+
+@task(tags=["siamese-faces", "match"], name="demo-score", cache_policy=NO_CACHE)
+def demo_score(batch: DemoBatch, summary: dict, storage_url: str | None) -> dict:
+    store = open_storage(storage_url)
+    results = pd.concat([store.read_parquet(i.key) for i in
+                         store.list(catalog.match_results_prefix(summary["run_id"]))], ignore_index=True)
+    scored = score_demo(results, batch.truth)
+    get_run_logger().info("demo: rank-1 %.4f, rank-5 %.4f among %d people; %.4f of %d never-enrolled called unknown",
+                          scored["rank1"], scored["rank5"], scored["gallery_people"],
+                          scored["never_enrolled_called_unknown"], scored["never_enrolled_probes"])
+    return scored

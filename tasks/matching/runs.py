@@ -4,13 +4,17 @@ A run lives under ``matches/<run id>/`` in our storage (keys from ``storage.cata
   run.json              the parameters and the number of shards (written once the listing is complete)
   shards/NNNNN.parquet  the probe keys (and ETags) of each shard
   results/NNNNN.parquet one row per face found, or one error row per unusable probe
-The run id is a hash of the parameters (model version resolved), so re-running a run resumes it: the listing is reused and
-finished shards are skipped; two different runs never share a folder. Each results file is
+The run id is a hash of the parameters (model version resolved), the gallery's embeddings checksum
+and the probe listing: re-running with the same inputs resumes the run (finished shards are
+skipped), while a newly enrolled person or new probes make a new run; two different runs never
+share a folder. Each results file is
 written atomically, so a shard is either complete or absent.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
@@ -34,8 +38,13 @@ def run_params(params: MatchParams, version: str) -> MatchParams:
     return params.replace(model=version, gallery=params.gallery_url())
 
 
-def run_id(params: MatchParams) -> str:
-    return params.key(16)
+def run_id(params: MatchParams, gallery_sha256: str, listing_sha256: str) -> str:
+    """What a run's results depend on: its parameters, the enrolled gallery (its embeddings'
+    sha256) and the probes (the listing's sha256). Enrolling someone or adding probes under the
+    same prefix gives another run, never a stale "complete"; the same inputs resume the same run."""
+    text = json.dumps({"params": params.model_dump(mode="json"), "gallery": gallery_sha256,
+                       "probes": listing_sha256}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _manifest_keys(url: str) -> Iterator[str]:
@@ -49,40 +58,36 @@ def _manifest_keys(url: str) -> Iterator[str]:
         yield from (line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
 
 
-def list_probes(params: MatchParams, store: Storage) -> dict:
-    """Write the shard manifests (paginated listing, streamed) and run.json; reuse them when present.
+def list_probes(params: MatchParams, store: Storage, gallery_sha256: str) -> dict:
+    """List the probes (paginated; a manifest's keys when given), then write the run's shard
+    manifests and run.json, or reuse them when a run with the same inputs exists.
 
-    ``params`` as ``run_params`` resolved them."""
-    rid = run_id(params)
-    run = store.read_json_or_none(catalog.match_run_key(rid))
-    if run:
-        return run
+    ``params`` as ``run_params`` resolved them; ``gallery_sha256``: the enrolment's embeddings checksum.
+    The listing is held in memory to be hashed first (about 200 bytes a probe: 1M probes ~ 200 MB).
+    With a manifest the run covers its keys, not the objects' ETags."""
     source = open_storage(params.probes)
     if params.probe_manifest:
         entries: Iterator[tuple[str, str]] = ((k, "") for k in _manifest_keys(params.probe_manifest))
     else:
         entries = ((info.key, info.etag) for info in source.list("") if is_image_key(info.key))
-    shards, batch, seen, total = 0, [], set(), 0
-
-    def flush():
-        nonlocal shards, batch
-        store.write_parquet(catalog.match_shard_key(rid, shards), pd.DataFrame(batch, columns=["key", "etag"]))
-        shards += 1
-        batch = []
-
+    listing, seen = [], set()
     for key, etag in entries:
-        if key in seen:  # a manifest may repeat a key: each probe is matched once
-            continue
-        seen.add(key)
-        batch.append((key, etag))
-        total += 1
-        if len(batch) >= params.shard_size:
-            flush()
-    if batch:
-        flush()
-    run = {"params": params.model_dump(mode="json"), "run_id": rid, "shards": shards, "probes": total,
-           "probes_url": source.url}
-    store.write_json(catalog.match_run_key(rid), run)
+        if key not in seen:  # a manifest may repeat a key: each probe is matched once
+            seen.add(key)
+            listing.append((key, etag))
+    digest = hashlib.sha256("".join(f"{k}\t{e}\n" for k, e in sorted(listing)).encode()).hexdigest()
+    rid = run_id(params, gallery_sha256, digest)
+    run = store.read_json_or_none(catalog.match_run_key(rid))
+    if run:
+        return run
+    shards = 0
+    for start in range(0, len(listing), params.shard_size):
+        store.write_parquet(catalog.match_shard_key(rid, shards),
+                            pd.DataFrame(listing[start:start + params.shard_size], columns=["key", "etag"]))
+        shards += 1
+    run = {"params": params.model_dump(mode="json"), "run_id": rid, "shards": shards, "probes": len(listing),
+           "probes_url": source.url, "gallery_sha256": gallery_sha256, "listing_sha256": digest}
+    store.write_json(catalog.match_run_key(rid), run)  # last: the run's listing is complete
     return run
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from model.scoring import PairHead
 from tasks.matching.gallery import Gallery
@@ -9,16 +10,28 @@ from tasks.matching.gallery import Gallery
 UNKNOWN = "unknown"
 
 
-def resolve_threshold(threshold: str | float, report: dict | None) -> float:
-    """A number, or the name of a threshold calibrated by the evaluation flow."""
+def resolve_threshold(threshold: str | float, report: dict | None, gallery_identities: int | None = None,
+                      unknown_rate: float = 0.01) -> float:
+    """A number, or the name of a threshold calibrated on validation by the evaluation flow:
+    ``accuracy`` and ``far`` (pair thresholds), or ``open_set``: for a gallery of
+    ``gallery_identities``, the threshold at which at most ``unknown_rate`` of never-enrolled faces
+    are named as someone (from every different-person validation pair's score)."""
     try:
         return float(threshold)
     except ValueError:
         pass
-    if not report or threshold not in report.get("thresholds", {}):
+    calibrated = (report or {}).get("thresholds", {})
+    if threshold not in calibrated:
         raise ValueError(f"threshold {threshold!r}: the model has no calibrated {threshold!r} threshold; "
-                         "evaluate it first or give a number")
-    return float(report["thresholds"][threshold])
+                         "evaluate it with the current code (python -m flows.evaluate --version <version>) or "
+                         "give a number")
+    if threshold != "open_set":
+        return float(calibrated[threshold])
+    if not gallery_identities:
+        raise ValueError("the open_set threshold depends on the gallery's size: enrol the gallery first")
+    from tasks.evaluation.metrics import open_set_threshold
+
+    return open_set_threshold(calibrated["open_set"], gallery_identities, unknown_rate)[0]
 
 
 def _identity_blocks(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,11 +59,44 @@ def _block_scores(scorer: PairHead, probes: np.ndarray, gallery: np.ndarray, chu
     return out
 
 
+def _indexed_top(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The top identities through the gallery's index (cosine head). The k nearest images with k =
+    top_k x the most images any identity has always hold the best image of each of the top_k
+    identities, so with the exact index this equals the exhaustive search."""
+    identities = gallery.identities
+    most = int(pd.Series(identities).value_counts().max())
+    k = min(gallery.index.size, top_k * most)
+    cosines, ids = gallery.index.search(probes, k)
+    order = np.argsort(gallery.ids)
+    sorted_ids = gallery.ids[order]
+    found = ids >= 0
+    rows = order[np.clip(np.searchsorted(sorted_ids, np.where(found, ids, 0)), 0, len(order) - 1)]
+    names = identities[rows]
+    probabilities = 1.0 / (1.0 + np.exp(-scorer.logits_from_cosines(cosines)))
+    n = min(top_k, int(pd.Series(identities).nunique()))
+    top_names = np.full((len(probes), n), UNKNOWN, dtype=object)
+    top_scores = np.zeros((len(probes), n), dtype=np.float64)
+    for p in range(len(probes)):
+        seen: dict = {}
+        for name, score, ok in zip(names[p], probabilities[p], found[p]):
+            if ok and name not in seen:
+                seen[name] = score
+                if len(seen) == n:
+                    break
+        top_names[p, :len(seen)] = list(seen)
+        top_scores[p, :len(seen)] = list(seen.values())
+    return top_names, top_scores
+
+
 def score_against_gallery(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: int,
                           block: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(top identity names (P, k), their P(same) (P, k)): each identity scores its best image."""
+    """(top identity names (P, k), their P(same) (P, k)): each identity scores its best image.
+    Through the gallery's index when it has one (cosine head), else exhaustively in blocks."""
     if not len(gallery.identities):
         raise ValueError("the gallery is empty: nothing to match against")
+    if gallery.index is not None and scorer.kind == "cosine":
+        return _indexed_top(scorer, probes, gallery, top_k)
     order, names, starts = _identity_blocks(gallery)
     g = gallery.embeddings[order]
     k = min(top_k, len(names))

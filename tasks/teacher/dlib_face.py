@@ -22,6 +22,8 @@ _MODEL_FILES = {"landmarks": "shape_predictor_5_face_landmarks.dat",
 # Datasets without one embed the whole photo when nothing is detected.
 FALLBACK_BOXES = {"lfw": (67, 80, 175, 187)}
 CHIP_SIZE, CHIP_PADDING = 150, 0.25  # the ResNet's training crop (dlib's defaults)
+# How the teacher stage finds the face it embeds; part of the teacher's version (a cache is one's)
+FACE_FINDING = "hog at upsample 0, then 1; the face nearest the centre; else the dataset's face box; 150 px chip"
 
 
 def fallback_box(dataset: str) -> tuple[int, int, int, int] | None:
@@ -62,7 +64,7 @@ def teacher_version() -> dict:
     """What a model's manifest records of its teacher: name, dlib version and model file checksums."""
     check_available()
     models = _models_dir()
-    return {"name": TEACHER_NAME, "dlib": _dlib().__version__,
+    return {"name": TEACHER_NAME, "dlib": _dlib().__version__, "face_finding": FACE_FINDING,
             "sha256": {n: hashlib.sha256((models / f).read_bytes()).hexdigest()
                        for n, f in _MODEL_FILES.items() if n != "cnn_detector"}}
 

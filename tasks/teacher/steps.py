@@ -2,31 +2,16 @@
 original files are, and the two runs (training images; held-out images for evaluation only)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from model.scoring import RowEmbeddings
 from storage import open_storage
 from tasks.data.prepared import load_index, read_index_summary, read_pairs
+from tasks.data.steps import extracted_images
 from tasks.teacher.stage import CHUNK, TeacherSummary, run_teacher_stage, training_images
-
-
-class TeacherInputError(ValueError):
-    """The teacher cannot read the dataset's original photos; the message says what to run."""
-
-
-def image_root(dataset: str) -> Path:
-    """The extracted original photos (the teacher needs colour and the whole frame, not the store)."""
-    from tasks.data.archive import extraction_marker
-    from tasks.data.steps import cache_dir
-
-    root = cache_dir(dataset) / "images"
-    if not extraction_marker(root).is_file():
-        raise TeacherInputError(f"the teacher reads {dataset}'s original photos from {root}, which this machine "
-                                f"has not extracted: run the data flow for {dataset} here first")
-    return root
 
 
 def run_training_teacher(dataset: str, protocol: str, storage_url: str | None, workers: int | None = None,
@@ -37,7 +22,7 @@ def run_training_teacher(dataset: str, protocol: str, storage_url: str | None, w
     store = open_storage(storage_url)
     index = load_index(store, read_index_summary(store, dataset))
     images = training_images(index, read_pairs(store, dataset, protocol).frame, protocol)
-    return run_teacher_stage(store, dataset, images, "training", str(image_root(dataset)), fallback_box(dataset),
+    return run_teacher_stage(store, dataset, images, "training", str(extracted_images(dataset)), fallback_box(dataset),
                              workers=workers, chunk=chunk, log=log)
 
 
@@ -46,20 +31,18 @@ def run_evaluation_teacher(dataset: str, images: pd.DataFrame, storage_url: str 
     """Embed (cached) the images an evaluation scores the teacher on; training never reads this cache."""
     from tasks.teacher.dlib_face import fallback_box
 
-    return run_teacher_stage(open_storage(storage_url), dataset, images, "evaluation", str(image_root(dataset)),
+    return run_teacher_stage(open_storage(storage_url), dataset, images, "evaluation", str(extracted_images(dataset)),
                              fallback_box(dataset), workers=workers, log=log)
 
 
-class TeacherEmbeddings:
+class TeacherEmbeddings(RowEmbeddings):
     """The teacher's embeddings of the tensor-store rows an evaluation needs, read from its caches
-    (an image the training cache lacks is embedded once into the evaluation cache); the same
-    interface as the student's (``plain``, ``scores``) so both are scored by the same code."""
+    (an image the training cache lacks is embedded once into the evaluation cache), scored like the
+    student's once ``calibrate`` has fitted its head on validation pairs."""
 
     def __init__(self, rows: np.ndarray, embeddings: np.ndarray, summary: dict):
-        self.rows, self.embeddings, self.summary = rows, embeddings, summary
-        self.position = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=np.int64)
-        self.position[rows] = np.arange(len(rows))
-        self.head = None
+        super().__init__(None, rows, [embeddings])
+        self.summary = summary
 
     @classmethod
     def for_rows(cls, store, storage_url: str | None, dataset: str, index: pd.DataFrame, rows: np.ndarray,
@@ -92,15 +75,6 @@ class TeacherEmbeddings:
                    "stage_images_per_second": stage.images_per_second if stage else None}
         return cls(rows, embeddings, summary)
 
-    def _positions(self, rows) -> np.ndarray:
-        position = self.position[np.asarray(rows)]
-        if (position < 0).any():
-            raise ValueError("asked for images the teacher did not embed")
-        return position
-
-    def plain(self, rows) -> np.ndarray:
-        return self.embeddings[self._positions(rows)]
-
     def calibrate(self, same: np.ndarray, left_rows, right_rows) -> None:
         """P(same) = sigmoid(s * cos + b), s and b fitted on these (validation) pairs only."""
         from sklearn.linear_model import LogisticRegression
@@ -113,9 +87,6 @@ class TeacherEmbeddings:
         # ranking with the smallest positive scale instead
         self.head = cosine_head(max(float(fit.coef_[0, 0]), 1e-3), float(fit.intercept_[0]))
 
-    def scores(self, left_rows, right_rows) -> np.ndarray:
-        return self.head.score_pairs(self.embeddings, self._positions(left_rows), self._positions(right_rows))
-
     def describe(self) -> dict:
         from tasks.teacher.dlib_face import teacher_version
 
@@ -123,7 +94,8 @@ class TeacherEmbeddings:
                 "calibration": {"scale": self.head.scale, "bias": self.head.bias, "fitted_on": "validation"}}
 
 
-def compare_throughput(student, images: pd.DataFrame, dataset: str, log: Callable[[str], None] = print) -> dict:
+def compare_throughput(student, preprocess, images: pd.DataFrame, dataset: str,
+                       log: Callable[[str], None] = print) -> dict:
     """Images per second of the student and the teacher on the same photos, in this process, from
     the file's bytes to the embedding (decode, face, network), each after one warm-up image: the
     student with its manifest's flip (so twice per photo), the teacher (one core) as in its stage."""
@@ -133,14 +105,14 @@ def compare_throughput(student, images: pd.DataFrame, dataset: str, log: Callabl
     from tasks.matching.faces import faces_from_bytes
     from tasks.teacher.dlib_face import DlibFace, fallback_box
 
-    root = image_root(dataset)
+    root = extracted_images(dataset)
     photos = [(root / path).read_bytes() for path in images["path"]]
     if not photos:
         return {}
     box, teacher = fallback_box(dataset), DlibFace("hog")
 
     def run_student(batch):
-        return student.embed(np.stack([faces_from_bytes(b)[0].pixels for b in batch]))
+        return student.embed(np.stack([faces_from_bytes(b, preprocess=preprocess)[0].pixels for b in batch]))
 
     def run_teacher(batch):
         return [teacher.embed(decode(b, grey=False), box) for b in batch]

@@ -22,8 +22,9 @@ class _EpochProgress(keras.callbacks.Callback):
         logs = logs or {}
         update_progress_artifact(self.artifact_id, progress=100.0 * (epoch + 1) / self.epochs)
         nan = float("nan")
-        self.log.info("epoch %d: loss %.4f, validation accuracy at 0.5 %.4f, validation loss %.4f", epoch + 1,
-                      logs.get("loss", nan), logs.get("val_pair_accuracy", nan), logs.get("val_pair_loss", nan))
+        self.log.info("epoch %d: loss %.4f, validation accuracy at 0.5 %.4f, at its best threshold %.4f, "
+                      "validation loss %.4f", epoch + 1, logs.get("loss", nan), logs.get("val_pair_accuracy", nan),
+                      logs.get("val_threshold_accuracy", nan), logs.get("val_pair_loss", nan))
 
 
 @task(tags=["siamese-faces", "train"],
@@ -36,7 +37,9 @@ def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
     create_markdown_artifact(
         key=artifact_key("model", config.protocol),
         markdown=(f"### Model `{result.version}`\n\n| metric | value |\n|---|---:|\n"
-                  f"| validation accuracy at P(same) 0.5 (picked the epoch) | {m['val_accuracy']:.4f} |\n"
+                  f"| epoch kept by | {m.get('selected_by', 'val_pair_accuracy')} |\n"
+                  f"| validation accuracy at P(same) 0.5 | {m['val_accuracy']:.4f} |\n"
+                  f"| validation accuracy at its best threshold | {m.get('val_threshold_accuracy', float('nan')):.4f} |\n"
                   f"| validation loss | {m['val_loss']:.4f} |\n"
                   f"| best epoch | {m['best_epoch']} of {m['epochs_run']} |\n"
                   f"| wall time | {result.wall_seconds / 60:.1f} min |\n"

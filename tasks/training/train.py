@@ -87,17 +87,27 @@ def plot_curves(history: pd.DataFrame, title: str) -> bytes:
     return buf.getvalue()
 
 
-def resume_state(history_csv: Path) -> dict:
+def resume_state(history_csv: Path, monitor: str = "val_pair_accuracy") -> dict:
     """What a resumed run must carry over from its history: the best validation score so far, the
     epochs since it, and the training seconds already spent (empty for a fresh run)."""
     if not history_csv.is_file():
         return {}
     history = pd.read_csv(history_csv)
-    if history.empty or "val_pair_accuracy" not in history:
+    if history.empty or monitor not in history:
         return {}
-    best = int(history["val_pair_accuracy"].idxmax())
-    return {"best": float(history["val_pair_accuracy"].iloc[best]), "waited": len(history) - 1 - best,
+    best = int(history[monitor].idxmax())
+    return {"best": float(history[monitor].iloc[best]), "waited": len(history) - 1 - best,
             "seconds": float(history["training_seconds"].iloc[-1]) if "training_seconds" in history else 0.0}
+
+
+def selection_line(metrics: dict) -> str:
+    """Which validation score kept which epoch, in words."""
+    if metrics.get("selected_by") == "val_threshold_accuracy":
+        return (f"validation accuracy {metrics['val_threshold_accuracy']:.4f} at its best threshold (the score that "
+                f"kept epoch {metrics['best_epoch']} of {metrics['epochs_run']}; {metrics['val_accuracy']:.4f} at "
+                f"P(same) 0.5)")
+    return (f"validation accuracy {metrics['val_accuracy']:.4f} at P(same) 0.5 (the score that kept epoch "
+            f"{metrics['best_epoch']} of {metrics['epochs_run']})")
 
 
 def _history_columns(history: pd.DataFrame) -> pd.DataFrame:
@@ -199,7 +209,8 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs.sha256[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path, history_csv = run_dir / "best.keras", run_dir / "history.csv"
-    resumed = resume_state(history_csv) if (run_dir / "backup").exists() else {}
+    monitor = config.selection_metric()
+    resumed = resume_state(history_csv, monitor) if (run_dir / "backup").exists() else {}
     if resumed:
         log(f"resuming {run_dir.name}: best validation accuracy so far {resumed['best']:.4f}, "
             f"{resumed['seconds'] / 60:.1f} min of the budget spent")
@@ -209,9 +220,9 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         PairValidation(models.pair, tensors, val_left, val_right, val_same),
         keras.callbacks.TerminateOnNaN(),
         clock,
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_pair_accuracy", mode="max", save_best_only=True,
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max", save_best_only=True,
                                         initial_value_threshold=resumed.get("best")),
-        ResumedEarlyStopping(resumed.get("best"), resumed.get("waited", 0), monitor="val_pair_accuracy", mode="max",
+        ResumedEarlyStopping(resumed.get("best"), resumed.get("waited", 0), monitor=monitor, mode="max",
                              patience=config.early_stopping_patience),
         (CosineSchedule(config.learning_rate, config.epochs, budget, clock) if config.lr_schedule == "cosine" else
          keras.callbacks.ReduceLROnPlateau(monitor="val_pair_loss", mode="min", factor=0.5, patience=8,
@@ -236,10 +247,12 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     ## Publish: files, then the manifest with their checksums and the data fingerprint.
     log_df = _history_columns(pd.read_csv(history_csv))
     log_df["epoch"] = log_df["epoch"] + 1
-    best = log_df.loc[log_df["val_accuracy"].idxmax()]
+    selected = "val_accuracy" if monitor == "val_pair_accuracy" else monitor
+    best = log_df.loc[log_df[selected].idxmax()]
     wall = time.perf_counter() - start
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
     metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
+               "val_threshold_accuracy": float(best["val_threshold_accuracy"]), "selected_by": monitor,
                "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max()),  # counts resumed runs
                "training_seconds": float(log_df["training_seconds"].iloc[-1])}
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
@@ -254,6 +267,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
                                                                      "history.csv", "curve.png")}, {
             "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
             "machine": machine, "inference": {"flip": config.test_time_flip},
+            "preprocess": index_summary.preprocess,  # how faces are cut for it: matching does the same
             # a model that learned from outside data says so and names it; LFW-only models have none
             "teacher": ({**teacher_info, "training_images": len(teacher.rows)} if teacher else None),
             "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": index_summary.tensors_sha256,
@@ -262,8 +276,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
                      "splits_sha256": {s: split_fingerprint(pairs.frame, s) for s in ("train", "validation")}},
         })
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
-    log(f"registered {version} ({store.uri(catalog.model_prefix(version))}): validation accuracy "
-        f"{metrics['val_accuracy']:.4f} at P(same) 0.5 (the score that picked epoch {metrics['best_epoch']} "
-        f"of {metrics['epochs_run']}), {metrics['training_seconds'] / 60:.1f} min of training")
+    log(f"registered {version} ({store.uri(catalog.model_prefix(version))}): {selection_line(metrics)}, "
+        f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
 

@@ -1,0 +1,115 @@
+"""Scoring against galleries of 1k to 1M identities: probes per second and peak memory of each way
+to score, and the recall@1 of the approximate index against exact search, on this machine.
+
+    python -m bench.gallery_scale [--sizes 1000 10000 100000 1000000] [--probes 10000] [--dim 128]
+
+Synthetic embeddings past LFW's size, shaped like a face gallery: one unit vector per identity
+around its own random centre, probes are other noisy views of enrolled identities (so there is a
+right answer to find; random vectors with no structure are not what an index meets). Each
+(method, size) runs in a fresh process, so its peak resident memory (ru_maxrss) is its own:
+
+  exhaustive_cosine   the cosine head without an index: the matrix product in blocks (numpy)
+  exhaustive_l1       the ancestors' weighted-L1 head, exhaustive in bounded blocks (fewer probes)
+  index_exact         faiss IndexFlatIP through the gallery index (what matching uses up to 200k)
+  index_ivf           faiss IndexIVFFlat (256 images per cell, 32 cells searched; matching above 200k)
+
+Times are for scoring only (embeddings given), with the index built beforehand (its build time
+is printed on its own). recall@1: the share of probes whose top identity equals the exact one's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import settings  # noqa: F401 - first: process defaults
+
+import numpy as np
+
+
+def data(size: int, probes: int, dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((size, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    gallery = centres + 0.25 * rng.standard_normal((size, dim), dtype=np.float32) / np.sqrt(dim) * 4
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    truth = rng.integers(0, size, probes)
+    queries = centres[truth] + 0.25 * rng.standard_normal((probes, dim), dtype=np.float32) / np.sqrt(dim) * 4
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return gallery.astype(np.float32), queries.astype(np.float32), truth
+
+
+def child(method: str, size: int, probes: int, dim: int, nprobe: int) -> dict:
+    from model.scoring import PairHead, cosine_head
+    from tasks.matching.gallery import Gallery
+    from tasks.matching.index import build_index, key_ids
+    from tasks.matching.search import score_against_gallery
+
+    gallery_emb, queries, truth = data(size, probes, dim)
+    names = np.array([f"id{i:07d}" for i in range(size)], dtype=object)
+    gallery = Gallery(names, names, gallery_emb)
+    if method == "exhaustive_l1":
+        head = PairHead()
+        head.kind, head.l1_weights, head.l1_bias = "weighted_l1", -np.ones(dim, np.float32), 3.0
+    else:
+        head = cosine_head(10.0, -5.0)
+    build = 0.0
+    if method.startswith("index_"):
+        t0 = time.perf_counter()
+        gallery.index = build_index(gallery_emb, key_ids(names), method.removeprefix("index_"))
+        build = time.perf_counter() - t0
+        if method == "index_ivf":
+            import faiss
+
+            ivf = faiss.extract_index_ivf(gallery.index.index)
+            ivf.nprobe = min(nprobe, ivf.nlist)
+    t0 = time.perf_counter()
+    top, _ = score_against_gallery(head, queries, gallery, 5)
+    seconds = time.perf_counter() - t0
+    out = {"method": method + (f" (nprobe {nprobe})" if method == "index_ivf" else ""), "size": size, "probes": probes, "seconds": seconds, "probes_per_second": probes / seconds,
+           "build_seconds": build, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "top1": top[:, 0].tolist()}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000])
+    ap.add_argument("--probes", type=int, default=10_000)
+    ap.add_argument("--l1-probes", type=int, default=200, help="probes for the weighted-L1 head (slow)")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--methods", nargs="+", default=["exhaustive_cosine", "exhaustive_l1", "index_exact", "index_ivf"])
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[32, 64, 128, 256],
+                    help="cells the IVF index searches per probe (one run each)")
+    ap.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        method, size, probes, dim, nprobe = args.child
+        print(json.dumps(child(method, int(size), int(probes), int(dim), int(nprobe))))
+        return
+    print("method | identities | probes | probes/s | peak RSS MB | index build s | recall@1 vs exact")
+    for size in args.sizes:
+        exact_top = None
+        runs = [(m, n) for m in args.methods for n in (args.nprobe if m == "index_ivf" else [0])]
+        for method, nprobe in runs:
+            probes = args.l1_probes if method == "exhaustive_l1" else args.probes
+            out = subprocess.run([sys.executable, "-m", "bench.gallery_scale", "--child", method, str(size),
+                                  str(probes), str(args.dim), str(nprobe)], capture_output=True, text=True)
+            if out.returncode:
+                print(f"{method} | {size} | failed: {out.stderr[-500:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            if method in ("exhaustive_cosine", "index_exact") and exact_top is None:
+                exact_top = r["top1"]
+            recall = "-"
+            if method == "index_ivf" and exact_top is not None and size > 256:
+                recall = f"{np.mean(np.array(r['top1']) == np.array(exact_top)):.4f}"
+            print(f"{r['method']} | {size:,} | {r['probes']:,} | {r['probes_per_second']:,.0f} | {r['peak_rss_mb']:,.0f} | "
+                  f"{r['build_seconds']:.1f} | {recall}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The main job's last stage: a demo gallery and probe batch of held-out people, written into the
+storage like a user's, matched in bulk by the match flow, and scored against the truth.
+
+Gallery: one photo of each held-out person with two or more (evaluation's identification sets, so
+the numbers can be read beside its rank-1); probes: their other photos, and every photo of the
+held-out people with a single one, who are never enrolled. Nobody the model trained on appears.
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+import pandas as pd
+
+from storage import Storage, catalog
+from tasks.evaluation.identification import identification_sets
+from tasks.matching.search import UNKNOWN
+
+
+@dataclass(frozen=True)
+class DemoBatch:
+    gallery_url: str
+    probes_url: str
+    truth: dict[str, str | None]  # probe key -> the enrolled person it shows, None for never-enrolled
+
+
+def write_demo(store: Storage, dataset: str, index: pd.DataFrame, held_out: dict[str, list[str]],
+               image_root) -> DemoBatch | None:
+    """Copy the photos into ``demo/<dataset>/gallery/<person>/<file>`` and ``demo/<dataset>/probes/``
+    of the storage (an existing object is kept: a re-run copies nothing); None when fewer than two
+    held-out people could be enrolled."""
+    enrolled, known, never = identification_sets(held_out)
+    if len(enrolled) < 2 or not known:
+        return None
+    path_of = dict(zip(index["image_id"], index["path"]))
+    gallery, probes = catalog.demo_gallery_prefix(dataset), catalog.demo_probes_prefix(dataset)
+
+    def put(key: str, image_id: str) -> None:
+        if not store.exists(key):
+            store.write_bytes(key, (image_root / path_of[image_id]).read_bytes())
+
+    for person, image in enrolled.items():
+        put(posixpath.join(gallery, person, posixpath.basename(image)), image)
+    truth: dict[str, str | None] = {}
+    for image, person in [*known, *((image, None) for image in never)]:
+        key = posixpath.basename(image)  # Name_0002.jpg: unique in LFW's layout
+        put(posixpath.join(probes, key), image)
+        truth[key] = person
+    return DemoBatch(store.uri(gallery), store.uri(probes), truth)
+
+
+def score_demo(results: pd.DataFrame, truth: dict[str, str | None]) -> dict:
+    """Rank-1 and rank-5 of the enrolled people's photos, the share of never-enrolled photos called
+    unknown, and of enrolled people's photos named right (``results``: the match run's rows; a photo
+    with no face counts as a miss)."""
+    rows = results[results["error"].isna()].drop_duplicates("probe_key").set_index("probe_key")
+    tops = {k: list(v) for k, v in rows["top_identities"].items()}
+    known = [k for k, person in truth.items() if person is not None]
+    never = [k for k, person in truth.items() if person is None]
+    rank1 = sum(tops.get(k, [None])[:1] == [truth[k]] for k in known)
+    rank5 = sum(truth[k] in tops.get(k, [])[:5] for k in known)
+    named = sum(rows["identity"].get(k) == truth[k] for k in known)
+    unknown = sum(rows["identity"].get(k) == UNKNOWN for k in never)
+    return {"gallery_people": len({p for p in truth.values() if p}), "known_probes": len(known),
+            "never_enrolled_probes": len(never), "rank1": rank1 / max(1, len(known)),
+            "rank5": rank5 / max(1, len(known)), "known_named_right": named / max(1, len(known)),
+            "never_enrolled_called_unknown": unknown / max(1, len(never)),
+            "errors": int(results["error"].notna().sum())}

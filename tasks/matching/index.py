@@ -1,0 +1,96 @@
+"""A search index over a gallery's unit embeddings, for models whose score is a matrix product
+(the cosine head): exact inner product (faiss ``IndexFlatIP``) up to ``EXACT_LIMIT`` images, an
+inverted-file index (``IndexIVFFlat``: the gallery split into cells around k-means centroids, a
+probe searching the ``nprobe`` nearest cells) above it, where exact search stops paying
+(bench/gallery_scale.py measures both and the recall@1 of the approximate one against exact).
+
+Every image keeps a stable id (from its key), so enrolment updates the index in place: removed or
+changed images are taken out, new ones added; the IVF centroids are trained again only when the
+gallery has doubled since. The index is stored beside the embeddings it was built from
+(``index-<embeddings sha256>.faiss``) in faiss's own binary format (no pickle).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+EXACT_LIMIT = 200_000  # images; above it the IVF index (see BENCHMARKS.md, gallery scale)
+CELL_SIZE = 256  # images per IVF cell on average: nlist = rows / CELL_SIZE
+NPROBE = 32  # cells searched per probe
+
+
+def key_ids(keys) -> np.ndarray:
+    """Stable int64 ids of gallery keys (the first 63 bits of their sha256)."""
+    return np.array([int.from_bytes(hashlib.sha256(str(k).encode()).digest()[:8], "big") >> 1 for k in keys],
+                    dtype=np.int64)
+
+
+@dataclass
+class GalleryIndex:
+    index: object  # a faiss index with ids (IndexIDMap2 over Flat, or IVFFlat)
+    kind: str  # "exact" or "ivf"
+    trained_rows: int  # gallery size the IVF centroids were trained on (0 for exact)
+
+    def search(self, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines (P, k), ids (P, k); -1 where fewer than k were found) of the nearest images."""
+        import faiss  # noqa: F401 - the index's own module
+
+        return self.index.search(np.ascontiguousarray(probes, dtype=np.float32), k)
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def to_bytes(self) -> bytes:
+        import faiss
+
+        return faiss.serialize_index(self.index).tobytes()
+
+
+def _new(kind: str, dim: int, train: np.ndarray | None):
+    import faiss
+
+    if kind == "exact":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    nlist = max(1, len(train) // CELL_SIZE)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = train if len(train) <= 64 * nlist else train[np.random.default_rng(0).choice(len(train), 64 * nlist,
+                                                                                         replace=False)]
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    index.nprobe = min(NPROBE, nlist)
+    return index
+
+
+def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str | None = None) -> GalleryIndex:
+    """An index of unit ``embeddings`` with ``ids``; ``kind`` None: exact up to EXACT_LIMIT rows."""
+    kind = kind or ("exact" if len(embeddings) <= EXACT_LIMIT else "ivf")
+    index = _new(kind, embeddings.shape[1], embeddings if kind == "ivf" else None)
+    index.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), ids)
+    return GalleryIndex(index, kind, len(embeddings) if kind == "ivf" else 0)
+
+
+def update_index(previous: GalleryIndex, removed_ids: np.ndarray, added: np.ndarray, added_ids: np.ndarray,
+                 all_embeddings: np.ndarray, all_ids: np.ndarray) -> GalleryIndex:
+    """``previous`` less ``removed_ids`` plus ``added``; rebuilt from ``all_*`` when the gallery
+    crossed EXACT_LIMIT or has doubled since the IVF centroids were trained."""
+    size = previous.size - len(removed_ids) + len(added)
+    wanted = "exact" if size <= EXACT_LIMIT else "ivf"
+    if wanted != previous.kind or (wanted == "ivf" and size > 2 * previous.trained_rows):
+        return build_index(all_embeddings, all_ids, wanted)
+    if len(removed_ids):
+        previous.index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
+    if len(added):
+        previous.index.add_with_ids(np.ascontiguousarray(added, dtype=np.float32), np.asarray(added_ids, np.int64))
+    return previous
+
+
+def load_index(data: bytes, kind: str, trained_rows: int) -> GalleryIndex:
+    import faiss
+
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    if kind == "ivf":
+        faiss.extract_index_ivf(index).nprobe = min(NPROBE, faiss.extract_index_ivf(index).nlist)
+    return GalleryIndex(index, kind, trained_rows)

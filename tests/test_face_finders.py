@@ -1,0 +1,55 @@
+"""Every face finder matching offers (Haar, dlib's HOG and CNN detectors) on real LFW photos: one
+face found, mapped onto the training crop close to the tensor store's; nothing found in noise."""
+from __future__ import annotations
+
+import tarfile
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks.images import ImageDecodeError, LFW_CROP_BOX, cut_face
+from tasks.matching.faces import DETECTORS, faces_from_bytes, find_faces
+from tests.conftest import LFW_DIR, requires_lfw
+
+pytest.importorskip("dlib", reason="dlib's detectors need dlib-bin, pinned in requirements.txt")
+
+
+@pytest.fixture(scope="module")
+def lfw_photos() -> list[np.ndarray]:
+    """The first photos of one archive member each of the first people (a streamed read)."""
+    photos = []
+    with tarfile.open(LFW_DIR / "lfw.tgz") as tar:
+        for member in tar:
+            if member.name.endswith("_0001.jpg"):
+                data = np.frombuffer(tar.extractfile(member).read(), np.uint8)
+                photos.append(cv2.imdecode(data, cv2.IMREAD_GRAYSCALE))
+                if len(photos) == 6:
+                    break
+    return photos
+
+
+@requires_lfw
+@pytest.mark.lfw
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_each_detector_finds_the_face_and_maps_it_onto_the_training_crop(lfw_photos, detector):
+    for grey in lfw_photos:
+        faces = find_faces(grey, "largest", detector_name=detector)
+        assert len(faces) == 1, detector
+        x, y, w, h = faces[0].box
+        assert abs(x + w / 2 - 125) < 40 and abs(y + h / 2 - 125) < 40  # LFW's face sits at the centre
+        store_crop = cut_face(grey, LFW_CROP_BOX, 64).astype(int)
+        # a detection mapped onto the crop lands near the store's own crop (BENCHMARKS: median 10.8 for Haar)
+        assert np.abs(faces[0].pixels.astype(int) - store_crop).mean() < 30, detector
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_a_photo_without_a_face_is_an_error_for_every_detector(detector):
+    import io
+
+    from PIL import Image
+
+    blank = io.BytesIO()
+    Image.new("L", (200, 200), 128).save(blank, format="JPEG")
+    with pytest.raises(ImageDecodeError, match="no face found"):
+        faces_from_bytes(blank.getvalue(), "largest", detector_name=detector)

@@ -1,0 +1,68 @@
+"""The gallery's search index: exact search equals the exhaustive one, the IVF index keeps
+recall@1 >= 0.99 on clustered faces, an incremental update equals a rebuild, enrolment keeps it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.scoring import cosine_head
+from tasks.matching.gallery import Gallery
+from tasks.matching.index import build_index, key_ids, update_index
+from tasks.matching.search import score_against_gallery
+
+pytest.importorskip("faiss", reason="faiss-cpu is pinned in requirements.txt")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered_gallery(people: int, per_person: int, dim: int = 32, seed: int = 0):
+    """Identities around random centres (images of one person close together), and probes: other
+    noisy views of the first people."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(people, dim)))
+    emb = _unit(np.repeat(centres, per_person, axis=0) + 0.35 * rng.normal(size=(people * per_person, dim)))
+    names = np.array([f"p{i:05d}" for i in range(people) for _ in range(per_person)], dtype=object)
+    keys = np.array([f"p{i:05d}/{j}.jpg" for i in range(people) for j in range(per_person)], dtype=object)
+    probes = _unit(centres[:500] + 0.35 * rng.normal(size=(500, dim)))
+    return Gallery(names, keys, emb), probes
+
+
+def test_the_exact_index_gives_the_exhaustive_ranking():
+    gallery, probes = clustered_gallery(300, 3)
+    head = cosine_head(10.0, -5.0)
+    names, scores = score_against_gallery(head, probes, gallery, 5)
+    gallery.index = build_index(gallery.embeddings, gallery.ids, "exact")
+    indexed_names, indexed_scores = score_against_gallery(head, probes, gallery, 5)
+    assert (indexed_names == names).all()
+    np.testing.assert_allclose(indexed_scores, scores, rtol=1e-5)
+
+
+def test_the_ivf_index_keeps_recall_at_1_against_exact_search():
+    gallery, probes = clustered_gallery(20_000, 2)
+    head = cosine_head(10.0, -5.0)
+    exact, _ = score_against_gallery(head, probes, gallery, 1)
+    gallery.index = build_index(gallery.embeddings, gallery.ids, "ivf")
+    assert gallery.index.kind == "ivf"
+    approximate, _ = score_against_gallery(head, probes, gallery, 1)
+    assert np.mean(approximate[:, 0] == exact[:, 0]) >= 0.99
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_an_incremental_update_equals_a_rebuild(kind):
+    gallery, probes = clustered_gallery(2_000, 2)  # 4,000 images
+    head = cosine_head(10.0, -5.0)
+    initial = np.arange(4000) < 3000
+    removed = initial & (np.arange(4000) % 7 == 0)
+    final = (initial & ~removed) | ~initial  # the first 3,000 less every 7th, plus the last 1,000
+    before = build_index(gallery.embeddings[initial], key_ids(gallery.keys[initial]), kind)
+    updated = update_index(before, key_ids(gallery.keys[removed]), gallery.embeddings[~initial],
+                           key_ids(gallery.keys[~initial]), gallery.embeddings[final], key_ids(gallery.keys[final]))
+    assert updated.size == int(final.sum()) and updated.kind == kind
+    current = Gallery(gallery.identities[final], gallery.keys[final], gallery.embeddings[final])
+    exhaustive, _ = score_against_gallery(head, probes, current, 3)
+    current.index = updated
+    incremental, _ = score_against_gallery(head, probes, current, 3)
+    agreement = np.mean(incremental[:, 0] == exhaustive[:, 0])
+    assert agreement == 1.0 if kind == "exact" else agreement >= 0.99
