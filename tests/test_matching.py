@@ -38,7 +38,8 @@ def bad_input_corpus() -> dict[str, tuple[bytes, str | None]]:
     good = Image.open(io.BytesIO(jpeg(7)))
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees
-    frames = [Image.fromarray(np.full((250, 250), v, np.uint8)) for v in (40, 200)]
+    grey = good.convert("L")
+    frames = [grey, Image.fromarray(255 - np.asarray(grey))]  # the first frame is the one decoded
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     wide = Image.fromarray((np.asarray(good.convert("L"), np.uint16) * 257))
@@ -394,3 +395,21 @@ def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     for run, k in zip(runs, (1, 3)):
         rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
         assert len(rows) == 10 and rows["top_identities"].map(len).eq(k).all()
+
+
+def test_the_demo_is_scored_against_the_truth():
+    from tasks.matching.demo import score_demo
+
+    results = pd.DataFrame([
+        {"probe_key": "a2.jpg", "identity": "A", "top_identities": ["A", "B"], "error": None},
+        {"probe_key": "b2.jpg", "identity": "unknown", "top_identities": ["A", "B"], "error": None},
+        {"probe_key": "b3.jpg", "identity": None, "top_identities": None, "error": "no face found"},
+        {"probe_key": "x1.jpg", "identity": "unknown", "top_identities": ["B", "A"], "error": None},
+        {"probe_key": "y1.jpg", "identity": "A", "top_identities": ["A", "B"], "error": None},
+    ])
+    truth = {"a2.jpg": "A", "b2.jpg": "B", "b3.jpg": "B", "x1.jpg": None, "y1.jpg": None}
+    scored = score_demo(results, truth)
+    assert (scored["known_probes"], scored["never_enrolled_probes"], scored["gallery_people"]) == (3, 2, 2)
+    assert scored["rank1"] == pytest.approx(1 / 3) and scored["rank5"] == pytest.approx(2 / 3)
+    assert scored["known_named_right"] == pytest.approx(1 / 3)
+    assert scored["never_enrolled_called_unknown"] == 0.5 and scored["errors"] == 1

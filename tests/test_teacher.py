@@ -143,7 +143,9 @@ def test_training_without_a_teacher_never_imports_it(tiny_disjoint):
     script = ("import sys, json, settings, tests.fakes as f; from tasks.data.datasets import DATASETS; "
               "DATASETS['tiny'] = f.tiny_spec(json.loads(sys.argv[1])); from tasks.training.train import train; "
               f"train(f.TINY_TRAIN.replace(protocol='identity_disjoint', people_per_batch=2, epochs=1), "
-              f"{tiny_disjoint!r}, log=lambda _: None); print(sorted(m for m in sys.modules if 'dlib' in m))")
+              f"{tiny_disjoint!r}, log=lambda _: None); "
+              f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('dlib', '_dlib_pybind11', "
+              f"'face_recognition_models', 'tasks') and ('dlib' in m or 'teacher' in m or 'face_rec' in m)))")
     sums = {f.name: f.sha256 for f in DATASETS["tiny"].files}
     import json
 
@@ -162,7 +164,8 @@ def test_the_student_learns_the_teacher_and_the_report_says_so(tiny_disjoint):
     run_training_teacher("tiny", "identity_disjoint", tiny_disjoint, workers=1, log=lambda _: None)
     config = TINY_TRAIN.replace(protocol="identity_disjoint", people_per_batch=2, teacher="dlib", epochs=6,
                                 steps_per_epoch=6, learning_rate=3e-3, identification_weight=0.0,
-                                teacher_images_per_batch=8, distill_weight=1.0)
+                                teacher_images_per_batch=8, distill_weight=5.0, relational_weight=0.0,
+                                embedding_dim=128)
     result = train(config, tiny_disjoint, log=lambda _: None)
     store = open_storage(tiny_disjoint)
     history = pd.read_csv(f"{tiny_disjoint}/models/{result.version}/history.csv")

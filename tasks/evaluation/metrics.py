@@ -73,7 +73,8 @@ def open_set_curve(different_scores: np.ndarray) -> dict:
     negatives = np.sort(np.asarray(different_scores, dtype="float64"))[::-1]
     if negatives.size == 0:
         raise ValueError("open_set_curve needs different-person scores")
-    fars = [f for f in np.logspace(-2, -8, 25) if f * negatives.size >= 1.0]
+    # from 1e-2 down (or, with fewer than 100 pairs, the one rate they resolve: one in n)
+    fars = [f for f in np.logspace(-2, -8, 25) if f * negatives.size >= 1.0] or [1.0 / negatives.size]
     return {"different_pairs": int(negatives.size), "pair_far": [float(f) for f in fars],
             "threshold": [float(np.nextafter(negatives[int(math.floor(f * negatives.size + 1e-9))], np.inf))
                           for f in fars]}

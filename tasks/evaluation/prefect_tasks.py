@@ -30,12 +30,12 @@ def evaluate_model(version: str, storage_url: str | None, config: EvalConfig) ->
     return result
 
 
-@task(tags=["siamese-faces", "champion"],
-      name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
 def _source(teacher: str | None) -> str:
     return f"outside data (teacher `{teacher}`)" if teacher else "the dataset alone"
 
 
+@task(tags=["siamese-faces", "champion"],
+      name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
 def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOTION_METRIC,
                      min_gain: float = 0.0) -> dict:
     store = open_storage(storage_url)

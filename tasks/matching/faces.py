@@ -32,7 +32,8 @@ Detector = Literal["haar", "dlib_hog", "dlib_cnn"]
 DETECTORS: tuple[str, ...] = Detector.__args__
 # Where LFWcrop's box lies relative to each detector's box (median over 300 LFW photos, largest
 # face; bench/face_finders.py): centre dx / box width, centre dy / box height, side / box width.
-CROP_FROM_DETECTION = {"haar": (-0.0084, 0.0756, 0.7217), "dlib_hog": None, "dlib_cnn": None}
+CROP_FROM_DETECTION = {"haar": (-0.0084, 0.0756, 0.7217), "dlib_hog": (-0.0230, -0.0291, 0.7981),
+                       "dlib_cnn": (0.0526, 0.0921, 0.8737)}
 
 
 @dataclass(frozen=True)

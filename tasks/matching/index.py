@@ -74,12 +74,12 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str | None = None
 
 def update_index(previous: GalleryIndex, removed_ids: np.ndarray, added: np.ndarray, added_ids: np.ndarray,
                  all_embeddings: np.ndarray, all_ids: np.ndarray) -> GalleryIndex:
-    """``previous`` less ``removed_ids`` plus ``added``; rebuilt from ``all_*`` when the gallery
-    crossed EXACT_LIMIT or has doubled since the IVF centroids were trained."""
+    """``previous`` less ``removed_ids`` plus ``added``; rebuilt from ``all_*`` as an IVF index when
+    an exact one grew past EXACT_LIMIT, or with new centroids when an IVF gallery has doubled since
+    they were trained (an IVF index that shrank keeps working as it is)."""
     size = previous.size - len(removed_ids) + len(added)
-    wanted = "exact" if size <= EXACT_LIMIT else "ivf"
-    if wanted != previous.kind or (wanted == "ivf" and size > 2 * previous.trained_rows):
-        return build_index(all_embeddings, all_ids, wanted)
+    if (previous.kind == "exact" and size > EXACT_LIMIT) or (previous.kind == "ivf" and size > 2 * previous.trained_rows):
+        return build_index(all_embeddings, all_ids, "ivf")
     if len(removed_ids):
         previous.index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
     if len(added):

@@ -169,6 +169,9 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
 
         teacher_info = teacher_version()  # first: a missing package is named before anything else
         teacher = training_targets(store, config.dataset, config.protocol, index, pairs.frame)
+        if teacher.targets.shape[1] != config.embedding_dim:
+            raise ValueError(f"the student learns the teacher's {teacher.targets.shape[1]}-d embedding: set "
+                             f"embedding_dim to {teacher.targets.shape[1]} (it is {config.embedding_dim})")
         log(f"teacher {config.teacher}: targets for {len(teacher.rows)} training images "
             f"({teacher.errors} it could not read); {config.teacher_images_per_batch} of them join each batch")
     outputs = tuple(name for name, on in (("pairs", True), ("classes", identify), ("teacher", teacher is not None))
