@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 
 from tasks.data.steps import cache_dir
-from tasks.images import LFW_CROP_BOX
-from tasks.matching.faces import CROP_FROM_DETECTION, DETECTORS, detect_boxes
+from tasks.images import LFW_CROP_BOX, cut_face
+from tasks.matching.faces import CROP_FROM_DETECTION, DETECTORS, detect_boxes, find_faces
 
 
 def _central(boxes, width: int, height: int):
@@ -37,7 +37,7 @@ def _central(boxes, width: int, height: int):
 
 def measure(detector: str, photos: list[np.ndarray]) -> dict:
     detect_boxes(photos[0], detector)  # loads the models outside the timing
-    found, rel, boxes_ltrb, seconds = 0, [], [], 0.0
+    found, rel, boxes_ltrb, seconds, differences = 0, [], [], 0.0, []
     left, top, right, bottom = LFW_CROP_BOX
     crop_cx, crop_cy, crop_side = (left + right) / 2, (top + bottom) / 2, right - left
     for grey in photos:
@@ -51,8 +51,11 @@ def measure(detector: str, photos: list[np.ndarray]) -> dict:
         if _central(boxes, grey.shape[1], grey.shape[0]) == boxes[0]:
             rel.append(((crop_cx - (x + w / 2)) / w, (crop_cy - (y + h / 2)) / h, crop_side / w))
             boxes_ltrb.append((x, y, x + w, y + h))
+            if grey.shape == (250, 250):  # the crop matching cuts from this box, against the store's
+                mapped = find_faces(grey, "largest", detector_name=detector)[0].pixels.astype(int)
+                differences.append(np.abs(mapped - cut_face(grey, LFW_CROP_BOX, 64).astype(int)).mean())
     return {"found": found, "photos": len(photos), "ms": 1000 * seconds / len(photos), "rel": np.array(rel),
-            "boxes": np.array(boxes_ltrb)}
+            "boxes": np.array(boxes_ltrb), "differences": differences}
 
 
 def main() -> None:
@@ -66,13 +69,18 @@ def main() -> None:
     random.Random(0).shuffle(files)
     lfw = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files[:args.photos]]
     print(f"{len(lfw)} seeded LFW photos (250x250, a face at the centre of each)")
-    print("detector | found | misses | ms/photo | dx/w (median, std) | dy/h | side/w | in faces.py")
+    print("detector | found | misses | ms/photo | dx/w (median, std) | dy/h | side/w | in faces.py | "
+          "crop vs store's (median grey levels)")
     for name in DETECTORS:
         r = measure(name, lfw)
         med, std = np.median(r["rel"], axis=0), r["rel"].std(axis=0)
         print(f"{name} | {r['found']}/{r['photos']} | {r['photos'] - r['found']} | {r['ms']:.1f} | "
               f"{med[0]:+.4f} {std[0]:.4f} | {med[1]:+.4f} {std[1]:.4f} | {med[2]:+.4f} {std[2]:.4f} | "
-              f"{CROP_FROM_DETECTION[name]}")
+              f"{CROP_FROM_DETECTION[name]} | {np.median(r['differences']):.1f}")
+        if name == "haar":  # the scale of the difference: the store's own box moved by half its width
+            shifted = [np.abs(cut_face(g, (123, 92, 206, 175), 64).astype(int)
+                              - cut_face(g, LFW_CROP_BOX, 64).astype(int)).mean() for g in lfw]
+            print(f"  the store's box moved right by half its width: median {np.median(shifted):.1f} grey levels")
         if name == "dlib_hog":
             print(f"  dlib_hog median box (left, top, right, bottom) on the 250x250 frame: "
                   f"{tuple(int(round(v)) for v in np.median(r['boxes'], axis=0))}")

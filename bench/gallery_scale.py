@@ -11,7 +11,10 @@ right answer to find; random vectors with no structure are not what an index mee
   exhaustive_cosine   the cosine head without an index: the matrix product in blocks (numpy)
   exhaustive_l1       the ancestors' weighted-L1 head, exhaustive in bounded blocks (fewer probes)
   index_exact         faiss IndexFlatIP through the gallery index (what matching uses up to 200k)
-  index_ivf           faiss IndexIVFFlat (256 images per cell, 32 cells searched; matching above 200k)
+  index_ivf           faiss IndexIVFFlat (256 images per cell; the cells searched, nprobe, swept)
+  index_hnsw          faiss IndexHNSWFlat (32 links per node; efSearch swept): a graph of neighbours
+  baseline            the same data and imports (TensorFlow comes with the matching modules), nothing
+                      scored: the memory every other row starts from
 
 Times are for scoring only (embeddings given), with the index built beforehand (its build time
 is printed on its own). recall@1: the share of probes whose top identity equals the exact one's.
@@ -57,19 +60,26 @@ def child(method: str, size: int, probes: int, dim: int, nprobe: int) -> dict:
     else:
         head = cosine_head(10.0, -5.0)
     build = 0.0
+    if method == "baseline":  # the same data and modules, nothing scored: what every row's memory starts from
+        return {"method": method, "size": size, "probes": probes, "seconds": 0.0, "probes_per_second": float("nan"),
+                "build_seconds": 0.0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "top1": []}
     if method.startswith("index_"):
         t0 = time.perf_counter()
         gallery.index = build_index(gallery_emb, key_ids(names), method.removeprefix("index_"))
         build = time.perf_counter() - t0
-        if method == "index_ivf":
-            import faiss
+        import faiss
 
+        if method == "index_ivf":
             ivf = faiss.extract_index_ivf(gallery.index.index)
             ivf.nprobe = min(nprobe, ivf.nlist)
+        if method == "index_hnsw":
+            faiss.downcast_index(gallery.index.index.index).hnsw.efSearch = nprobe
     t0 = time.perf_counter()
     top, _ = score_against_gallery(head, queries, gallery, 5)
     seconds = time.perf_counter() - t0
-    out = {"method": method + (f" (nprobe {nprobe})" if method == "index_ivf" else ""), "size": size, "probes": probes, "seconds": seconds, "probes_per_second": probes / seconds,
+    label = {"index_ivf": f" (nprobe {nprobe})", "index_hnsw": f" (efSearch {nprobe})"}.get(method, "")
+    out = {"method": method + label, "size": size, "probes": probes, "seconds": seconds, "probes_per_second": probes / seconds,
            "build_seconds": build, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "top1": top[:, 0].tolist()}
     return out
@@ -81,9 +91,12 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=10_000)
     ap.add_argument("--l1-probes", type=int, default=200, help="probes for the weighted-L1 head (slow)")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--methods", nargs="+", default=["exhaustive_cosine", "exhaustive_l1", "index_exact", "index_ivf"])
+    ap.add_argument("--methods", nargs="+",
+                    default=["baseline", "exhaustive_cosine", "exhaustive_l1", "index_exact", "index_ivf"])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[32, 64, 128, 256],
                     help="cells the IVF index searches per probe (one run each)")
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256],
+                    help="candidates the HNSW graph keeps while searching (one run each)")
     ap.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -93,7 +106,8 @@ def main() -> None:
     print("method | identities | probes | probes/s | peak RSS MB | index build s | recall@1 vs exact")
     for size in args.sizes:
         exact_top = None
-        runs = [(m, n) for m in args.methods for n in (args.nprobe if m == "index_ivf" else [0])]
+        sweep = {"index_ivf": args.nprobe, "index_hnsw": args.ef_search}
+        runs = [(m, n) for m in args.methods for n in sweep.get(m, [0])]
         for method, nprobe in runs:
             probes = args.l1_probes if method == "exhaustive_l1" else args.probes
             out = subprocess.run([sys.executable, "-m", "bench.gallery_scale", "--child", method, str(size),
@@ -105,7 +119,7 @@ def main() -> None:
             if method in ("exhaustive_cosine", "index_exact") and exact_top is None:
                 exact_top = r["top1"]
             recall = "-"
-            if method == "index_ivf" and exact_top is not None and size > 256:
+            if method in ("index_ivf", "index_hnsw") and exact_top is not None and size > 256:
                 recall = f"{np.mean(np.array(r['top1']) == np.array(exact_top)):.4f}"
             print(f"{r['method']} | {size:,} | {r['probes']:,} | {r['probes_per_second']:,.0f} | {r['peak_rss_mb']:,.0f} | "
                   f"{r['build_seconds']:.1f} | {recall}", flush=True)

@@ -84,7 +84,6 @@ def main() -> None:
         print(f"student {version}, flip {flip}{' (its manifest)' if student is embedded else ''}: "
               f"{rates[flip]:.0f} photos/s")
     scorer.flip = read_manifest(store, version)["inference"]["flip"]
-    student_rate = rates[scorer.flip]
 
     from tasks.images import decode
 

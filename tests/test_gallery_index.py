@@ -41,17 +41,18 @@ def test_the_exact_index_gives_the_exhaustive_ranking():
     np.testing.assert_allclose(indexed_scores, scores, rtol=1e-5)
 
 
-def test_the_ivf_index_keeps_recall_at_1_against_exact_search():
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_an_approximate_index_keeps_recall_at_1_against_exact_search(kind):
     gallery, probes = clustered_gallery(20_000, 2)
     head = cosine_head(10.0, -5.0)
     exact, _ = score_against_gallery(head, probes, gallery, 1)
-    gallery.index = build_index(gallery.embeddings, gallery.ids, "ivf")
-    assert gallery.index.kind == "ivf"
+    gallery.index = build_index(gallery.embeddings, gallery.ids, kind)
+    assert gallery.index.kind == kind
     approximate, _ = score_against_gallery(head, probes, gallery, 1)
     assert np.mean(approximate[:, 0] == exact[:, 0]) >= 0.99
 
 
-@pytest.mark.parametrize("kind", ["exact", "ivf"])
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
 def test_an_incremental_update_equals_a_rebuild(kind):
     gallery, probes = clustered_gallery(2_000, 2)  # 4,000 images
     head = cosine_head(10.0, -5.0)

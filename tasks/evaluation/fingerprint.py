@@ -14,8 +14,8 @@ class DataFingerprintError(ValueError):
 def check_model_data(version: str, manifest: dict, pairs: PairsTable, tensors_sha256: str) -> None:
     data, config = manifest.get("data", {}), manifest["config"]
     where = f"{config['dataset']}/{config['protocol']}"
-    fix = (f"evaluate it on the data it was trained on (the data flow with the settings it was made with) or "
-           f"train a new model on the current data")
+    fix = ("evaluate it on the data it was trained on (the data flow with the settings it was made with) or "
+           "train a new model on the current data")
     if data.get("tensors_sha256") and data["tensors_sha256"] != tensors_sha256:
         raise DataFingerprintError(f"model {version} was trained on another tensor store of {config['dataset']} "
                                    f"({data['tensors_sha256'][:12]}, now {tensors_sha256[:12]}): {fix}")

@@ -49,11 +49,19 @@ class GalleryIndex:
         return faiss.serialize_index(self.index).tobytes()
 
 
+HNSW_LINKS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+
+
 def _new(kind: str, dim: int, train: np.ndarray | None):
     import faiss
 
     if kind == "exact":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if kind == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        graph.hnsw.efSearch = HNSW_EF_SEARCH
+        return faiss.IndexIDMap2(graph)
     nlist = max(1, len(train) // CELL_SIZE)
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -80,6 +88,8 @@ def update_index(previous: GalleryIndex, removed_ids: np.ndarray, added: np.ndar
     size = previous.size - len(removed_ids) + len(added)
     if (previous.kind == "exact" and size > EXACT_LIMIT) or (previous.kind == "ivf" and size > 2 * previous.trained_rows):
         return build_index(all_embeddings, all_ids, "ivf")
+    if previous.kind == "hnsw" and len(removed_ids):  # a graph cannot drop a node: built again
+        return build_index(all_embeddings, all_ids, "hnsw")
     if len(removed_ids):
         previous.index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
     if len(added):
@@ -93,4 +103,6 @@ def load_index(data: bytes, kind: str, trained_rows: int) -> GalleryIndex:
     index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     if kind == "ivf":
         faiss.extract_index_ivf(index).nprobe = min(NPROBE, faiss.extract_index_ivf(index).nlist)
+    if kind == "hnsw":
+        faiss.downcast_index(index.index).hnsw.efSearch = HNSW_EF_SEARCH
     return GalleryIndex(index, kind, trained_rows)
