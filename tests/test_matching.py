@@ -413,3 +413,32 @@ def test_the_demo_is_scored_against_the_truth():
     assert scored["rank1"] == pytest.approx(1 / 3) and scored["rank5"] == pytest.approx(2 / 3)
     assert scored["known_named_right"] == pytest.approx(1 / 3)
     assert scored["never_enrolled_called_unknown"] == 0.5 and scored["errors"] == 1
+
+
+def test_a_model_is_matched_with_its_own_preprocessing(tiny_mirror, tmp_path, monkeypatch):
+    """A model trained on whole frames (a dataset without a crop box, like AT&T's) is fed whole
+    frames by matching, not LFW's crop: the manifest says how its faces were cut."""
+    from dataclasses import replace
+
+    from tasks.data.datasets import DATASETS
+    from tasks.data.steps import preprocess_for
+    from tasks.images import cut_face, decode
+    from tasks.matching.embedders import model_embedder
+    from tasks.training.train import train
+    from tests.fakes import TINY_TRAIN, prepare_tiny, tiny_spec
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", replace(tiny_spec(sums), crop_box=None))
+    assert preprocess_for("tiny").crop_box is None
+    storage = str(tmp_path / "store")
+    prepare_tiny(storage, folder, sums)
+    version = train(TINY_TRAIN.replace(epochs=1), storage, log=lambda _: None).version
+    store = open_storage(storage)
+    assert store.read_json(f"models/{version}/manifest.json")["preprocess"]["crop_box"] is None
+    embedder = model_embedder(store, version)
+    photo = jpeg(11)
+    face = embedder.faces(photo, "none")[0]
+    assert np.array_equal(face.pixels, cut_face(decode(photo, grey=True), None, 64))  # the whole frame
+    assert face.box == (0, 0, 250, 250)
+    lfw_cut = cut_face(decode(photo, grey=True), (83, 92, 166, 175), 64)
+    assert not np.array_equal(face.pixels, lfw_cut)
