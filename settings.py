@@ -13,7 +13,9 @@ Settings (environment variables):
   SIAMESE_S3_ENDPOINT_URL       S3 endpoint (MinIO, SeaweedFS, moto); AWS_ENDPOINT_URL also works
   AWS_REGION                    or AWS_DEFAULT_REGION
   SIAMESE_AWS_CREDENTIALS_BLOCK a prefect-aws AwsCredentials block to take S3 credentials from
-  SIAMESE_S3_MAX_ATTEMPTS, SIAMESE_S3_CONNECT_TIMEOUT, SIAMESE_S3_READ_TIMEOUT  botocore retries/timeouts
+  SIAMESE_S3_MAX_ATTEMPTS, SIAMESE_S3_CONNECT_TIMEOUT, SIAMESE_S3_READ_TIMEOUT  S3 retries/timeouts
+  SIAMESE_S3_FETCH_CLIENT       pyarrow (default: its C++ client fetches probes and gallery images ~3x
+                                faster than boto3) or boto3
   SIAMESE_NATIVE_LOGS           1: show TensorFlow's C++ start-up lines and info/warning logs
 Credentials themselves are never settings here: boto3 reads them from its usual chain.
 """
@@ -26,7 +28,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Self
+from typing import Any, Iterator, Literal, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
     s3_max_attempts: int = Field(8, ge=1)
     s3_connect_timeout: float = Field(5.0, gt=0)
     s3_read_timeout: float = Field(60.0, gt=0)
+    s3_fetch_client: Literal["pyarrow", "boto3"] = "pyarrow"
     native_logs: bool = False
 
 

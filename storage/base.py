@@ -64,6 +64,11 @@ class Storage(ABC):
     @abstractmethod
     def read_bytes(self, key: str) -> bytes: ...
 
+    def fetch_bytes(self, key: str) -> bytes:
+        """``read_bytes`` for one of many small objects read at once (probes, gallery images), from
+        many threads; S3 uses a faster client for it. NotFoundError when the key does not exist."""
+        return self.read_bytes(key)
+
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None: ...
 

@@ -42,18 +42,21 @@ def _botocore_config(max_attempts: int, connect_timeout: float, read_timeout: fl
     )
 
 
-@lru_cache(maxsize=8)
-def _s3_client(endpoint_url: str | None, region: str | None, credentials_block: str | None,
-               retry: tuple[int, float, float]) -> Any:
-    """One boto3 client per process and configuration (boto3 clients are thread-safe)."""
+def _boto3_session(credentials_block: str | None) -> Any:
     import boto3
 
     if credentials_block:
         from prefect_aws import AwsCredentials
 
-        session = AwsCredentials.load(credentials_block).get_boto3_session()
-    else:
-        session = boto3.session.Session()
+        return AwsCredentials.load(credentials_block).get_boto3_session()
+    return boto3.session.Session()
+
+
+@lru_cache(maxsize=8)
+def _s3_client(endpoint_url: str | None, region: str | None, credentials_block: str | None,
+               retry: tuple[int, float, float]) -> Any:
+    """One boto3 client per process and configuration (boto3 clients are thread-safe)."""
+    session = _boto3_session(credentials_block)
     return session.client(
         "s3", endpoint_url=endpoint_url, region_name=region or session.region_name or "us-east-1",
         config=_botocore_config(*retry),
@@ -66,6 +69,41 @@ def s3_client() -> Any:
     with _clients_lock:
         return _s3_client(s.s3_endpoint_url, s.aws_region, s.aws_credentials_block,
                           (s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout))
+
+
+@lru_cache(maxsize=8)
+def _arrow_s3(endpoint_url: str | None, region: str | None, credentials_block: str | None,
+              retry: tuple[int, float, float]) -> Any | None:
+    """pyarrow's S3 filesystem with the same endpoint, region, timeouts and credentials as the boto3
+    client; None when those credentials refresh themselves (an assumed role, instance metadata),
+    which boto3 keeps current and a copy would not: bulk reads then stay on boto3."""
+    import pyarrow.fs
+    from botocore.credentials import RefreshableCredentials
+
+    session = _boto3_session(credentials_block)
+    credentials = session.get_credentials()
+    if credentials is None or isinstance(credentials, RefreshableCredentials):
+        return None
+    frozen = credentials.get_frozen_credentials()
+    extra: dict[str, Any] = {}
+    if endpoint_url:
+        parsed = urlparse(endpoint_url)
+        extra = {"endpoint_override": parsed.netloc + parsed.path.rstrip("/"), "scheme": parsed.scheme or "https"}
+    max_attempts, connect_timeout, read_timeout = retry
+    return pyarrow.fs.S3FileSystem(
+        access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
+        region=region or session.region_name or "us-east-1", connect_timeout=connect_timeout,
+        request_timeout=read_timeout, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts),
+        **extra)
+
+
+def _fetch_fs() -> Any | None:
+    s = settings()
+    if s.s3_fetch_client != "pyarrow":
+        return None
+    with _clients_lock:
+        return _arrow_s3(s.s3_endpoint_url, s.aws_region, s.aws_credentials_block,
+                         (s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout))
 
 
 def _block_storage(name: str, extra_prefix: str) -> S3Storage:
@@ -83,7 +121,7 @@ def open_storage(url: str | Path | None = None) -> Storage:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"storage address {url!r} has no bucket: use s3://bucket/prefix")
-        return S3Storage(parsed.netloc, parsed.path, s3_client())
+        return S3Storage(parsed.netloc, parsed.path, s3_client(), _fetch_fs)
     if parsed.scheme == "s3-block":
         return _block_storage(parsed.netloc, parsed.path)
     if parsed.scheme == "file":

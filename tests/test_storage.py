@@ -41,11 +41,35 @@ def test_bytes_roundtrip_exists_info_delete(store):
     assert info.key == "a/b.bin" and info.size == 5 and info.etag
     store.write_bytes("a/b.bin", b"replaced")  # overwrite
     assert store.read_bytes("a/b.bin") == b"replaced"
+    assert store.fetch_bytes("a/b.bin") == b"replaced"  # the bulk path (pyarrow's client on S3)
     store.delete("a/b.bin")
     assert not store.exists("a/b.bin")
     store.delete("a/b.bin")  # deleting again is fine
     with pytest.raises(NotFoundError, match="a/b.bin"):
         store.read_bytes("a/b.bin")
+    with pytest.raises(NotFoundError, match="a/b.bin"):
+        store.fetch_bytes("a/b.bin")
+
+
+def test_bulk_reads_go_through_pyarrow_and_an_outage_is_not_a_missing_object(seaweed_bucket, monkeypatch):
+    import pyarrow.fs
+
+    from tests.servers import free_port
+
+    store = open_storage(f"s3://{seaweed_bucket}/p")
+    store.write_bytes("x.jpg", b"abc")
+    assert isinstance(store._fetch_fs(), pyarrow.fs.S3FileSystem) and store.fetch_bytes("x.jpg") == b"abc"
+    monkeypatch.setenv("SIAMESE_S3_FETCH_CLIENT", "boto3")
+    boto = open_storage(f"s3://{seaweed_bucket}/p")
+    assert boto._fetch_fs() is None and boto.fetch_bytes("x.jpg") == b"abc"
+    monkeypatch.delenv("SIAMESE_S3_FETCH_CLIENT")
+    monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("SIAMESE_S3_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("SIAMESE_S3_CONNECT_TIMEOUT", "1")
+    down = open_storage(f"s3://{seaweed_bucket}/p")
+    with pytest.raises(StorageError, match=r"S3 read of s3://.*/p/x.jpg failed") as err:
+        down.fetch_bytes("x.jpg")
+    assert not isinstance(err.value, NotFoundError)  # matching fails the shard (retried), no error row
 
 
 def test_parquet_and_json_roundtrip(store):
