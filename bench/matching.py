@@ -36,6 +36,12 @@ def start_seaweedfs():
     return SeaweedFS(Path(tempfile.mkdtemp(prefix="bench-seaweedfs-"))).start()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc), to show what the S3 server costs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def identification(scorer, tensors, index, pairs, thresholds: dict) -> dict:
     """Rank-1/5 and rejection of never-enrolled people on the model's held-out identities (the
     evaluation's own measure, on these embeddings)."""
@@ -130,6 +136,25 @@ def main() -> int:
 
         probe_tensors = tensors[[row_of[i] for i in probe_ids]]
         scorer.embed(probe_tensors[:512])  # warm-up (tracing)
+        embed_rates: list[float] = []
+
+        def embed_seconds() -> float:
+            """Embed-only on the same images; measured again beside every end-to-end run, since this
+            shared machine's speed drifts by +-15% within minutes: each ratio uses its neighbours."""
+            t0 = time.perf_counter()
+            scorer.embed(probe_tensors)
+            seconds = time.perf_counter() - t0
+            embed_rates.append(len(probe_ids) / seconds)
+            return seconds
+
+        def like_for_like(run) -> tuple[float, float]:
+            """(embed-only seconds around it, the run's own seconds)."""
+            before = embed_seconds()
+            t0 = time.perf_counter()
+            run()
+            own = time.perf_counter() - t0
+            return (before + embed_seconds()) / 2, own
+
         t0 = time.perf_counter()
         probe_embeddings = scorer.embed(probe_tensors)
         embed_s = time.perf_counter() - t0
@@ -141,31 +166,50 @@ def main() -> int:
         score_against_gallery(scorer, probe_embeddings, enrolled_gallery, 5)
         result["score_seconds_per_probe"] = (time.perf_counter() - t0) / len(probe_ids)
 
-        t0 = time.perf_counter()
-        run = match_flow(MatchParams(probes=probes_url, gallery=gallery_url, model=version,
-                                     shard_size=args.shard_size), storage)
-        e2e_s = time.perf_counter() - t0
-        result["embed_only_images_per_s"] = len(probe_ids) / embed_s
+        runs: dict = {}
+
+        def s3_run() -> None:  # what the S3 server itself takes of this machine's cores meanwhile
+            server_cpu, t0 = cpu_seconds(seaweed._process.pid), time.perf_counter()
+            runs["s3"] = match_flow(MatchParams(probes=probes_url, gallery=gallery_url, model=version,
+                                                shard_size=args.shard_size), storage)
+            result["seaweedfs_cpu_share_during_run"] = (cpu_seconds(seaweed._process.pid) - server_cpu) / (
+                (time.perf_counter() - t0) * os.cpu_count())
+
+        embed_s, e2e_s = like_for_like(s3_run)
+        run = runs["s3"]
         result["end_to_end_probes_per_s"] = len(probe_ids) / e2e_s
         result["end_to_end_over_embed_only"] = embed_s / e2e_s
 
-        # what the S3 endpoint itself can serve: GETs of the same probes, 16 threads, nothing else running
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(probes.read_bytes, probe_ids))
-        result["s3_get_only_objects_per_s"] = len(probe_ids) / (time.perf_counter() - t0)
+        # what the S3 endpoint itself can serve: GETs of the same probes, 16 threads, nothing else
+        # running, through boto3 and through the bulk path matching uses (pyarrow's client)
+        for name, read in (("boto3", probes.read_bytes), ("pyarrow", probes.fetch_bytes)):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(read, probe_ids))
+            result[f"s3_get_only_objects_per_s_{name}"] = len(probe_ids) / (time.perf_counter() - t0)
+
+        # The shards' own pipeline (fetch, decode, crop, embed, score) without Prefect's flow around it:
+        # what the flow adds (task start-up, listing, the summary) shows as the difference.
+        from tasks.matching.embedders import model_embedder
+        from tasks.matching.runs import match_keys
+
+        embedder = model_embedder(local, version)
+        for name, source, keys in (("seaweedfs", probes, probe_ids),
+                                   ("local_folder", open_storage(str(images_root)), [path_of[i] for i in probe_ids])):
+            around, own = like_for_like(lambda: match_keys(source, keys, embedder, enrolled_gallery, 0.5, "auto", 5))
+            result[f"shard_pipeline_{name}_over_embed_only"] = around / own  # any threshold: the same work
 
         # the same matching with the probes read from a local folder (a key manifest), same gallery
         manifest = Path("bench/out/probe_keys.txt")
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text("\n".join(path_of[i].split("/", 1)[1] for i in probe_ids) + "\n")
         folder = str(images_root / path_of[probe_ids[0]].split("/", 1)[0])
-        t0 = time.perf_counter()
-        match_flow(MatchParams(probes=folder, gallery=gallery_url, model=version,
-                               probe_manifest=str(manifest.resolve()), shard_size=args.shard_size), storage)
-        local_s = time.perf_counter() - t0
+        around, local_s = like_for_like(lambda: match_flow(MatchParams(
+            probes=folder, gallery=gallery_url, model=version, probe_manifest=str(manifest.resolve()),
+            shard_size=args.shard_size), storage))
         result["end_to_end_local_folder_probes_per_s"] = len(probe_ids) / local_s
-        result["end_to_end_local_folder_over_embed_only"] = embed_s / local_s
+        result["end_to_end_local_folder_over_embed_only"] = around / local_s
+        result["embed_only_images_per_s"] = embed_rates  # in the order measured
         result["match_run"] = {k: run[k] for k in ("run_id", "shards", "probes", "faces", "matched", "unknown",
                                                     "errors", "complete")}
 
@@ -205,8 +249,12 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "matching.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"\nend-to-end / embed-only: {result['end_to_end_over_embed_only']:.2f} with probes in SeaweedFS (it serves "
-          f"{result['s3_get_only_objects_per_s']:.0f} GET/s here), "
-          f"{result['end_to_end_local_folder_over_embed_only']:.2f} from a local folder (target >= 0.8)")
+          f"{result['s3_get_only_objects_per_s_pyarrow']:.0f} GET/s here through pyarrow, "
+          f"{result['s3_get_only_objects_per_s_boto3']:.0f} through boto3, and took "
+          f"{result['seaweedfs_cpu_share_during_run']:.0%} of the CPU during the run), "
+          f"{result['end_to_end_local_folder_over_embed_only']:.2f} from a local folder (target >= 0.8); "
+          f"the shards' pipeline without the flow: {result['shard_pipeline_seaweedfs_over_embed_only']:.2f} and "
+          f"{result['shard_pipeline_local_folder_over_embed_only']:.2f}")
     a = result["ancestor_comparison"]
     print(f"vs the first ancestor's way on the same {a['probes']} probes against {a['gallery_images']} gallery "
           f"images: {a['ancestor_seconds']:.1f} s against {a['ours_seconds_gallery_embedding_included']:.2f} s "

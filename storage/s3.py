@@ -21,6 +21,7 @@ from storage.base import NotFoundError, ObjectInfo, Storage, StorageError, norma
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_UNSET = object()
 
 
 def _is_missing(err: ClientError) -> bool:
@@ -39,6 +40,7 @@ class S3Storage(Storage):
         self.prefix = normalize_prefix(prefix)
         self.client = client
         self._fetch_fs = fetch_fs
+        self._fs: Any = None if fetch_fs is None else _UNSET
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
@@ -65,7 +67,9 @@ class S3Storage(Storage):
         """One GET through pyarrow's C++ S3 client, which releases the GIL for the whole request: about
         3x boto3's rate from 16 threads (BENCHMARKS.md). Its own retries back off on throttling and
         dropped connections; a missing key is NotFoundError, anything else a StorageError."""
-        fs = self._fetch_fs() if self._fetch_fs is not None else None
+        if self._fs is _UNSET:  # once per storage: settings are read from the environment
+            self._fs = self._fetch_fs()
+        fs = self._fs
         if fs is None:
             return self.read_bytes(key)
         try:

@@ -99,8 +99,9 @@ def _model_crop(pixels: np.ndarray, box: tuple[int, int, int, int], detector_nam
     k = scale * w / (right - left)  # photo pixels per LFW-frame pixel
     frame_x = x + w / 2 + dx * w - k * (left + right) / 2
     frame_y = y + h / 2 + dy * h - k * (top + bottom) / 2
-    l, t, r, b = preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)
-    return _cut(pixels, frame_x + k * l, frame_y + k * t, frame_x + k * r, frame_y + k * b, preprocess.size)
+    c_left, c_top, c_right, c_bottom = preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)
+    return _cut(pixels, frame_x + k * c_left, frame_y + k * c_top, frame_x + k * c_right, frame_y + k * c_bottom,
+                preprocess.size)
 
 
 # A crop this flat (standard deviation in grey levels) is a blank image, not a face: no detector

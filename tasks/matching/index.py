@@ -3,6 +3,9 @@
 inverted-file index (``IndexIVFFlat``: the gallery split into cells around k-means centroids, a
 probe searching the ``nprobe`` nearest cells) above it, where exact search stops paying
 (bench/gallery_scale.py measures both and the recall@1 of the approximate one against exact).
+An HNSW graph (``kind="hnsw"``, ``IndexHNSWFlat``) can be asked for; it is not the default: at 1M
+identities it took 481 s to build and found fewer right neighbours than IVF at the same speed
+(BENCHMARKS.md, gallery scale), and a graph cannot drop a node, so any removal rebuilds it.
 
 Every image keeps a stable id (from its key), so enrolment updates the index in place: removed or
 changed images are taken out, new ones added; the IVF centroids are trained again only when the
