@@ -72,37 +72,37 @@ def s3_client() -> Any:
 
 
 @lru_cache(maxsize=8)
-def _arrow_s3(endpoint_url: str | None, region: str | None, credentials_block: str | None,
+def _arrow_s3(endpoint_url: str, region: str, credentials_block: str | None,
               retry: tuple[int, float, float]) -> Any | None:
-    """pyarrow's S3 filesystem with the same endpoint, region, timeouts and credentials as the boto3
-    client; None when those credentials refresh themselves (an assumed role, instance metadata),
-    which boto3 keeps current and a copy would not: bulk reads then stay on boto3."""
+    """pyarrow's S3 filesystem for the endpoint and region the boto3 client resolved (its settings,
+    AWS_ENDPOINT_URL_S3, a profile's), the same timeouts and credentials; None when those credentials
+    refresh themselves (an assumed role, instance metadata), which boto3 keeps current and a copy
+    would not: bulk reads then stay on boto3."""
     import pyarrow.fs
     from botocore.credentials import RefreshableCredentials
 
-    session = _boto3_session(credentials_block)
-    credentials = session.get_credentials()
+    credentials = _boto3_session(credentials_block).get_credentials()
     if credentials is None or isinstance(credentials, RefreshableCredentials):
         return None
     frozen = credentials.get_frozen_credentials()
+    parsed = urlparse(endpoint_url)
     extra: dict[str, Any] = {}
-    if endpoint_url:
-        parsed = urlparse(endpoint_url)
+    if not parsed.netloc.endswith(".amazonaws.com"):  # AWS itself: pyarrow's own addressing
         extra = {"endpoint_override": parsed.netloc + parsed.path.rstrip("/"), "scheme": parsed.scheme or "https"}
     max_attempts, connect_timeout, read_timeout = retry
     return pyarrow.fs.S3FileSystem(
-        access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
-        region=region or session.region_name or "us-east-1", connect_timeout=connect_timeout,
-        request_timeout=read_timeout, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts),
-        **extra)
+        access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token, region=region,
+        connect_timeout=connect_timeout, request_timeout=read_timeout,
+        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts), **extra)
 
 
 def _fetch_fs() -> Any | None:
     s = settings()
     if s.s3_fetch_client != "pyarrow":
         return None
+    client = s3_client()
     with _clients_lock:
-        return _arrow_s3(s.s3_endpoint_url, s.aws_region, s.aws_credentials_block,
+        return _arrow_s3(client.meta.endpoint_url, client.meta.region_name, s.aws_credentials_block,
                          (s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout))
 
 

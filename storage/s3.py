@@ -64,21 +64,25 @@ class S3Storage(Storage):
             raise self._fail("read", key, err) from err
 
     def fetch_bytes(self, key: str) -> bytes:
-        """One GET through pyarrow's C++ S3 client, which releases the GIL for the whole request: about
-        3x boto3's rate from 16 threads (BENCHMARKS.md). Its own retries back off on throttling and
-        dropped connections; a missing key is NotFoundError, anything else a StorageError."""
+        """One GET through pyarrow's C++ S3 client, which releases the GIL for the whole request: 2.6x
+        boto3's rate from 16 threads here (BENCHMARKS.md). Whatever pyarrow cannot read is asked of
+        boto3 once, which tells a missing key (NotFoundError) from a missing bucket, a redirect to
+        another region or an outage (StorageError); when boto3 reads what pyarrow could not, this
+        storage keeps to boto3."""
         if self._fs is _UNSET:  # once per storage: settings are read from the environment
             self._fs = self._fetch_fs()
         fs = self._fs
-        if fs is None:
-            return self.read_bytes(key)
-        try:
-            with fs.open_input_stream(f"{self.bucket}/{self._key(key)}") as stream:
-                return stream.read()
-        except FileNotFoundError:
-            raise NotFoundError(f"{self.uri(key)} does not exist") from None
-        except OSError as err:  # pyarrow's message names the request and the service's error, never headers
-            raise self._fail("read", key, err) from err
+        if fs is not None:
+            try:
+                with fs.open_input_stream(f"{self.bucket}/{self._key(key)}") as stream:
+                    return stream.read()
+            except FileNotFoundError:
+                pass  # a HEAD's 404 carries no code: the key, or the whole bucket, may be missing
+            except OSError:
+                data = self.read_bytes(key)  # raises StorageError in an outage: the shard is retried
+                self._fs = None
+                return data
+        return self.read_bytes(key)
 
     def write_bytes(self, key: str, data: bytes) -> None:
         try:

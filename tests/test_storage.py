@@ -175,3 +175,6 @@ def test_s3_errors_name_the_address_and_the_service_code(s3_bucket):
     store = open_storage("s3://no-such-bucket-siamese/x")
     with pytest.raises(StorageError, match=r"S3 write of s3://no-such-bucket-siamese/x/k failed: NoSuchBucket"):
         store.write_bytes("k", b"x")
+    with pytest.raises(StorageError, match="NoSuchBucket") as err:  # pyarrow's bare 404, asked of boto3
+        store.fetch_bytes("k")
+    assert not isinstance(err.value, NotFoundError)  # a missing bucket fails the shard, not one image
