@@ -14,7 +14,7 @@ Settings (environment variables):
   AWS_REGION                    or AWS_DEFAULT_REGION
   SIAMESE_AWS_CREDENTIALS_BLOCK a prefect-aws AwsCredentials block to take S3 credentials from
   SIAMESE_S3_MAX_ATTEMPTS, SIAMESE_S3_CONNECT_TIMEOUT, SIAMESE_S3_READ_TIMEOUT  S3 retries/timeouts
-  SIAMESE_S3_FETCH_CLIENT       pyarrow (default: its C++ client fetches probes and gallery images 2.6x
+  SIAMESE_S3_FETCH_CLIENT       pyarrow (default: its C++ client fetches probes and gallery images 2.6-2.9x
                                 faster than boto3 here) or boto3
   SIAMESE_NATIVE_LOGS           1: show TensorFlow's C++ start-up lines and info/warning logs
 Credentials themselves are never settings here: boto3 reads them from its usual chain.

@@ -64,7 +64,7 @@ class S3Storage(Storage):
             raise self._fail("read", key, err) from err
 
     def fetch_bytes(self, key: str) -> bytes:
-        """One GET through pyarrow's C++ S3 client, which releases the GIL for the whole request: 2.6x
+        """One GET through pyarrow's C++ S3 client, which releases the GIL for the whole request: 2.6-2.9x
         boto3's rate from 16 threads here (BENCHMARKS.md). Whatever pyarrow cannot read is asked of
         boto3 once, which tells a missing key (NotFoundError) from a missing bucket, a redirect to
         another region or an outage (StorageError); when boto3 reads what pyarrow could not, this
