@@ -51,7 +51,8 @@ def main() -> None:
 
     store = open_storage(args.storage)
     version = resolve_version(store, args.model)
-    config = read_manifest(store, version)["config"]
+    manifest = read_manifest(store, version)
+    config = manifest["config"]
     index = load_index(store, read_index_summary(store, config["dataset"]))
     pairs = read_pairs(store, config["dataset"], config["protocol"]).frame
     held = pairs[pairs["split"] == "test"]
@@ -65,7 +66,7 @@ def main() -> None:
     print(f"{len(photos)} seeded photos of {config['dataset']}'s test people; {os.cpu_count()} cores")
 
     scorer = load_scorer(store, version)
-    preprocess = model_preprocess(read_manifest(store, version))
+    preprocess = model_preprocess(manifest)
     decode_pool = ThreadPoolExecutor(os.cpu_count() or 1)  # as matching decodes: threads (OpenCV frees the GIL)
 
     def student_batch(batch):
@@ -79,11 +80,11 @@ def main() -> None:
         t0 = time.perf_counter()
         embedded = np.concatenate([student_batch(photos[i:i + 256]) for i in range(0, len(photos), 256)])
         rates[flip] = len(photos) / (time.perf_counter() - t0)
-        if flip == read_manifest(store, version)["inference"]["flip"]:
+        if flip == manifest["inference"]["flip"]:
             student = embedded
         print(f"student {version}, flip {flip}{' (its manifest)' if student is embedded else ''}: "
               f"{rates[flip]:.0f} photos/s")
-    scorer.flip = read_manifest(store, version)["inference"]["flip"]
+    scorer.flip = manifest["inference"]["flip"]
 
     from tasks.images import decode
 
@@ -115,7 +116,6 @@ def main() -> None:
     mirror_cos = np.einsum("nd,nd->n", teacher[:len(sample)], np.stack(mirrors))
     print(f"teacher: cosine of a photo's embedding and its mirror image's: median {np.median(mirror_cos):.3f}, "
           f"5th percentile {np.percentile(mirror_cos, 5):.3f} ({len(sample)} photos)")
-    manifest = read_manifest(store, version)
     if manifest.get("teacher") and len(student[0]) == len(teacher[0]):
         # how far the distillation carried: the student against the teacher's centred embedding (its
         # training target) on photos of people it never saw, and on photos it trained on

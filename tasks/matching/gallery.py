@@ -103,8 +103,8 @@ def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Emb
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 # Fetch threads run below the model's priority: decoding then fills the cores' idle moments instead
-# of stalling TensorFlow's parallel ops halfway through a batch (BENCHMARKS.md, matching: +10-15% on
-# the shards' pipeline in 3 of 4 paired runs on 2 cores). Linux niceness is per thread (an absolute
+# of stalling TensorFlow's parallel ops halfway through a batch (BENCHMARKS.md, matching: +6-17% on
+# the shards' pipeline in 5 of 6 paired runs on 2 cores). Linux niceness is per thread (an absolute
 # 10; threads they start inherit it); elsewhere the threads keep the default.
 FETCH_NICENESS = 10
 
