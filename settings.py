@@ -16,6 +16,8 @@ Settings (environment variables):
   SIAMESE_S3_MAX_ATTEMPTS, SIAMESE_S3_CONNECT_TIMEOUT, SIAMESE_S3_READ_TIMEOUT  S3 retries/timeouts
   SIAMESE_S3_FETCH_CLIENT       pyarrow (default: its C++ client fetches probes and gallery images 2.6-2.9x
                                 faster than boto3 here) or boto3
+  SIAMESE_TIME_LIMITS           JSON minutes per flow over the defaults in flows/time_limits.py, e.g.
+                                {"nightly-retrain": 300}; read when a run's process starts
   SIAMESE_NATIVE_LOGS           1: show TensorFlow's C++ start-up lines and info/warning logs
 Credentials themselves are never settings here: boto3 reads them from its usual chain.
 """
@@ -67,6 +69,7 @@ class Settings(BaseSettings):
     s3_connect_timeout: float = Field(5.0, gt=0)
     s3_read_timeout: float = Field(60.0, gt=0)
     s3_fetch_client: Literal["pyarrow", "boto3"] = "pyarrow"
+    time_limits: dict[str, float] = {}
     native_logs: bool = False
 
 

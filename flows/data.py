@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from prefect import flow
 
+from flows.runtime import run_mirror, run_storage
+from flows.time_limits import limited
 from tasks.data import prefect_tasks as data_tasks
 from tasks.data.config import DataParams
 from tasks.data.datasets import get_dataset
@@ -20,11 +22,14 @@ class DataResult:
     bytes_downloaded: int = 0
 
 
-@flow(name="data", flow_run_name="data-{params.dataset}", log_prints=True)
+@flow(**limited("data"), flow_run_name="data-{params.dataset}", log_prints=True)
 def data_flow(params: DataParams = DataParams(), storage: str | None = None) -> DataResult:
-    """``storage``: a directory, file://, s3://bucket/prefix or s3-block://; default SIAMESE_STORAGE or ./var/store."""
+    """``storage``: a directory, file://, s3://bucket/prefix or s3-block://; default SIAMESE_STORAGE, the
+    Prefect Variable siamese_storage, or ./var/store. ``params.mirror`` likewise defaults to SIAMESE_MIRROR
+    or the Prefect Variable siamese_mirror, else the official sources."""
+    storage = run_storage(storage)
     archive = get_dataset(params.dataset).archive.name
-    downloaded = data_tasks.download(params.dataset, params.mirror, params.trust_mirror_checksums)
+    downloaded = data_tasks.download(params.dataset, run_mirror(params.mirror), params.trust_mirror_checksums)
     index = data_tasks.index(params.dataset, storage, downloaded.files[archive], downloaded.sha256[archive],
                              preprocess_for(params.dataset, params.image_size, params.grey))
     skew = data_tasks.dataset_skew.submit(params.dataset, storage, index)

@@ -9,6 +9,8 @@ import sys
 from prefect import flow
 
 from flows.args import add_model_arguments, model_from_arguments
+from flows.runtime import run_storage
+from flows.time_limits import limited
 from storage import open_storage
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.evaluate import EvalResult
@@ -16,10 +18,11 @@ from tasks.evaluation.prefect_tasks import evaluate_model
 from tasks.registry import resolve_version
 
 
-@flow(name="evaluate", flow_run_name="evaluate-{version}", log_prints=True)
+@flow(**limited("evaluate"), flow_run_name="evaluate-{version}", log_prints=True)
 def evaluate_flow(version: str = "latest", storage: str | None = None,
                   config: EvalConfig = EvalConfig()) -> EvalResult:
     """``version``: a model version, ``latest`` or ``champion``."""
+    storage = run_storage(storage)
     return evaluate_model(resolve_version(open_storage(storage), version), storage, config)
 
 

@@ -19,11 +19,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow
+from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from flows.args import validation_message
 from flows.data import DataResult, data_flow
 from flows.evaluate import evaluate_flow
+from flows.runtime import run_storage
+from flows.time_limits import check_fits, limited
 from flows.train import train_flow
 from settings import settings
 from storage import catalog, open_storage
@@ -38,17 +41,21 @@ from tasks.training.config import TrainConfig
 from tasks.training.train import TrainResult, selection_line
 
 
-@flow(name="siamese-faces", flow_run_name="main-{data.dataset}", log_prints=True)
-def main_flow(data: DataParams = DataParams(), train: TrainConfig | None = TrainConfig(),
-              evaluation: EvalConfig = EvalConfig(), storage: str | None = None
+@flow(**limited("siamese-faces"), flow_run_name="main-{data.dataset}", log_prints=True)
+def main_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(),
+              evaluation: EvalConfig = EvalConfig(), storage: str | None = None, train_and_evaluate: bool = True
               ) -> tuple[DataResult, TrainResult | None, dict | None]:
-    """Data stages, training, evaluation and the champion decision; ``train: null`` runs the data stages only.
-    Training uses the data's dataset and must train on a protocol the data stages prepare."""
-    train = checked_training(data, train)
+    """Data stages, training, evaluation, the champion decision and a demo batch matched by the
+    champion; ``train_and_evaluate: false`` runs the data stages only. Training uses the data's
+    dataset and must train on a protocol the data stages prepare. A retry reuses a finished training."""
+    storage = run_storage(storage)
+    train = checked_training(data, train) if train_and_evaluate else None
+    if train:
+        check_fits("siamese-faces", train.time_budget_minutes)
     prepared = data_flow(data, storage)
     if not train:
         return prepared, None, None
-    model = train_flow(train, storage)
+    model = train_flow(train, storage, reuse_key=f"main-{flow_run.get_id()}")
     evaluated, decision = evaluate_and_decide(model.version, storage, evaluation)
     if decision["promote"]:
         promote(model.version, decision, storage)
@@ -245,7 +252,8 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
 def main(argv: list[str] | None = None) -> int:
     data, train, evaluation, storage, as_json = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    result, model, decision = main_flow(data, train, evaluation, storage)
+    result, model, decision = main_flow(data, train or TrainConfig(), evaluation, storage,
+                                        train_and_evaluate=train is not None)
     seconds = time.perf_counter() - start
     if as_json:
         print(json.dumps({"data": asdict(result), "model": asdict(model) if model else None,

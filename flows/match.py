@@ -13,6 +13,8 @@ from prefect.futures import as_completed, wait
 from prefect.artifacts import create_progress_artifact
 
 from flows.args import add_model_arguments, model_from_arguments
+from flows.runtime import run_gallery, run_storage
+from flows.time_limits import limited
 from tasks.matching.config import EnrolParams, MatchParams
 from tasks.matching.prefect_tasks import (
     enrol_gallery,
@@ -25,17 +27,23 @@ from tasks.matching.prefect_tasks import (
 from tasks.matching.runs import run_params
 
 
-@flow(name="enrol", flow_run_name="enrol-{params.model}", log_prints=True)
+@flow(**limited("enrol"), flow_run_name="enrol-{params.model}", log_prints=True)
 def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) -> dict:
-    """Embed ``<gallery>/<identity>/<image>`` with a model version (``champion`` by default)."""
+    """Embed ``<gallery>/<identity>/<image>`` with a model version (``champion`` by default); the gallery
+    defaults to SIAMESE_GALLERY where it runs, else the Prefect Variable siamese_gallery."""
+    storage = run_storage(storage)
+    gallery = run_gallery(params.gallery, "enrol")
     version = resolve_model(params.model, storage)
-    return enrol_gallery(params.gallery_url(), version, storage, params.detect, params.embedder, params.detector)
+    return enrol_gallery(gallery, version, storage, params.detect, params.embedder, params.detector)
 
 
-@flow(name="match", flow_run_name="match-{params.model}", log_prints=True)
+@flow(**limited("match"), flow_run_name="match-{params.model}", log_prints=True)
 def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     """Match every probe image (a folder, an S3 prefix, or a manifest of keys under it) against the
-    gallery; per face: the top identities with scores, or ``unknown`` below the threshold."""
+    gallery (default: SIAMESE_GALLERY where it runs, else the Prefect Variable siamese_gallery); per
+    face: the top identities with scores, or ``unknown`` below the threshold."""
+    storage = run_storage(storage)
+    params = params.replace(gallery=run_gallery(params.gallery, "match"))
     version = resolve_model(params.model, storage)
     resolved = run_params(params, version)
     enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.embedder, params.detector)

@@ -6,23 +6,37 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.args import add_model_arguments, model_from_arguments
+from flows.runtime import run_storage
+from flows.time_limits import check_fits, limited, train_task_seconds
+from tasks.slots import TRAINING, hold
 from tasks.training.config import TrainConfig
-from tasks.training.prefect_tasks import train_model
+from tasks.training.prefect_tasks import reusable_training, train_model
 from tasks.training.train import TrainResult
 
 
-@flow(name="train", flow_run_name="train-{config.dataset}-{config.protocol}", log_prints=True)
-def train_flow(config: TrainConfig = TrainConfig(), storage: str | None = None) -> TrainResult:
-    # The teacher stage first: a data task that needs the protocol's train split, which only training
-    # knows; cached by image sha256, so it embeds only training images it has not embedded before.
-    if config.teacher != "none":
-        from tasks.teacher.prefect_tasks import teacher_embeddings
+@flow(**limited("train"), flow_run_name="train-{config.dataset}-{config.protocol}", log_prints=True)
+def train_flow(config: TrainConfig = TrainConfig(), storage: str | None = None, reuse_key: str | None = None
+               ) -> TrainResult:
+    """``reuse_key``: a model registered under the same key and configuration is returned instead of
+    training again (a retried nightly passes its run's id)."""
+    storage = run_storage(storage)
+    check_fits("train", config.time_budget_minutes)
+    # One training at a time across every flow that trains, the teacher stage included (CPU-heavy).
+    with hold(TRAINING, f"training {config.protocol}", get_run_logger().info):
+        reused = reusable_training(config, storage, reuse_key)
+        if reused is not None:
+            return reused
+        # The teacher stage first: a data task that needs the protocol's train split, which only training
+        # knows; cached by image sha256, so it embeds only training images it has not embedded before.
+        if config.teacher != "none":
+            from tasks.teacher.prefect_tasks import teacher_embeddings
 
-        teacher_embeddings(config.teacher, config.dataset, config.protocol, storage)
-    return train_model(config, storage)
+            teacher_embeddings(config.teacher, config.dataset, config.protocol, storage)
+        return train_model.with_options(timeout_seconds=train_task_seconds(config.time_budget_minutes))(
+            config, storage, reuse_key)
 
 
 def parse_args(argv: list[str]) -> tuple[TrainConfig, str | None]:

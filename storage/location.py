@@ -42,76 +42,125 @@ def _botocore_config(max_attempts: int, connect_timeout: float, read_timeout: fl
     )
 
 
-def _boto3_session(credentials_block: str | None) -> Any:
+def _session_and_params(credentials: Any) -> tuple[Any, dict]:
+    """A boto3 session and the client parameters (endpoint, region, botocore settings, TLS) of a
+    prefect-aws credentials block (AwsCredentials or MinIOCredentials), or of the usual AWS chain."""
     import boto3
 
-    if credentials_block:
-        from prefect_aws import AwsCredentials
+    if credentials is None:
+        return boto3.session.Session(), {}
+    params = credentials.aws_client_parameters.get_params_override()
+    if getattr(credentials, "region_name", None):
+        params["region_name"] = credentials.region_name
+    return credentials.get_boto3_session(), params
 
-        return AwsCredentials.load(credentials_block).get_boto3_session()
-    return boto3.session.Session()
+
+def _make_client(credentials: Any, endpoint_url: str | None, region: str | None,
+                 retry: tuple[int, float, float]) -> tuple[Any, Any, dict]:
+    """(client, session, the block's parameters): one botocore configuration on every path, the
+    project's retries and timeouts under whatever the block sets itself; the block's endpoint and
+    region before the environment's (naming a block is choosing its configuration)."""
+    session, params = _session_and_params(credentials)
+    params = dict(params)
+    config = _botocore_config(*retry)
+    block_config = params.pop("config", None)
+    if block_config is not None:
+        config = config.merge(block_config)
+        block_retries = (credentials.aws_client_parameters.config or {}).get("retries")
+        if block_retries:  # merge replaces the whole dict: keep our retry mode unless the block sets one
+            config = config.merge(type(config)(retries={"mode": "standard", **block_retries}))
+    endpoint_url = params.pop("endpoint_url", None) or endpoint_url
+    region = params.pop("region_name", None) or region or session.region_name or "us-east-1"
+    client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, **params)
+    return client, session, params
+
+
+def _load_credentials_block(name: str) -> Any:
+    from prefect_aws import AwsCredentials
+
+    return AwsCredentials.load(name)
 
 
 @lru_cache(maxsize=8)
 def _s3_client(endpoint_url: str | None, region: str | None, credentials_block: str | None,
-               retry: tuple[int, float, float]) -> Any:
+               retry: tuple[int, float, float]) -> tuple[Any, Any, dict]:
     """One boto3 client per process and configuration (boto3 clients are thread-safe)."""
-    session = _boto3_session(credentials_block)
-    return session.client(
-        "s3", endpoint_url=endpoint_url, region_name=region or session.region_name or "us-east-1",
-        config=_botocore_config(*retry),
-    )
+    credentials = _load_credentials_block(credentials_block) if credentials_block else None
+    return _make_client(credentials, endpoint_url, region, retry)
+
+
+def _retry_settings() -> tuple[int, float, float]:
+    s = settings()
+    return s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout
+
+
+def _configured_client() -> tuple[Any, Any, dict]:
+    s = settings()
+    with _clients_lock:
+        return _s3_client(s.s3_endpoint_url, s.aws_region, s.aws_credentials_block, _retry_settings())
 
 
 def s3_client() -> Any:
     """The process's boto3 client for the current settings (boto3 clients are thread-safe)."""
-    s = settings()
-    with _clients_lock:
-        return _s3_client(s.s3_endpoint_url, s.aws_region, s.aws_credentials_block,
-                          (s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout))
+    return _configured_client()[0]
 
 
-@lru_cache(maxsize=8)
-def _arrow_s3(endpoint_url: str, region: str, credentials_block: str | None,
-              retry: tuple[int, float, float]) -> Any | None:
-    """pyarrow's S3 filesystem for the endpoint and region the boto3 client resolved (its settings,
-    AWS_ENDPOINT_URL_S3, a profile's), the same timeouts and credentials; None when those credentials
-    refresh themselves (an assumed role, instance metadata), which boto3 keeps current and a copy
-    would not: bulk reads then stay on boto3."""
+def _arrow_s3(client: Any, session: Any, params: dict, retry: tuple[int, float, float]) -> Any | None:
+    """pyarrow's S3 filesystem for the endpoint and region the boto3 client resolved (settings, a
+    block's, AWS_ENDPOINT_URL_S3, a profile's), the same timeouts and credentials; None where a copy
+    would not behave like boto3: credentials that refresh themselves (an assumed role, instance
+    metadata), which boto3 keeps current, or a block's own TLS settings. Bulk reads then stay on boto3."""
     import pyarrow.fs
     from botocore.credentials import RefreshableCredentials
 
-    credentials = _boto3_session(credentials_block).get_credentials()
+    if params.get("verify") not in (None, True) or params.get("use_ssl") is False:
+        return None
+    credentials = session.get_credentials()
     if credentials is None or isinstance(credentials, RefreshableCredentials):
         return None
     frozen = credentials.get_frozen_credentials()
-    parsed = urlparse(endpoint_url)
+    parsed = urlparse(client.meta.endpoint_url)
     extra: dict[str, Any] = {}
     if not parsed.netloc.endswith(".amazonaws.com"):  # AWS itself: pyarrow's own addressing
         extra = {"endpoint_override": parsed.netloc + parsed.path.rstrip("/"), "scheme": parsed.scheme or "https"}
     max_attempts, connect_timeout, read_timeout = retry
     return pyarrow.fs.S3FileSystem(
-        access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token, region=region,
-        connect_timeout=connect_timeout, request_timeout=read_timeout,
+        access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token,
+        region=client.meta.region_name, connect_timeout=connect_timeout, request_timeout=read_timeout,
         retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts), **extra)
 
 
-def _fetch_fs() -> Any | None:
-    s = settings()
-    if s.s3_fetch_client != "pyarrow":
-        return None
-    client = s3_client()
-    with _clients_lock:
-        return _arrow_s3(client.meta.endpoint_url, client.meta.region_name, s.aws_credentials_block,
-                         (s.s3_max_attempts, s.s3_connect_timeout, s.s3_read_timeout))
+def _fetch_fs_for(made: tuple[Any, Any, dict]):
+    """``fetch_fs`` for S3Storage: pyarrow's filesystem for this client, made on first use."""
+    def fetch_fs() -> Any | None:
+        if settings().s3_fetch_client != "pyarrow":
+            return None
+        key = (made[0], _retry_settings())  # one filesystem per client and settings in a process
+        with _clients_lock:
+            if key not in _arrow_filesystems:
+                _arrow_filesystems[key] = _arrow_s3(*made, key[1])
+            return _arrow_filesystems[key]
+    return fetch_fs
 
 
-def _block_storage(name: str, extra_prefix: str) -> S3Storage:
+_arrow_filesystems: dict[tuple, Any] = {}
+
+
+@lru_cache(maxsize=8)
+def _bucket_block(name: str, retry: tuple[int, float, float]) -> tuple[str, str, tuple[Any, Any, dict]]:
+    """(bucket, folder, client) of a prefect-aws S3Bucket block, the client made like every other."""
     from prefect_aws import S3Bucket
 
     block = S3Bucket.load(name)
-    prefix = "/".join(p for p in (block.bucket_folder.strip("/"), extra_prefix.strip("/")) if p)
-    return S3Storage(block.bucket_name, prefix, block.credentials.get_s3_client())
+    return block.bucket_name, block.bucket_folder, _make_client(block.credentials, settings().s3_endpoint_url,
+                                                                settings().aws_region, retry)
+
+
+def _block_storage(name: str, extra_prefix: str) -> S3Storage:
+    with _clients_lock:
+        bucket, folder, made = _bucket_block(name, _retry_settings())
+    prefix = "/".join(p for p in (folder.strip("/"), extra_prefix.strip("/")) if p)
+    return S3Storage(bucket, prefix, made[0], _fetch_fs_for(made))
 
 
 def open_storage(url: str | Path | None = None) -> Storage:
@@ -121,7 +170,8 @@ def open_storage(url: str | Path | None = None) -> Storage:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"storage address {url!r} has no bucket: use s3://bucket/prefix")
-        return S3Storage(parsed.netloc, parsed.path, s3_client(), _fetch_fs)
+        made = _configured_client()
+        return S3Storage(parsed.netloc, parsed.path, made[0], _fetch_fs_for(made))
     if parsed.scheme == "s3-block":
         return _block_storage(parsed.netloc, parsed.path)
     if parsed.scheme == "file":

@@ -83,10 +83,46 @@ def read_champion(store: Storage) -> str | None:
     return pointer["version"] if pointer else None
 
 
+HISTORY_KEPT = 100  # earlier champions remembered for roll-backs
+
+
+def read_champion_pointer(store: Storage) -> dict | None:
+    """``{"version", "decision", "since", "history"}``; history: the earlier champions, oldest first."""
+    return store.read_json_or_none(catalog.CHAMPION_KEY)
+
+
 def set_champion(store: Storage, version: str, decision: dict) -> dict:
-    """Point the champion at ``version`` (which must be registered); ``decision`` says why."""
+    """Point the champion at ``version`` (which must be registered); ``decision`` says why. The
+    champion it replaces joins the pointer's history, so it can be rolled back to."""
     read_manifest(store, version)  # refuses an unregistered version
-    pointer = {"version": version, "decision": decision}
+    before = read_champion_pointer(store)
+    history = list(before.get("history", [])) if before else []
+    if before and before["version"] != version:
+        history.append(before["version"])
+    return _write_champion(store, version, decision, history)
+
+
+def roll_back_champion(store: Storage, reason: str) -> dict:
+    """Point the champion back at the one before it (the history's last), which leaves the history:
+    rolling back twice goes two champions back, never to and fro."""
+    before = read_champion_pointer(store)
+    if before is None:
+        raise LookupError(f"no champion in {store.url}: nothing to roll back")
+    history = list(before.get("history", []))
+    if not history:
+        raise LookupError(f"champion {before['version']} has no earlier champion in {store.url} to roll back to")
+    target = history.pop()
+    read_manifest(store, target)
+    decision = {"promote": True, "rollback": True, "by_hand": True, "challenger": target,
+                "champion": before["version"], "reason": reason}
+    return _write_champion(store, target, decision, history)
+
+
+def _write_champion(store: Storage, version: str, decision: dict, history: list[str]) -> dict:
+    from datetime import datetime, timezone
+
+    pointer = {"version": version, "decision": decision,
+               "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "history": history[-HISTORY_KEPT:]}
     store.write_json(catalog.CHAMPION_KEY, pointer)
     return pointer
 

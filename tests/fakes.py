@@ -41,8 +41,11 @@ def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_tiny_lfw(folder: Path, people: dict[str, int] = TINY_PEOPLE, corrupt: str | None = None) -> dict[str, str]:
-    """Write ``tiny.tgz`` plus LFW protocol files and a SHA256SUMS into ``folder``; returns name -> sha256."""
+def make_tiny_lfw(folder: Path, people: dict[str, int] = TINY_PEOPLE, corrupt: str | None = None,
+                  archive: str = "tiny.tgz") -> dict[str, str]:
+    """Write ``archive`` plus LFW protocol files and a SHA256SUMS into ``folder``; returns name -> sha256.
+    With ``archive="lfw.tgz"`` the folder is a mirror of the real dataset ``lfw`` for any process (its
+    SHA256SUMS is trusted for a local mirror)."""
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -54,7 +57,7 @@ def make_tiny_lfw(folder: Path, people: dict[str, int] = TINY_PEOPLE, corrupt: s
                 add_file(tar, f"lfw/{person}/{name}", data)
                 seed += 1
         add_file(tar, "lfw/README.txt", b"tiny generated faces\n")
-    files = {"tiny.tgz": buf.getvalue()}
+    files = {archive: buf.getvalue()}
     multi = [p for p, n in sorted(people.items()) if n >= 2]
     rng = random.Random(0)
 

@@ -146,3 +146,104 @@ def _free_port_below(limit: int) -> int:
         port = free_port()
         if port < limit:
             return port
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP endpoint on 127.0.0.1 that keeps the JSON bodies POSTed to it (alerts)."""
+    received: list[dict] = field(default_factory=list)
+    url: str = ""
+
+    def start(self) -> "WebhookReceiver":
+        import json
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802 - http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append({"path": self.path, **json.loads(body or b"{}")})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+def stop_process(process) -> None:
+    """SIGTERM, then SIGKILL: under a loaded full suite a Prefect worker can take over 30 s to shut
+    down after its run is done, which is no failure of what a test checks."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+
+
+class PrefectServer:
+    """``prefect server start`` on a free port with a PREFECT_HOME of its own (UI off unless asked);
+    ``env`` is the environment for clients, workers and CLI calls against it."""
+
+    def __init__(self, home: Path, ui: bool = False):
+        import os
+        import sys
+
+        self.home, self.port = home, free_port()
+        self.prefect = str(Path(sys.executable).with_name("prefect"))
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "PREFECT_API_URL": self.url,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true" if ui else "false"}
+        self.env.pop("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", None)
+
+    def start(self) -> "PrefectServer":
+        import subprocess
+        import time
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.home / "server.log", "wb")
+        self.process = subprocess.Popen([self.prefect, "server", "start", "--host", "127.0.0.1", "--port",
+                                         str(self.port)], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        for _ in range(240):
+            try:
+                self.api("/health")
+                return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError((self.home / "server.log").read_text()[-2000:]) from None
+                time.sleep(0.5)
+        raise RuntimeError("prefect server did not become healthy in 120 s")
+
+    def api(self, path: str, body: dict | None = None, method: str | None = None):
+        import json
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"},
+                                     method=method or ("POST" if body is not None else "GET"))
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def cli(self, *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 180) -> str:
+        import subprocess
+
+        out = subprocess.run([self.prefect, "--no-prompt", *args], env={**self.env, **(env or {})}, cwd=cwd,
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise AssertionError(f"prefect {' '.join(args)}: {out.stdout[-3000:]}{out.stderr[-3000:]}")
+        return out.stdout
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self._log.close()

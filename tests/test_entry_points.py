@@ -149,9 +149,10 @@ def test_every_deployment_in_prefect_yaml_passes_its_flows_validation():
         if name == "match_flow":  # a match run names its probes; the deployment cannot
             assert required == {"params"} and not params
             params = {"params": {"probes": "s3://bucket/probes"}}
-        if name == "promote_flow":  # a promotion names its version
-            assert required == {"version"} and not params
-            params = {"version": "20261125T010159Z-e8d31ce0866a"}
+        if name == "promote_flow":  # by default a roll-back
+            assert not required and params["version"] == "previous"
+        if name == "main_flow":  # the main job trains and evaluates as it is deployed
+            assert params["train_and_evaluate"] is True and params["train"]
         flow.validate_parameters(params)  # raises on a field the flow does not have or a bad value
 
 
@@ -193,3 +194,24 @@ def test_promote_by_hand_records_the_reason_and_needs_an_evaluated_model(tiny_re
     store.delete(catalog.report_key(version))  # never evaluated: matching would have no thresholds
     with pytest.raises(ValueError, match=f"evaluate it first: python -m flows.evaluate --version {version}"):
         promote.promote_flow(version, storage=storage)
+
+
+def test_rolling_back_walks_the_champion_history_back(tmp_path):
+    from tasks.registry import read_champion_pointer, roll_back_champion, set_champion
+
+    store = open_storage(tmp_path / "store")
+    versions = [f"2026120{i}T000000Z-abcdefabcdef" for i in range(1, 4)]
+    for v in versions:
+        store.write_json(catalog.model_manifest_key(v), {"version": v})
+    with pytest.raises(LookupError, match="no champion"):
+        roll_back_champion(store, "why")
+    for v in versions:
+        set_champion(store, v, {"reason": f"promote {v}"})
+    set_champion(store, versions[2], {"reason": "the same again"})  # not an earlier champion of itself
+    assert read_champion_pointer(store)["history"] == versions[:2]
+    first = roll_back_champion(store, "the new one misnames people")
+    assert first["version"] == versions[1] and first["decision"]["champion"] == versions[2]
+    second = roll_back_champion(store, "that one too")
+    assert second["version"] == versions[0] and second["history"] == []  # two back, never to and fro
+    with pytest.raises(LookupError, match="no earlier champion"):
+        roll_back_champion(store, "nothing left")

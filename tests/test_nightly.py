@@ -86,7 +86,8 @@ def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(tiny_mir
     main_flow(data, train, evaluation, storage)
     store = open_storage(storage)
     first = read_champion(store)
-    night = nightly_flow(data=data, train=train.replace(seed=2), evaluation=evaluation, storage=storage)
+    night = nightly_flow(data=data, train=train.replace(seed=2), evaluation=evaluation, enrol_gallery=False,
+                         storage=storage)
     decision = night["decision"]
     assert decision["champion"] == first and "not comparable" not in decision["reason"]
     assert decision["standard_error"] is not None  # both reports hold each test pair's outcome
@@ -95,3 +96,35 @@ def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(tiny_mir
     assert decision["gain"] == pytest.approx(sum(paired) / len(paired))
     assert decision["promote"] == (decision["gain"] > decision["standard_error"])
     assert read_champion(store) == (night["challenger"] if decision["promote"] else first)
+
+
+def test_a_retried_nightly_reuses_the_training_it_finished(tiny_mirror, tmp_path, monkeypatch, prefect_harness):
+    """The night fails after training (in evaluation); its retry takes the registered challenger
+    instead of training again, and a new night trains anew."""
+    import flows.nightly
+    from tasks.registry import list_versions
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage = str(tmp_path / "store")
+    data = DataParams(dataset="tiny", mirror=str(folder), protocols=["face_comparer", "lfw_official"],
+                      face_comparer=TINY_FACE_COMPARER)
+    real = flows.nightly.evaluate_and_decide
+    attempts = []
+
+    def fails_once(*args, **kwargs):
+        attempts.append(args[0])
+        if len(attempts) == 1:
+            raise OSError("the storage went away during evaluation")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flows.nightly, "evaluate_and_decide", fails_once)
+    night = flows.nightly.nightly_flow.with_options(retries=1, retry_delay_seconds=0)
+    result = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
+                   enrol_gallery=False, storage=storage)
+    store = open_storage(storage)
+    assert len(attempts) == 2 and attempts[0] == attempts[1] == result["challenger"]
+    assert list_versions(store) == [result["challenger"]]  # trained once
+    again = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
+                  enrol_gallery=False, storage=storage)
+    assert again["challenger"] != result["challenger"] and len(list_versions(store)) == 2

@@ -12,7 +12,7 @@ from tasks.evaluation.champion import PROMOTION_METRIC, promotion_decision
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.evaluate import EvalResult, evaluate, read_report
 from tasks.evaluation.report import fmt, metrics_rows
-from tasks.registry import read_champion, set_champion
+from tasks.registry import read_champion, roll_back_champion, set_champion
 
 
 @task(tags=["siamese-faces", "evaluate"],
@@ -60,6 +60,49 @@ def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOT
 @task(tags=["siamese-faces", "champion"],
       name="promote", task_run_name="promote-{version}", cache_policy=NO_CACHE)
 def promote(version: str, decision: dict, storage_url: str | None) -> dict:
-    pointer = set_champion(open_storage(storage_url), version, decision)
+    store = open_storage(storage_url)
+    pointer = set_champion(store, version, decision)
     get_run_logger().info("champion is now %s", version)
+    announce_champion(store, pointer)
     return pointer
+
+
+@task(tags=["siamese-faces", "champion"], name="roll-back-champion", cache_policy=NO_CACHE)
+def roll_back(reason: str, storage_url: str | None) -> dict:
+    store = open_storage(storage_url)
+    pointer = roll_back_champion(store, reason)
+    get_run_logger().info("champion rolled back from %s to %s (%s)", pointer["decision"]["champion"],
+                          pointer["version"], reason)
+    announce_champion(store, pointer)
+    return pointer
+
+
+def announce_champion(store, pointer: dict) -> None:
+    """The champion as an artifact (``champion``: the UI's Artifacts page shows the latest) and an
+    event ``siamese-faces.champion.promoted`` / ``.rolled-back`` for automations to react to."""
+    from prefect.events import emit_event
+
+    d = pointer["decision"]
+    create_markdown_artifact(key="champion", markdown=champion_markdown(store, pointer),
+                             description=f"champion model of {store.url}")
+    emit_event(event=f"siamese-faces.champion.{'rolled-back' if d.get('rollback') else 'promoted'}",
+               resource={"prefect.resource.id": f"siamese-faces.model.{pointer['version']}",
+                         "prefect.resource.name": pointer["version"]},
+               related=[{"prefect.resource.id": f"siamese-faces.storage.{store.url}", "prefect.resource.role": "storage"}],
+               payload={"version": pointer["version"], "previous": d.get("champion"), "reason": d.get("reason"),
+                        "by_hand": bool(d.get("by_hand")), "rollback": bool(d.get("rollback"))})
+
+
+def champion_markdown(store, pointer: dict) -> str:
+    d = pointer["decision"]
+    how = "rolled back" if d.get("rollback") else "promoted by hand" if d.get("by_hand") else "promoted"
+    lines = [f"### Champion `{pointer['version']}`", "",
+             f"{how} {pointer.get('since', '')} in `{store.url}`: {d.get('reason', '-')}", "",
+             "| | version | score |", "|---|---|---:|",
+             f"| champion | `{pointer['version']}` | {fmt(d.get('challenger_score'))} |",
+             f"| replaced | `{d.get('champion') or '-'}` | {fmt(d.get('champion_score'))} |", ""]
+    history = pointer.get("history", [])
+    if history:
+        lines += ["Earlier champions, newest first (the `promote` deployment with `version: previous` rolls back "
+                  "to the first): " + ", ".join(f"`{v}`" for v in reversed(history[-10:])), ""]
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ from tasks.matching.gallery import Gallery, enrol, read_gallery
 from tasks.matching.runs import list_probes, match_shard, summarize_run
 from tasks.matching.search import resolve_threshold
 from tasks.registry import resolve_version
+from tasks.slots import enrolment_limit, hold
 
 _lock = threading.Lock()
 # Storage outages: botocore's own retries (SIAMESE_S3_MAX_ATTEMPTS) give up within seconds when the
@@ -88,8 +89,9 @@ def resolve_match_threshold(version: str, storage: str | None, params: MatchPara
 def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str,
                   embedder: str = "model", detector: str | None = None) -> dict:
     log = get_run_logger()
-    result = enrol(gallery_url, version, storage_url, detect,
-                   embedder=cached_embedder(storage_url, version, embedder, detector), log=log.info)
+    with hold(enrolment_limit(gallery_url), f"enrolment of {gallery_url}", log.info):  # one per gallery
+        result = enrol(gallery_url, version, storage_url, detect,
+                       embedder=cached_embedder(storage_url, version, embedder, detector), log=log.info)
     for e in result.errors[:20]:
         log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
     return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256, "index": result.index,

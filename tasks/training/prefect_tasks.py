@@ -9,7 +9,7 @@ from model import keras
 from storage import catalog, open_storage
 from tasks.artifacts import artifact_key, png_markdown
 from tasks.training.config import TrainConfig
-from tasks.training.train import TrainResult, train
+from tasks.training.train import TrainResult, find_reusable, train
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -29,9 +29,10 @@ class _EpochProgress(keras.callbacks.Callback):
 
 @task(tags=["siamese-faces", "train"],
       name="train", task_run_name="train-{config.architecture}-{config.protocol}", cache_policy=NO_CACHE)
-def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
+def train_model(config: TrainConfig, storage_url: str | None, reuse_key: str | None = None) -> TrainResult:
     log = get_run_logger()
-    result = train(config, storage_url, extra_callbacks=[_EpochProgress(config.epochs, log)], log=log.info)
+    result = train(config, storage_url, extra_callbacks=[_EpochProgress(config.epochs, log)], log=log.info,
+                   reuse_key=reuse_key)
     m = result.metrics
     store = open_storage(storage_url)
     create_markdown_artifact(
@@ -50,3 +51,13 @@ def train_model(config: TrainConfig, storage_url: str | None) -> TrainResult:
         description=f"{config.architecture} trained on {config.dataset}/{config.protocol}",
     )
     return result
+
+
+@task(tags=["siamese-faces", "train"], name="reuse-training", cache_policy=NO_CACHE)
+def reusable_training(config: TrainConfig, storage_url: str | None, reuse_key: str | None) -> TrainResult | None:
+    """A model this run (``reuse_key``) already trained and registered, found in the registry."""
+    found = find_reusable(open_storage(storage_url), config, reuse_key)
+    if found is not None:
+        get_run_logger().info("reusing %s, trained and registered by an earlier attempt of this run (%s): "
+                              "not training again", found.version, reuse_key)
+    return found

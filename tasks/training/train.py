@@ -120,8 +120,9 @@ def _history_columns(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train, keep the best validation epoch, and publish the model to the registry."""
+          log: Callable[[str], None] = print, reuse_key: str | None = None) -> TrainResult:
+    """Train, keep the best validation epoch, and publish the model to the registry; ``reuse_key``
+    is recorded in its manifest (see :func:`find_reusable`)."""
     from model.augment import PRESETS
     from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
     from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss, TeacherDistillationLoss
@@ -269,7 +270,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         published = publish(store, version, {n: tmp / n for n in (PAIR_MODEL, EMBEDDER, "config.json",
                                                                      "history.csv", "curve.png")}, {
             "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
-            "machine": machine, "inference": {"flip": config.test_time_flip},
+            "machine": machine, "inference": {"flip": config.test_time_flip}, "reuse_key": reuse_key,
             "preprocess": index_summary.preprocess,  # how faces are cut for it: matching does the same
             # a model that learned from outside data says so and names it; LFW-only models have none
             "teacher": ({**teacher_info, "training_images": len(teacher.rows)} if teacher else None),
@@ -283,3 +284,19 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
 
+
+
+def find_reusable(store, config: TrainConfig, reuse_key: str | None) -> TrainResult | None:
+    """The newest model registered with ``reuse_key`` and exactly ``config``, or None: a retried run
+    (the same key) takes the training it already finished instead of training again."""
+    from tasks.registry import list_versions, read_manifest
+
+    if not reuse_key:
+        return None
+    for version in reversed(list_versions(store)):
+        if not version.endswith(f"-{config.key()}"):  # versions end with their config's hash
+            continue
+        manifest = read_manifest(store, version)
+        if manifest.get("reuse_key") == reuse_key and manifest.get("config") == config.model_dump():
+            return TrainResult(version, manifest["metrics"], float(manifest.get("wall_seconds", 0.0)), manifest)
+    return None
