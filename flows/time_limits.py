@@ -59,7 +59,8 @@ def explain_failure(flow, flow_run, state) -> None:
     limit = time_limit_minutes(flow.name)
     flow_run_logger(flow_run, flow).error(
         "%s passed its time limit of %g min and was stopped; what it had finished stays in storage and a re-run "
-        "resumes it; the champion is unchanged unless it was promoted before. Raise the limit with "
+        "resumes it; the champion is unchanged unless it was promoted before. Time spent waiting for the "
+        "siamese-training slot counts (see the run's log). Raise the limit with "
         "SIAMESE_TIME_LIMITS='{\"%s\": <minutes>}' in the work pool's job variables.", flow.name, limit, flow.name)
 
 

@@ -48,7 +48,9 @@ def hold(name: str, what: str, log=None) -> Iterator[None]:
     start = time.monotonic()
     if log:
         log(f"{what}: waiting for a slot of the concurrency limit {name}")
-    with concurrency(name, occupy=1, strict=True):
+    # strict: a missing limit is an error, never a silent no-op; a failed lease renewal (an API blip)
+    # must not end hours of training, so that alone does not raise
+    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
         if log:
             log(f"{what}: holds the slot of {name} (waited {time.monotonic() - start:.1f} s)")
         yield
