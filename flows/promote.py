@@ -21,21 +21,22 @@ from tasks.registry import read_champion, resolve_version
 
 
 @flow(**limited("promote"), flow_run_name="promote-{version}", log_prints=True)
-def promote_flow(version: str = "previous", reason: str = "promoted by hand", storage: str | None = None) -> dict:
+def promote_flow(version: str = "previous", reason: str | None = None, storage: str | None = None) -> dict:
     """``version``: a registered, evaluated model version, ``latest``, or ``previous``: roll the
     champion back to the one before it (again: the one before that)."""
     storage = run_storage(storage)
     store = open_storage(storage)
     before = read_champion(store)
     if version == "previous":
-        pointer = roll_back(reason if reason != "promoted by hand" else "rolled back by hand", storage)
+        pointer = roll_back(reason or "rolled back by hand", storage)
     else:
         chosen = resolve_version(store, version)
         report = read_report(store, chosen)
         if report is None:  # matching takes its thresholds from the report, and later decisions compare with it
             raise ValueError(f"model {chosen} has no evaluation report; evaluate it first: "
                              f"python -m flows.evaluate --version {chosen}")
-        decision = {"promote": True, "by_hand": True, "challenger": chosen, "champion": before, "reason": reason,
+        decision = {"promote": True, "by_hand": True, "challenger": chosen, "champion": before,
+                    "reason": reason or "promoted by hand",
                     "dataset": report.get("dataset"), "protocol": report.get("protocol"),
                     "challenger_score": (report.get("splits", {}).get("test") or {}).get("accuracy")}
         pointer = promote(chosen, decision, storage)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", required=True, help="a registered model version, latest, or previous (roll back)")
-    ap.add_argument("--reason", default="promoted by hand", help="recorded in models/champion.json")
+    ap.add_argument("--reason", default=None, help="recorded in models/champion.json")
     ap.add_argument("--storage", default=None, help="default: SIAMESE_STORAGE or ./var/store")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     pointer = promote_flow(args.version, args.reason, args.storage)

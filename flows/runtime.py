@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 from settings import settings
+from tasks.data.download import redact_url
 
 Name = Literal["storage", "gallery", "mirror"]
 
@@ -51,7 +52,7 @@ def run_storage(given: str | None) -> str:
     value, source = run_setting("storage", given)
     if value is None:
         value, source = default_storage_url(), "the default (SIAMESE_HOME/store)"
-    get_run_logger().info("storage %s (from %s)", _shown(value), source)
+    get_run_logger().info("storage %s (from %s)", redact_url(value), source)
     return value
 
 
@@ -64,16 +65,10 @@ def run_gallery(given: str | None, why: str) -> str:
         raise ValueError(f"{why} needs a gallery and none is set: pass the gallery parameter, set SIAMESE_GALLERY "
                          f"where the flow runs (the work pool's job variables: env), or the Prefect Variable "
                          f"{variable_name('gallery')}")
-    get_run_logger().info("gallery %s (from %s)", _shown(value), source)
+    get_run_logger().info("gallery %s (from %s)", redact_url(value), source)
     return value
 
 
 def run_mirror(given: str | None) -> str | None:
     """Where datasets download from; None: the official sources."""
     return run_setting("mirror", given)[0]
-
-
-def _shown(url: str) -> str:
-    from tasks.data.download import redact_url
-
-    return redact_url(url)

@@ -64,7 +64,6 @@ def explain_failure(flow, flow_run, state) -> None:
         "SIAMESE_TIME_LIMITS='{\"%s\": <minutes>}' in the work pool's job variables.", flow.name, limit, flow.name)
 
 
-
 def limited(flow_name: str) -> dict:
     """The ``@flow`` options every deployed flow takes: its time limit and the hook that explains it."""
     return {"name": flow_name, "timeout_seconds": time_limit_seconds(flow_name), "on_failure": [explain_failure]}

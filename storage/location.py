@@ -60,8 +60,7 @@ def _make_client(credentials: Any, endpoint_url: str | None, region: str | None,
     """(client, session, the block's parameters): one botocore configuration on every path, the
     project's retries and timeouts under whatever the block sets itself; the block's endpoint and
     region before the environment's (naming a block is choosing its configuration)."""
-    session, params = _session_and_params(credentials)
-    params = dict(params)
+    session, params = _session_and_params(credentials)  # a fresh dict: popped below
     config = _botocore_config(*retry)
     block_config = params.pop("config", None)
     if block_config is not None:
