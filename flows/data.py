@@ -28,12 +28,18 @@ def data_flow(params: DataParams = DataParams(), storage: str | None = None) -> 
     Prefect Variable siamese_storage, or ./var/store. ``params.mirror`` likewise defaults to SIAMESE_MIRROR
     or the Prefect Variable siamese_mirror, else the official sources."""
     storage = run_storage(storage)
-    archive = get_dataset(params.dataset).archive.name
-    downloaded = data_tasks.download(params.dataset, run_mirror(params.mirror), params.trust_mirror_checksums)
-    index = data_tasks.index(params.dataset, storage, downloaded.files[archive], downloaded.sha256[archive],
-                             preprocess_for(params.dataset, params.image_size, params.grey))
+    preprocess = preprocess_for(params.dataset, params.image_size, params.grey)
+    if params.folder:  # your own photos, <identity>/<image>: indexed where they are, nothing downloaded
+        files, transferred = {}, 0
+        index = data_tasks.index_folder(params.dataset, storage, preprocess, params.detect, params.detector)
+    else:
+        archive = get_dataset(params.dataset).archive.name
+        downloaded = data_tasks.download(params.dataset, run_mirror(params.mirror), params.trust_mirror_checksums)
+        files, transferred = downloaded.files, downloaded.bytes_transferred
+        index = data_tasks.index(params.dataset, storage, downloaded.files[archive], downloaded.sha256[archive],
+                                 preprocess)
     skew = data_tasks.dataset_skew.submit(params.dataset, storage, index)
-    futures = {p: data_tasks.pairs.submit(params.dataset, storage, index, p, config, downloaded.files)
+    futures = {p: data_tasks.pairs.submit(params.dataset, storage, index, p, config, files)
                for p, config in params.pair_configs().items()}
     return DataResult(index=index, skew=skew.result(), pairs={p: f.result() for p, f in futures.items()},
-                      bytes_downloaded=downloaded.bytes_transferred)
+                      bytes_downloaded=transferred)

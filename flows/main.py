@@ -34,9 +34,10 @@ from tasks.data.config import DataParams
 from tasks.data.pairs import PROTOCOLS, TRAINABLE_PROTOCOLS
 from tasks.evaluation.champion import PROMOTION_METRIC
 from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.evaluate import stale_champion
 from tasks.evaluation.prefect_tasks import decide_promotion, promote
 from tasks.evaluation.report import fmt, learned_from_line, report_value
-from tasks.registry import read_champion
+from tasks.registry import read_champion, read_manifest
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainResult, selection_line
 
@@ -87,9 +88,9 @@ def checked_training(data: DataParams, train: TrainConfig | None) -> TrainConfig
     """``train`` on ``data``'s dataset; refused up front when its protocol is not among the data's."""
     if train is None:
         return None
-    if train.protocol not in data.protocols:
+    if train.protocol not in data.protocol_list:
         raise ValueError(f"training on {train.protocol} needs its pairs, but the data stages make only "
-                         f"{', '.join(data.protocols)}: add {train.protocol} to the data's protocols")
+                         f"{', '.join(data.protocol_list)}: add {train.protocol} to the data's protocols")
     return train.replace(dataset=data.dataset)
 
 
@@ -97,10 +98,19 @@ def evaluate_and_decide(version: str, storage: str | None, evaluation: EvalConfi
                         metric: str = PROMOTION_METRIC, min_gain: float = 0.0):
     """The champion decision always rests on the plain evaluation, whose thresholds matching uses
     (matching does not augment); a test-time-augmented one is made beside it when asked for."""
+    store = open_storage(storage)
+    config = read_manifest(store, version)["config"]
+    champion, refused = stale_champion(store, config["dataset"], config["protocol"])
+    if champion:  # the data grew since the champion was scored: first score it on today's pairs too
+        print(f"champion {champion} was scored on earlier data of {config['dataset']}: scoring it on today's "
+              "pairs, which hold out every person it learned from (its thresholds, which matching uses, follow)")
+        evaluate_flow(champion, storage, evaluation.replace(tta_passes=0))
+    elif refused:
+        print(f"champion not scored on today's data: {refused}")
     plain = evaluate_flow(version, storage, evaluation.replace(tta_passes=0))
     if evaluation.tta_passes:
         evaluate_flow(version, storage, evaluation)
-    return plain, decide_promotion(plain.report, storage, metric, min_gain)
+    return plain, decide_promotion(plain.report, storage, metric, min_gain, refused)
 
 
 SPLIT_ORDER = ["train", "validation", "test", "dev_train", "dev_test", "view2"]
@@ -190,7 +200,8 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=None,
                     help='a JSON file {"data": {...}, "train": {...}, "evaluation": {...}} of flow parameters')
-    ap.add_argument("--dataset", default=None, help="lfw (default: SIAMESE_DATASET or lfw) or att_faces")
+    ap.add_argument("--dataset", default=None, help="lfw (default: SIAMESE_DATASET or lfw), att_faces, or a folder of "
+                                                    "<identity>/<image> photos: a directory or s3://bucket/prefix")
     ap.add_argument("--mirror", default=None,
                     help="where to download from: http(s)://, file://, s3:// or a directory (default: SIAMESE_MIRROR, "
                          "else the official sources)")

@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the location and key."""
 
+    code: str | None = None  # S3's error code when the service answered (AccessDenied, ...)
+
 
 class NotFoundError(StorageError, FileNotFoundError):
     """The key does not exist at the location."""
@@ -75,6 +77,10 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object under ``prefix``, in key order, across all pages."""
+
+    def list_all(self, prefix: str = "") -> list[ObjectInfo]:
+        """``list`` as one list, in key order; S3 lists key ranges concurrently (a folder of millions)."""
+        return list(self.list(prefix))
 
     @abstractmethod
     def info(self, key: str) -> ObjectInfo | None:

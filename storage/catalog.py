@@ -1,6 +1,7 @@
 """The one catalog of storage keys: every key the pipeline reads or writes is built here.
 
     datasets/<dataset>/index.parquet, index.json, tensors/<preprocess id>.npy, skew.md, skew.csv
+                       (a folder dataset: datasets/<location id>/..., and index-parts/ while indexing)
     datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
                                         images_per_person_<split>.png
     datasets/<dataset>/teacher/<teacher>/<training|evaluation>/<part>.parquet, teacher.json
@@ -12,30 +13,48 @@
 """
 from __future__ import annotations
 
+import hashlib
 import posixpath
+import re
 
 
 def _join(*parts: str) -> str:
     return posixpath.join(*parts)
 
 
+def location_id(url: str) -> str:
+    """A readable, stable folder name for an address (a gallery, a folder dataset); no credentials
+    are ever in one."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", url).strip("-")[-40:]
+    return f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
 # --- datasets --------------------------------------------------------------------------------
 
 
 def dataset_prefix(dataset: str) -> str:
-    return _join("datasets", dataset)
+    """``datasets/lfw``; a folder dataset (a directory or an S3 prefix) by its location id."""
+    return _join("datasets", location_id(dataset) if "/" in dataset or ":" in dataset else dataset)
 
 
-def index_key(dataset: str) -> str:
-    return _join(dataset_prefix(dataset), "index.parquet")
+def index_parts_prefix(dataset: str) -> str:
+    """A folder dataset's finished chunks of an unfinished indexing run (resumed, then removed)."""
+    return _join(dataset_prefix(dataset), "index-parts") + "/"
+
+
+def index_key(dataset: str, content_sha256: str | None = None) -> str:
+    """``index.parquet``; named by its content (a folder dataset's, rewritten every night) so the file
+    the manifest names stays intact until a new manifest names another."""
+    return _join(dataset_prefix(dataset), f"index-{content_sha256[:16]}.parquet" if content_sha256 else "index.parquet")
 
 
 def index_manifest_key(dataset: str) -> str:
     return _join(dataset_prefix(dataset), "index.json")
 
 
-def tensors_key(dataset: str, preprocess_id: str) -> str:
-    return _join(dataset_prefix(dataset), "tensors", f"{preprocess_id}.npy")
+def tensors_key(dataset: str, preprocess_id: str, content_sha256: str | None = None) -> str:
+    name = f"{preprocess_id}-{content_sha256[:16]}.npy" if content_sha256 else f"{preprocess_id}.npy"
+    return _join(dataset_prefix(dataset), "tensors", name)
 
 
 def dataset_skew_keys(dataset: str) -> tuple[str, str]:
@@ -78,11 +97,11 @@ def teacher_part_key(dataset: str, teacher: str, purpose: str, part: str) -> str
 
 def demo_gallery_prefix(dataset: str) -> str:
     """The main job's demo gallery (held-out people, one photo each) and probe batch."""
-    return _join("demo", dataset, "gallery")
+    return _join("demo", dataset_prefix(dataset).split("/", 1)[1], "gallery")
 
 
 def demo_probes_prefix(dataset: str) -> str:
-    return _join("demo", dataset, "probes")
+    return _join("demo", dataset_prefix(dataset).split("/", 1)[1], "probes")
 
 
 # --- models ----------------------------------------------------------------------------------

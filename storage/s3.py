@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,7 +51,9 @@ class S3Storage(Storage):
         # Only the operation, the address and the service's error code: never request headers.
         if isinstance(err, ClientError):
             code = err.response.get("Error", {}).get("Code", "?")
-            return StorageError(f"S3 {action} of {self.uri(key)} failed: {code}")
+            failed = StorageError(f"S3 {action} of {self.uri(key)} failed: {code}")
+            failed.code = str(code)  # the service's own code, for callers that tell one object's fault from an outage
+            return failed
         return StorageError(f"S3 {action} of {self.uri(key)} failed: {type(err).__name__}: {err}")
 
     def read_bytes(self, key: str) -> bytes:
@@ -106,6 +109,40 @@ class S3Storage(Storage):
                     )
         except (ClientError, BotoCoreError) as err:
             raise self._fail("list", prefix or ".", err) from err
+
+    # Key ranges listed at once by list_all: [bound_i, bound_i+1) after the prefix, in S3's (UTF-8 byte) order.
+    LIST_BOUNDS = ("", "0", "A", "D", "G", "J", "M", "P", "S", "V", "a", "g", "m", "s", "\x80")
+
+    def list_all(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object under ``prefix`` in key order, its key ranges listed concurrently: one
+        listing is a chain of 1,000-key pages, each waiting for the last."""
+        full = self.prefix + normalize_prefix(prefix) if prefix.strip("/") else self.prefix
+        bounds = [full + b for b in self.LIST_BOUNDS] + [None]
+
+        def one_range(lo: str, hi: str | None) -> list[ObjectInfo]:
+            extra = {}
+            if lo != full:  # start just after every key of the range before it (those sort below "<c-1>\U0010ffff")
+                extra["StartAfter"] = lo[:-1] + chr(ord(lo[-1]) - 1) + "\U0010ffff"
+            out = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": self.list_page_size}, **extra)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key.encode() < lo.encode():
+                        continue
+                    if hi is not None and key.encode() >= hi.encode():
+                        return out
+                    out.append(ObjectInfo(key=key[len(self.prefix):], size=int(obj["Size"]),
+                                          etag=obj["ETag"].strip('"')))
+            return out
+
+        try:
+            with ThreadPoolExecutor(len(bounds) - 1, thread_name_prefix="list") as pool:
+                parts = list(pool.map(one_range, bounds[:-1], bounds[1:]))
+        except (ClientError, BotoCoreError) as err:
+            raise self._fail("list", prefix or ".", err) from err
+        return [info for part in parts for info in part]
 
     def info(self, key: str) -> ObjectInfo | None:
         try:

@@ -1,8 +1,9 @@
 """The model registry in storage: ``models/<version>/`` with everything needed to trust a model.
 
 Files: ``pair.keras`` (the verification model), ``embedder.keras`` (for matching),
-``config.json``, ``history.csv``, ``curve.png``, and ``manifest.json`` last: sha256 of every
-file, data fingerprint, metrics, machine and wall time. Loading verifies the sha256 and uses
+``config.json``, ``people.json`` (its train and validation people), ``history.csv``,
+``curve.png``, and ``manifest.json`` last: sha256 of every file, data fingerprint, metrics,
+machine and wall time. Loading verifies the sha256 and uses
 Keras safe mode, so no pickled or arbitrary code is ever run from storage.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from storage.manifests import IntegrityError, read_verified
 PAIR_MODEL = "pair.keras"  # (left, right) -> P(same): verification, and the scorer's source
 EMBEDDER = "embedder.keras"  # image -> embedding
 MODEL_FILES = (PAIR_MODEL, EMBEDDER)
+PEOPLE_FILE = "people.json"  # the people of its training and validation splits: what it may never be tested on
 
 
 class ModelIntegrityError(IntegrityError):
@@ -76,6 +78,17 @@ def model_preprocess(manifest: dict):
     if recorded:
         return PreprocessConfig(**recorded)
     return PreprocessConfig(crop_box=get_dataset(manifest["config"]["dataset"]).crop_box)
+
+
+def read_model_people(store: Storage, version: str) -> dict[str, list[str]] | None:
+    """split -> people the model learned from (train) or was selected on (validation), verified; None for
+    models registered before it was recorded."""
+    import json
+
+    expected = read_manifest(store, version)["files"].get(PEOPLE_FILE)
+    if expected is None:
+        return None
+    return json.loads(read_verified(store, catalog.model_file_key(version, PEOPLE_FILE), expected))
 
 
 def read_champion(store: Storage) -> str | None:

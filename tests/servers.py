@@ -108,7 +108,9 @@ class SeaweedFS:
         self._process = subprocess.Popen(
             [binary, "server", "-dir", str(self.root), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
              "-master.port", str(master), "-master.volumeSizeLimitMB", "256", "-volume.port", str(volume),
-             "-volume.max", "64", "-filer", "-filer.port", str(filer), "-s3", "-s3.port", str(s3)],
+             "-volume.max", "64", "-filer", "-filer.port", str(filer), "-s3", "-s3.port", str(s3),
+             # its Iceberg and Lance catalogs listen on fixed ports (8181, 9101): off, so servers can run side by side
+             "-s3.port.iceberg", "0", "-s3.port.lance", "0"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{s3}"
         deadline = time.monotonic() + timeout

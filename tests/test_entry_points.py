@@ -50,7 +50,7 @@ def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_pa
 
 def test_main_job_options(tmp_path, monkeypatch, capsys):
     data, train_config, evaluation, storage, as_json = main.parse_args([])
-    assert data.dataset == "lfw" and data.protocols == ["face_comparer", "identity_disjoint", "lfw_official"]
+    assert data.dataset == "lfw" and data.protocol_list == ["face_comparer", "identity_disjoint", "lfw_official"]
     assert train_config.protocol == "identity_disjoint" and train_config.time_budget_minutes == 45
     assert evaluation.nway == (5, 20) and storage is None and not as_json
 

@@ -38,7 +38,7 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     data = DataParams(dataset="tiny", mirror=str(folder), protocols=["face_comparer", "lfw_official"],
                       face_comparer=TINY_FACE_COMPARER)
     kwargs = dict(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10), gallery=str(gallery),
-                  storage=storage)
+                  retrain="always", storage=storage)  # the same archive every night: train anyway
     store = open_storage(storage)
 
     def enrolled(version: str) -> bool:
@@ -100,7 +100,7 @@ def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(tiny_mir
 
 def test_a_retried_nightly_reuses_the_training_it_finished(tiny_mirror, tmp_path, monkeypatch, prefect_harness):
     """The night fails after training (in evaluation); its retry takes the registered challenger
-    instead of training again, and a new night trains anew."""
+    instead of training again; a new night on the same data trains nothing, unless told to."""
     import flows.nightly
     from tasks.registry import list_versions
 
@@ -125,6 +125,10 @@ def test_a_retried_nightly_reuses_the_training_it_finished(tiny_mirror, tmp_path
     store = open_storage(storage)
     assert len(attempts) == 2 and attempts[0] == attempts[1] == result["challenger"]
     assert list_versions(store) == [result["challenger"]]  # trained once
+    unchanged = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
+                      enrol_gallery=False, storage=storage)
+    assert unchanged["trained"] is False and unchanged["challenger"] == result["challenger"]
+    assert "already the champion" in unchanged["decision"]["reason"] and len(list_versions(store)) == 1
     again = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
-                  enrol_gallery=False, storage=storage)
+                  enrol_gallery=False, retrain="always", storage=storage)
     assert again["challenger"] != result["challenger"] and len(list_versions(store)) == 2

@@ -145,3 +145,40 @@ def test_people_file():
     assert parse_people_file("2\nA\t3\nB\t1\n") == {"A": 3, "B": 1}
     with pytest.raises(ProtocolFileError, match="header says 3"):
         parse_people_file("3\nA\t3\n")
+
+
+def test_a_name_hash_split_moves_no_one_when_people_arrive_and_a_shuffle_would():
+    names = [f"P{i:03d}" for i in range(200)]
+    grown = names + [f"New{i:03d}" for i in range(50)]
+
+    def where(people, cfg):
+        return {p: s for s, members in split_people(people, cfg).items() for p in members}
+
+    by_hash = IdentityDisjointConfig(validation_share=0.2, test_share=0.3, split_by="name_hash")
+    before, after = where(names, by_hash), where(grown, by_hash)
+    assert {p: after[p] for p in names} == before
+    shares = pd.Series(after).value_counts(normalize=True)
+    assert abs(shares["test"] - 0.3) < 0.08 and abs(shares["validation"] - 0.7 * 0.2) < 0.06
+    by_shuffle = by_hash.replace(split_by="shuffle")
+    moved = sum(where(names, by_shuffle)[p] != where(grown, by_shuffle)[p] for p in names)
+    assert moved > 20  # why a growing folder must not be split by a shuffle
+
+
+def test_pair_counts_fit_a_small_dataset_unless_told_otherwise():
+    small = synthetic_index({f"P{i:02d}": 3 for i in range(12)})
+    cfg = IdentityDisjointConfig(train_pairs=40_000, validation_pairs=1_000, test_pairs=2_000, validation_share=0.3,
+                                 test_share=0.3, seed=3)
+    df = identity_disjoint_pairs(small, cfg)
+    counts = df.groupby("split").size()
+    assert 0 < counts["train"] < 40_000 and (counts % 2 == 0).all()
+    assert (df.groupby("split")["same"].mean() == 0.5).all()
+    with pytest.raises(PairCapacityError):
+        identity_disjoint_pairs(small, cfg.replace(up_to_capacity=False))
+
+
+def test_an_archive_without_people_files_keeps_its_seeded_shuffle_and_a_folder_hashes_names():
+    names = [f"s{i}" for i in range(1, 41)]  # AT&T's 40 people
+    shuffled = split_people(names, IdentityDisjointConfig())
+    assert [len(shuffled[s]) for s in ("train", "validation", "test")] == [25, 3, 12]  # exact shares
+    assert split_people(names, IdentityDisjointConfig(), auto="name_hash") == \
+        split_people(names, IdentityDisjointConfig(split_by="name_hash"))

@@ -59,7 +59,8 @@ def test_tiny_model_trains_and_registers_its_best_epoch(tiny_store):
     accuracy, loss = validation_scores(store, result.version)
     assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
     manifest = store.read_json(f"models/{result.version}/manifest.json")
-    assert set(manifest["files"]) == {"pair.keras", "embedder.keras", "config.json", "history.csv", "curve.png"}
+    assert set(manifest["files"]) == {"pair.keras", "embedder.keras", "config.json", "people.json", "history.csv",
+                                      "curve.png"}
     assert manifest["data"]["pairs_sha256"] and manifest["machine"]["cpus"] and manifest["wall_seconds"] > 0
     embedder = load_model(store, result.version, "embedder.keras")
     assert embedder.output.shape[-1] == 16

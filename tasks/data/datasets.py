@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from tasks.images import LFW_CROP_BOX
@@ -101,8 +102,29 @@ ATT_FACES = DatasetSpec(
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (LFW, ATT_FACES)}
 
 
+def is_folder_dataset(name: str) -> bool:
+    """A directory or an S3 prefix of ``<identity>/<image>`` (any name with a ``/`` or a scheme), not
+    one of the archives in DATASETS."""
+    return name not in DATASETS and ("/" in name or ":" in name or name.startswith("."))
+
+
+def normalize_dataset(name: str) -> str:
+    """The one spelling of a dataset, as models and reports record it: an archive's name, an S3 or
+    file URL without its trailing slash, or a directory's absolute path."""
+    name = (name or "").strip()
+    if not is_folder_dataset(name):
+        get_dataset(name)
+        return name
+    if name.startswith("file://"):  # one folder, one spelling: file:///x is the directory /x
+        name = name[len("file://"):] or "/"
+    elif "://" in name:
+        return name.rstrip("/")
+    return str(Path(name).expanduser().resolve())
+
+
 def get_dataset(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}") from None
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}, or a folder of "
+                         "<identity>/<image> photos (a directory, or s3://bucket/prefix)") from None

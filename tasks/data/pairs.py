@@ -172,15 +172,39 @@ class IdentityDisjointConfig(Params):
     test_pairs: int = Field(2_000, ge=0, multiple_of=2)
     validation_share: float = Field(0.1, gt=0, lt=1, description="of the training people, held out for validation")
     test_share: float = Field(0.3, gt=0, lt=1, description="of all people; only when no people split is given")
+    split_by: Literal["auto", "name_hash", "shuffle"] = Field(
+        "auto", description="without a given people split: name_hash puts each person in a split by a seeded hash "
+                            "of their name alone, so new people never move anyone; shuffle: a seeded shuffle of "
+                            "everyone (exact shares, but people move when people are added); auto: name_hash for a "
+                            "folder dataset (it grows), shuffle for an archive")
+    up_to_capacity: bool = Field(True, description="ask at most for the pairs a split's people allow (a small or "
+                                                   "growing dataset); off: more than they allow is an error")
     seed: int = 42
 
 
+def hash_share(name: str, seed: int, salt: str) -> float:
+    """A person's place in [0, 1): a seeded hash of the name alone, so it never depends on who else
+    is in the data."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\x00{salt}\x00{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
 def split_people(people: Sequence[str], cfg: IdentityDisjointConfig,
-                 given: tuple[Iterable[str], Iterable[str]] | None = None) -> dict[str, list[str]]:
-    """train / validation / test people: ``given`` (train, test) lists or a seeded split,
-    then a seeded share of the training people for validation."""
+                 given: tuple[Iterable[str], Iterable[str]] | None = None, auto: str = "shuffle"
+                 ) -> dict[str, list[str]]:
+    """train / validation / test people: ``given`` (train, test) lists, a name-hash split or a seeded
+    shuffle (``cfg.split_by``; ``auto`` means ``auto``), then a share of the training people for
+    validation (by the same rule)."""
+    split_by = auto if cfg.split_by == "auto" else cfg.split_by
     rng = random.Random(cfg.seed)
     known = set(people)
+    if given is None and split_by == "name_hash":
+        test = sorted(p for p in known if hash_share(p, cfg.seed, "test") < cfg.test_share)
+        train_people = sorted(known - set(test))
+        validation = sorted(p for p in train_people if hash_share(p, cfg.seed, "validation") < cfg.validation_share)
+        return {"train": sorted(set(train_people) - set(validation)), "validation": validation, "test": test}
     if given is not None:
         train, test = sorted(set(given[0])), sorted(set(given[1]))
         missing = sorted((set(train) | set(test)) - known)
@@ -200,17 +224,28 @@ def split_people(people: Sequence[str], cfg: IdentityDisjointConfig,
 
 
 def identity_disjoint_pairs(index: pd.DataFrame, cfg: IdentityDisjointConfig = IdentityDisjointConfig(),
-                            people_split: tuple[Iterable[str], Iterable[str]] | None = None) -> pd.DataFrame:
-    """People are split first, so no person appears in two splits; pairs are drawn inside each split."""
-    groups = split_people(sorted(index.loc[index["error"].isna(), "person"].unique()), cfg, people_split)
+                            people_split: tuple[Iterable[str], Iterable[str]] | None = None,
+                            auto_split: str = "shuffle") -> pd.DataFrame:
+    """People are split first, so no person appears in two splits; pairs are drawn inside each split.
+    ``auto_split``: what ``split_by: auto`` means for this dataset (name_hash for a folder dataset)."""
+    groups = split_people(sorted(index.loc[index["error"].isna(), "person"].unique()), cfg, people_split, auto_split)
     rng = random.Random(cfg.seed + 1)
     counts = {"train": cfg.train_pairs, "validation": cfg.validation_pairs, "test": cfg.test_pairs}
     splits = []
     for split in ("train", "validation", "test"):
         if counts[split]:
-            pairs = draw_pairs(group_by_person(index, people=groups[split]), counts[split], rng,
-                               f"identity_disjoint {split}")
-            splits.append((split, pairs, None))
+            images = group_by_person(index, people=groups[split])
+            n = counts[split]
+            if cfg.up_to_capacity:
+                n = min(n, 2 * min(pair_capacity(images)))
+                if n < 2:
+                    sizes = ", ".join(f"{s} {len(groups[s])}" for s in ("train", "validation", "test"))
+                    raise PairCapacityError(
+                        f"identity_disjoint {split}: its {len(images)} people with photos allow no pair of each kind "
+                        f"(people per split: {sizes}); add people or photos, or change validation_share / "
+                        f"test_share (or the seed)")
+                n -= n % 2
+            splits.append((split, draw_pairs(images, n, rng, f"identity_disjoint {split}"), None))
     return pairs_frame(splits)
 
 
@@ -240,6 +275,15 @@ def split_fingerprint(pairs: pd.DataFrame, split: str) -> str:
     rows = pairs.loc[pairs["split"] == split, ["left_image", "right_image", "same"]]
     text = "\n".join(sorted(f"{a}\t{b}\t{int(s)}" for a, b, s in rows.itertuples(index=False)))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_people_of(pairs: pd.DataFrame, splits: Sequence[str] = ("train", "validation")) -> dict[str, list[str]]:
+    """split -> the people its pairs show, sorted."""
+    out = {}
+    for split in splits:
+        g = pairs[pairs["split"] == split]
+        out[split] = sorted(set(g["left_person"]).union(g["right_person"]))
+    return out
 
 
 def held_out_violations(pairs: pd.DataFrame, protocol: str, split: str = "test") -> list[str]:

@@ -16,6 +16,7 @@ from tasks.data.steps import (
     run_dataset_skew,
     run_download,
     run_index,
+    run_folder_index,
     run_pairs,
 )
 from tasks.images import PreprocessConfig
@@ -51,6 +52,35 @@ def index(dataset: str, storage_url: str | None, archive_path: str, archive_sha2
              result.people, result.errors, preprocess.id)
     for example in result.error_examples:
         log.warning("undecodable image: %s", example)
+    return result
+
+
+@task(tags=["siamese-faces", "data"], name="index-folder", task_run_name="index-folder",
+      retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def index_folder(dataset: str, storage_url: str | None, preprocess: PreprocessConfig, detect: str,
+                 detector: str) -> IndexSummary:
+    """A folder dataset's index: only new or changed photos fetched and decoded; a retry resumes
+    from the chunks it had saved."""
+    log = get_run_logger()
+    result = run_folder_index(dataset, storage_url, preprocess, detect, detector, log=log.info)
+    if result.reused:
+        log.info("%s unchanged since the last index (%d photos of %d people, listed in %.1f s): reused", dataset,
+                 result.images, result.people, result.listed_seconds)
+    else:
+        log.info("%s indexed in %.1f s: %d photos of %d people; %d decoded, %d kept, %d same bytes under a new "
+                 "ETag, %d removed, %d resumed; %d unusable; faces %s; tensors %s", dataset, result.seconds,
+                 result.images, result.people, result.decoded, result.kept, result.same_bytes, result.removed,
+                 result.resumed, result.errors, result.faces or "-", preprocess.id)
+    for example in result.error_examples:
+        log.warning("unusable photo: %s", example)
+    if result.other_files:
+        log.info("%d files that are not images (by suffix) were left out", result.other_files)
+    create_table_artifact(
+        key=artifact_key(dataset, "index"),
+        table=[{"photos": result.images, "people": result.people, "decoded": result.decoded, "kept": result.kept,
+                "removed": result.removed, "unusable": result.errors, "seconds": round(result.seconds, 1)}],
+        description=f"{dataset}: folder index ({'unchanged' if result.reused else 'updated'}); unusable photos "
+                    f"are rows with their reason in {result.index_key}")
     return result
 
 

@@ -32,6 +32,16 @@ class IndexSummary:
     reused: bool = False
     seconds: float = 0.0
     error_examples: list[str] = field(default_factory=list)
+    # a folder dataset's index (archive_sha256 then holds the listing's fingerprint)
+    source: str | None = None
+    decoded: int = 0  # photos decoded by the run that built it
+    kept: int = 0  # rows it took from the previous index without a fetch
+    removed: int = 0
+    same_bytes: int = 0  # new ETag, same sha256: not decoded again
+    resumed: int = 0  # taken from an interrupted run's saved chunks
+    listed_seconds: float = 0.0
+    other_files: int = 0  # listed keys that are not images
+    faces: dict = field(default_factory=dict)  # "aligned" / "detected" -> usable photos
 
 
 def read_index_summary(store: Storage, dataset: str) -> IndexSummary:

@@ -14,10 +14,11 @@ from typing import Any
 import pandas as pd
 
 from settings import siamese_home
-from storage import catalog, open_storage
-from storage.manifests import reusable_manifest, sha256_bytes
-from tasks.data.datasets import get_dataset
+from storage import NotFoundError, catalog, open_storage
+from storage.manifests import IntegrityError, reusable_manifest, same_inputs, sha256_bytes
+from tasks.data.datasets import get_dataset, is_folder_dataset
 from tasks.data.download import download_dataset
+from tasks.data.folder_index import FOLDER_INDEX_FORMAT, index_folder
 from tasks.data.index import INDEX_FORMAT, extract_and_index, people_counts, tensors_to_npy
 from tasks.data.lfw_protocol import parse_pairs_file, parse_people_file
 from tasks.data.pairs import (
@@ -27,7 +28,7 @@ from tasks.data.pairs import (
     identity_disjoint_pairs,
     official_pairs,
 )
-from tasks.data.prepared import IndexSummary, load_index
+from tasks.data.prepared import IndexSummary, load_index, load_tensors
 from tasks.data.skew import (
     format_skew_lines,
     plot_images_per_person,
@@ -36,7 +37,8 @@ from tasks.data.skew import (
     skew_table,
     split_images_per_person,
 )
-from tasks.images import PreprocessConfig
+from tasks.folders import list_people_folder
+from tasks.images import LFW_CROP_BOX, PreprocessConfig
 
 PAIRS_FORMAT = 1
 
@@ -55,6 +57,9 @@ def extracted_images(dataset: str) -> Path:
     colour, which the tensor store does not keep)."""
     from tasks.data.archive import extraction_marker
 
+    if is_folder_dataset(dataset):
+        raise ExtractedImagesError(f"{dataset} is a folder dataset: this stage needs an archive's original photos "
+                                   "(lfw), which a folder dataset does not extract")
     root = cache_dir(dataset) / "images"
     if not extraction_marker(root).is_file():
         raise ExtractedImagesError(f"the original photos of {dataset} are read from {root}, which this machine has "
@@ -88,7 +93,75 @@ def run_download(dataset: str, mirror: str | None = None, trust_mirror_checksums
 
 
 def preprocess_for(dataset: str, size: int = 64, grey: bool = True) -> PreprocessConfig:
-    return PreprocessConfig(size=size, grey=grey, crop_box=get_dataset(dataset).crop_box)
+    """A folder dataset's faces are cut in LFW's frame (the crop the detectors' constants place, and
+    an aligned LFW photo's own): LFW's tensors and models fit it."""
+    crop_box = LFW_CROP_BOX if is_folder_dataset(dataset) else get_dataset(dataset).crop_box
+    return PreprocessConfig(size=size, grey=grey, crop_box=crop_box)
+
+
+def run_folder_index(dataset: str, storage_url: str | None, preprocess: PreprocessConfig, detect: str = "auto",
+                     detector: str = "haar", log=print) -> IndexSummary:
+    """Index a folder dataset from its previous index (only new or changed photos are fetched and
+    decoded) and publish it like an archive's: index Parquet, tensor store, then the manifest."""
+    store, source = open_storage(storage_url), open_storage(dataset)
+    manifest_key, parts_prefix = catalog.index_manifest_key(dataset), catalog.index_parts_prefix(dataset)
+    settings = {"source": source.url, "preprocess": preprocess.model_dump(), "format": FOLDER_INDEX_FORMAT,
+                "detect": detect, "detector": detector}
+    start = time.perf_counter()
+    listing = list_people_folder(source)
+    listed_seconds = time.perf_counter() - start
+    if listing.images.empty:
+        raise ValueError(f"{source.url}: no photos found (expected <identity>/<image> keys ending in an image "
+                         f"suffix; {listing.other_files} other files"
+                         + (f"; {len(listing.rejected)} rejected, e.g. {listing.rejected[0]}" if listing.rejected else "")
+                         + ")")
+    wanted = {**settings, "listing_sha256": listing.fingerprint()}
+    prior = store.read_json_or_none(manifest_key)
+    if (same_inputs(prior, wanted) and store.exists(prior["summary"]["index_key"])
+            and store.exists(prior["summary"]["tensors_key"])):
+        return IndexSummary(**{**prior["summary"], "reused": True, "seconds": time.perf_counter() - start,
+                               "decoded": 0, "kept": prior["summary"]["images"], "removed": 0})
+    previous = None
+    if prior and same_inputs({k: prior.get(k) for k in settings}, settings):
+        try:
+            summary = IndexSummary(**prior["summary"])
+            previous = (load_index(store, summary), load_tensors(store, summary))
+        except (NotFoundError, IntegrityError) as err:  # damaged or gone: index from scratch, and say so
+            log(f"the previous index of {dataset} is unusable ({err}): indexing every photo again")
+    built = index_folder(source, preprocess, detect, detector, previous, (store, parts_prefix), listing=listing,
+                         log=log)
+    index_bytes, npy = index_files(built.index, built.tensors)
+    # named by their content: what the last manifest names stays whole until this one replaces it
+    index_key = catalog.index_key(dataset, sha256_bytes(index_bytes))
+    tensors_key = catalog.tensors_key(dataset, preprocess.id, sha256_bytes(npy))
+    store.write_bytes(index_key, index_bytes)
+    store.write_bytes(tensors_key, npy)
+    errors = built.index["error"].dropna()
+    usable = built.index[built.index["error"].isna()]
+    summary = IndexSummary(
+        dataset=dataset, index_key=index_key, tensors_key=tensors_key, index_sha256=sha256_bytes(index_bytes),
+        tensors_sha256=sha256_bytes(npy), archive_sha256=wanted["listing_sha256"], preprocess=preprocess.model_dump(),
+        images=len(built.index), people=int(usable["person"].nunique()), errors=len(errors),
+        seconds=time.perf_counter() - start, error_examples=list(errors.head(10)), source=source.url,
+        decoded=built.decoded, kept=built.kept, removed=built.removed, same_bytes=built.same_bytes,
+        resumed=built.resumed, listed_seconds=listed_seconds, other_files=listing.other_files,
+        faces={str(k): int(v) for k, v in usable["face"].value_counts().items()})
+    # The manifest goes last: its presence means every output above is complete.
+    store.write_json(manifest_key, {**wanted, "summary": asdict(summary)})
+    for info in list(store.list(parts_prefix)):  # the run is published: its saved chunks are done with
+        store.delete(info.key)
+    if prior:  # the files only the previous manifest named
+        for key in {prior["summary"].get("index_key"), prior["summary"].get("tensors_key")} - {index_key, tensors_key}:
+            if key:
+                store.delete(key)
+    return summary
+
+
+def index_files(index: pd.DataFrame, tensors) -> tuple[bytes, bytes]:
+    """The bytes of an index Parquet and of its tensor store."""
+    buf = io.BytesIO()
+    index.to_parquet(buf, index=False, compression="zstd")
+    return buf.getvalue(), tensors_to_npy(tensors)
 
 
 def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_sha256: str,
@@ -104,9 +177,7 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
     start = time.perf_counter()
     built = extract_and_index(get_dataset(dataset), Path(archive_path), archive_sha256,
                               cache_dir(dataset) / "images", preprocess)
-    buf = io.BytesIO()
-    built.index.to_parquet(buf, index=False, compression="zstd")
-    index_bytes, npy = buf.getvalue(), tensors_to_npy(built.tensors)
+    index_bytes, npy = index_files(built.index, built.tensors)
     store.write_bytes(index_key, index_bytes)
     store.write_bytes(tensors_key, npy)
     errors = built.index["error"].dropna()
@@ -114,7 +185,7 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
         dataset=dataset, index_key=index_key, tensors_key=tensors_key, index_sha256=sha256_bytes(index_bytes),
         tensors_sha256=sha256_bytes(npy), archive_sha256=archive_sha256, preprocess=preprocess.model_dump(),
         images=len(built.index), people=int(built.index["person"].nunique()), errors=len(errors),
-        seconds=time.perf_counter() - start, error_examples=list(errors.head(10)),
+        seconds=time.perf_counter() - start, error_examples=list(errors.head(10)), decoded=len(built.index),
     )
     # The manifest goes last: its presence means every output above is complete.
     store.write_json(catalog.index_manifest_key(dataset), {**wanted, "summary": asdict(summary)})
@@ -158,6 +229,8 @@ class PairsSummary:
 
 
 def _protocol_inputs(dataset: str, protocol: str, files: dict[str, str]) -> dict[str, Any]:
+    if is_folder_dataset(dataset):
+        return {"auto_split": "name_hash"}  # it grows: people split by a seeded hash of their names
     spec = get_dataset(dataset)
     if protocol == "lfw_official":
         if not spec.official_pairs_files:
@@ -174,7 +247,8 @@ def generate_pairs(protocol: str, index: pd.DataFrame, config: dict, inputs: dic
     if protocol == "face_comparer":
         return face_comparer_pairs(index, FaceComparerConfig(**config))
     if protocol == "identity_disjoint":
-        return identity_disjoint_pairs(index, IdentityDisjointConfig(**config), inputs.get("people_split"))
+        return identity_disjoint_pairs(index, IdentityDisjointConfig(**config), inputs.get("people_split"),
+                                       inputs.get("auto_split", "shuffle"))
     if protocol == "lfw_official":
         return official_pairs(index, inputs)
     raise ValueError(f"unknown protocol {protocol!r}; use face_comparer, identity_disjoint or lfw_official")

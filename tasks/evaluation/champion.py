@@ -44,10 +44,11 @@ def gain_and_noise(challenger: dict, champion: dict, metric: str) -> tuple[float
 
 
 def promotion_decision(challenger: dict, champion: dict | None, metric: str = PROMOTION_METRIC,
-                       min_gain: float = 0.0) -> dict:
+                       min_gain: float = 0.0, rescore_refused: str | None = None) -> dict:
     """``challenger`` and ``champion``: evaluation reports. Promote when there is no champion, or when
     both were scored on the same pairs and the challenger is better by more than the noise (and by
-    more than ``min_gain``)."""
+    more than ``min_gain``). ``rescore_refused``: why the champion could not be scored on today's data."""
+    rescore_refused = f" and cannot be scored on today's: {rescore_refused}" if rescore_refused else ""
     ours = metric_value(challenger, metric)
     decision = {"metric": metric, "challenger": challenger["version"], "challenger_score": ours,
                 "champion": champion["version"] if champion else None,
@@ -72,11 +73,12 @@ def promotion_decision(challenger: dict, champion: dict | None, metric: str = PR
         return {**decision, "promote": False,
                 "reason": f"not comparable: the champion was trained and tested on {'/'.join(map(str, trained_on[0]))}, "
                           f"this model on {'/'.join(map(str, trained_on[1]))}, other pairs; {by_hand}"}
-    if (champion.get("data", {}).get("pairs_sha256") != challenger.get("data", {}).get("pairs_sha256")
-            or decision["champion_score"] is None):
+    scored_on = [(r.get("data", {}).get("pairs_sha256"), r.get("data", {}).get("tensors_sha256"))
+                 for r in (champion, challenger)]
+    if scored_on[0] != scored_on[1] or decision["champion_score"] is None:
         return {**decision, "promote": False,
-                "reason": f"not comparable: the champion was not scored on the same held-out pairs (the data "
-                          f"changed since); {by_hand}"}
+                "reason": f"not comparable: the champion was not scored on the same held-out pairs and faces "
+                          f"(the data changed since){rescore_refused}; {by_hand}"}
     gain, noise = gain_and_noise(challenger, champion, metric)
     decision.update(gain=gain, standard_error=noise)
     bar = max(noise or 0.0, min_gain)

@@ -36,8 +36,9 @@ from tasks.evaluation.metrics import (
 from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
 from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
+from tasks.evaluation.yardstick import lfw_view1, yardstick_fingerprint
 from tasks.images import PreprocessConfig
-from tasks.registry import load_scorer, read_champion, read_manifest
+from tasks.registry import load_scorer, read_champion, read_manifest, read_model_people
 
 EVAL_FORMAT = 5  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
 # threshold; 4: the teacher beside the student, embedding throughput, what the model learned from;
@@ -240,6 +241,31 @@ def evaluate_teacher(teacher: str, store: Storage, storage_url: str | None, inde
     return {**t_emb.describe(), **scored, "throughput": throughput}
 
 
+def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | None, str | None]:
+    """(the champion, None) when its report was scored on other pairs or tensors of ``dataset`` /
+    ``protocol`` than today's (the data grew) and it can be scored again on them without breaking
+    what it held out; (None, why not) when it cannot; (None, None) when nothing is stale."""
+    from tasks.evaluation.fingerprint import DataFingerprintError
+
+    version = read_champion(store)
+    report = read_report(store, version) if version else None
+    if not report:  # none, or made champion by hand and never scored: the decision says so
+        return None, None
+    manifest = read_manifest(store, version)
+    if (manifest["config"]["dataset"], manifest["config"]["protocol"]) != (dataset, protocol):
+        return None, None
+    pairs, summary = read_pairs(store, dataset, protocol), read_index_summary(store, dataset)
+    if (report.get("data", {}).get("pairs_sha256"), report.get("data", {}).get("tensors_sha256")) == (
+            pairs.sha256, summary.tensors_sha256):
+        return None, None
+    try:
+        check_model_data(version, manifest, pairs, summary.tensors_sha256, read_model_people(store, version),
+                         summary.preprocess)
+    except DataFingerprintError as err:
+        return None, str(err)
+    return version, None
+
+
 def read_report(store: Storage, version: str) -> dict | None:
     """The plain (not test-time-augmented) evaluation of ``version``: the thresholds matching uses."""
     return store.read_json_or_none(catalog.report_key(version))
@@ -258,10 +284,12 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                       if config.official and pairs_exist(store, dataset, "lfw_official") else None)
     official = official_pairs.frame if official_pairs else None
     summary = read_index_summary(store, dataset)
-    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256)
+    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256, read_model_people(store, version),
+                     summary.preprocess)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
               "teacher_scored": teacher_for(config, manifest),
               "data": {"pairs_sha256": protocol_pairs.sha256,
+                       "yardstick_pairs_sha256": yardstick_fingerprint(store, dataset) if config.official else None,
                        "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
                        "tensors_sha256": summary.tensors_sha256}}
     prior = store.read_json_or_none(report_key)
@@ -286,6 +314,14 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     log(f"embedded {len(emb.rows)} images x {config.tta_passes + 1} pass(es) in {embed_seconds:.1f} s")
     scored = score_model(emb, scorer, data, config)
     thresholds, splits = scored["thresholds"], scored["splits"]
+    yardstick = None
+    if wanted["data"]["yardstick_pairs_sha256"]:  # a folder dataset beside a prepared LFW: View 1 every night
+        learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
+        trained_people = (set(learned.get("train", [])) if learned is not None else
+                          set(pairs.loc[pairs["split"] == "train", "left_person"])
+                          | set(pairs.loc[pairs["split"] == "train", "right_person"]))
+        yardstick = lfw_view1(store, scorer, summary.preprocess, thresholds["accuracy"], trained_people,
+                              config.far_targets, config.seed)
     teacher_name = teacher_for(config, manifest)
     teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer,
                                 PreprocessConfig(**summary.preprocess), config, log) if teacher_name else None)
@@ -310,7 +346,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
               "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
               "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
               # where the model's knowledge comes from: a teacher trained on outside data, or the dataset alone
-              "learned_from": manifest.get("teacher") or None, "teacher": teacher,
+              "learned_from": manifest.get("teacher") or None, "teacher": teacher, "yardstick": yardstick,
               "seconds": time.perf_counter() - start}
     report_official, one_shot, identification = report["official"], report["one_shot"], report["identification"]
     champion_version = read_champion(store)
@@ -335,6 +371,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         + (f"; View 1 {report_official['view1']['accuracy']:.4f}; View 2 "
            f"{report_official['view2']['mean_accuracy']:.4f} +- {report_official['view2']['standard_error']:.4f}"
            if report_official else "")
+        + (f"; LFW View 1 yardstick {yardstick['view1']['accuracy']:.4f}" if yardstick and "view1" in yardstick else "")
         + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in one_shot.items())
         + (f"; identification among {identification['gallery_people']} held-out people: rank-1 "
            f"{identification['rank1']:.4f}, rank-5 {identification['rank5']:.4f}" if identification else ""))

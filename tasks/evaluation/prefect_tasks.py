@@ -37,12 +37,12 @@ def _source(teacher: str | None) -> str:
 @task(tags=["siamese-faces", "champion"],
       name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
 def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOTION_METRIC,
-                     min_gain: float = 0.0) -> dict:
+                     min_gain: float = 0.0, rescore_refused: str | None = None) -> dict:
     store = open_storage(storage_url)
     champion_version = read_champion(store)
     # a champion without a report (set by hand) is never silently replaced
     champion = (read_report(store, champion_version) or {"version": champion_version}) if champion_version else None
-    decision = promotion_decision(report, champion, metric, min_gain)
+    decision = promotion_decision(report, champion, metric, min_gain, rescore_refused)
     get_run_logger().info("%s %s: %s", "promote" if decision["promote"] else "keep the champion; do not promote",
                           report["version"], decision["reason"])
     create_markdown_artifact(

@@ -49,6 +49,17 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
                   f"show a person from the model's training split. LFW's strict View 2 protocol trains a "
                   f"model per fold; this is one model scored on all folds, so read View 2 as an upper bound "
                   f"whenever that share is above zero."]
+    yard = report.get("yardstick")
+    if yard and "view1" in yard:
+        v1 = yard["view1"]
+        lines += ["", "## Yardstick: LFW View 1", "",
+                  f"The same {v1['test_pairs']} pairsDevTest pairs every night, whatever the dataset did: accuracy "
+                  f"**{v1['accuracy']:.4f}** at the threshold chosen on pairsDevTrain, "
+                  f"{v1['accuracy_at_validation_threshold']:.4f} at this model's validation threshold; AUC "
+                  f"{v1['auc']:.4f}. {yard['test_pairs_with_trained_person']:.1%} of these pairs show a person (by "
+                  f"name) from the model's training split."]
+    elif yard:
+        lines += ["", f"LFW View 1 yardstick skipped: {yard['skipped']}."]
     if report.get("one_shot"):
         lines += ["", "## N-way one-shot identification on held-out identities", "",
                   f"{report['one_shot_people']} identities with no image in the model's training or validation "
@@ -143,4 +154,10 @@ def metrics_rows(report: dict) -> list[dict]:
         rows.append({"set": "LFW View 1 test", "pairs": v1["test_pairs"], "accuracy": round(v1["accuracy"], 4),
                      "precision": round(v1["precision"], 4), "recall": round(v1["recall"], 4),
                      "f1": round(v1["f1"], 4), "auc": round(v1["auc"], 4), "eer": round(v1["eer"], 4)})
+    yard = (report.get("yardstick") or {}).get("view1")
+    if yard:
+        rows.append({"set": "LFW View 1 test (yardstick)", "pairs": yard["test_pairs"],
+                     "accuracy": round(yard["accuracy"], 4), "precision": round(yard["precision"], 4),
+                     "recall": round(yard["recall"], 4), "f1": round(yard["f1"], 4), "auc": round(yard["auc"], 4),
+                     "eer": round(yard["eer"], 4)})
     return rows

@@ -26,7 +26,8 @@ class DemoBatch:
 
 def write_demo(store: Storage, dataset: str, index: pd.DataFrame, held_out: dict[str, list[str]],
                image_root) -> DemoBatch | None:
-    """Copy the photos into ``demo/<dataset>/gallery/<person>/<file>`` and ``demo/<dataset>/probes/``
+    """``image_root``: the photos' directory (an archive's extraction) or storage (a folder dataset).
+    Copy the photos into ``demo/<dataset>/gallery/<person>/<file>`` and ``demo/<dataset>/probes/``
     of the storage (an existing object is kept: a re-run copies nothing); None when fewer than two
     held-out people could be enrolled."""
     enrolled, known, never = identification_sets(held_out)
@@ -37,7 +38,9 @@ def write_demo(store: Storage, dataset: str, index: pd.DataFrame, held_out: dict
 
     def put(key: str, image_id: str) -> None:
         if not store.exists(key):
-            store.write_bytes(key, (image_root / path_of[image_id]).read_bytes())
+            path = path_of[image_id]
+            store.write_bytes(key, image_root.read_bytes(path) if isinstance(image_root, Storage)
+                              else (image_root / path).read_bytes())
 
     for person, image in enrolled.items():
         put(posixpath.join(gallery, person, posixpath.basename(image)), image)

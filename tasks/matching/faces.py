@@ -42,16 +42,20 @@ class Face:
     pixels: np.ndarray  # uint8 (size, size) grey, or (size, size, 3) for a colour model
 
 
-_cascade = None
+_haar_local = threading.local()
 
 
 def detector():
-    global _cascade
-    if _cascade is None:  # one per process; detectMultiScale is safe to call from several threads
-        _cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-        if _cascade.empty():
+    """OpenCV's Haar cascade, one per thread: one classifier shared by threads that detect at once
+    crashed the process (a segmentation fault in detectMultiScale, seen indexing a folder dataset on
+    16 fetch threads)."""
+    cascade = getattr(_haar_local, "cascade", None)
+    if cascade is None:
+        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        if cascade.empty():
             raise RuntimeError("OpenCV's Haar cascade file is missing from the opencv wheel")
-    return _cascade
+        _haar_local.cascade = cascade
+    return cascade
 
 
 _dlib_local = threading.local()

@@ -7,14 +7,9 @@ identity names are reported, never enrolled, and never stop the run.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import re
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -25,57 +20,25 @@ import pyarrow.parquet as pq
 from storage import Storage, catalog, open_storage
 from storage.local import OutsideStorageError
 from storage.manifests import sha256_bytes
+from tasks.folders import FolderListing, PeopleFolderError, is_image_key, list_people_folder, validate_identity  # noqa: F401
+from tasks.fetching import fetch_pool
 from tasks.images import ImageDecodeError
 from tasks.matching.embedders import Embedder, model_embedder
 from tasks.matching.faces import faces_from_bytes
 from tasks.matching.index import GalleryIndex, build_index, key_ids, load_index, update_index
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 GALLERY_FORMAT = 2  # 2: faces cut by tasks.images at the tensor store's size
-_IDENTITY = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 
 
-class GalleryError(ValueError):
-    pass
-
-
-def validate_identity(name: str) -> str:
-    """An identity is one path segment: not empty, not '.'/'..', no control characters."""
-    if not _IDENTITY.match(name or "") or name.strip() in ("", ".", "..") or name != name.strip():
-        raise GalleryError(f"invalid identity name {name!r}")
-    return name
-
+GalleryError = PeopleFolderError  # a gallery is a people folder: a bad identity name is the same error
 
 def gallery_id(url: str) -> str:
     """A readable, stable folder name for a gallery address (no credentials are ever in it)."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", url).strip("-")[-40:]
-    return f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+    return catalog.location_id(url)
 
 
-def is_image_key(key: str) -> bool:
-    return key.lower().endswith(IMAGE_SUFFIXES)
-
-
-@dataclass
-class GalleryListing:
-    images: pd.DataFrame  # identity, key, etag
-    rejected: list[dict] = field(default_factory=list)  # key, error
-
-
-def list_gallery(source: Storage) -> GalleryListing:
-    rows, rejected = [], []
-    for info in source.list(""):
-        if not is_image_key(info.key):
-            continue
-        parts = info.key.split("/")
-        if len(parts) != 2:
-            rejected.append({"key": info.key, "error": "gallery images must be <identity>/<image>"})
-            continue
-        try:
-            rows.append((validate_identity(parts[0]), info.key, info.etag))
-        except GalleryError as err:
-            rejected.append({"key": info.key, "error": str(err)})
-    return GalleryListing(pd.DataFrame(rows, columns=["identity", "key", "etag"]), rejected)
+def list_gallery(source: Storage) -> FolderListing:
+    return list_people_folder(source)
 
 
 def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Embedder | None = None,
@@ -98,32 +61,6 @@ def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Emb
         # call: the shard is retried or re-run, instead of a passing outage turning into error rows.
 
     return list(fetch_pool(workers).map(one, list(keys)))
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-# Fetch threads run below the model's priority: decoding then fills the cores' idle moments instead
-# of stalling TensorFlow's parallel ops halfway through a batch (BENCHMARKS.md, matching: +6-17% on
-# the shards' pipeline in 5 of 6 paired runs on 2 cores). Linux niceness is per thread (an absolute
-# 10; threads they start inherit it); elsewhere the threads keep the default.
-FETCH_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FETCH_NICENESS)
-    except (AttributeError, OSError):
-        pass  # not Linux: the same results, a little slower
-
-
-def fetch_pool(workers: int = 16) -> ThreadPoolExecutor:
-    """One pool of fetch threads per process, shared by every shard it runs at once: concurrent
-    shards split the connections instead of each opening 16 more."""
-    with _pools_lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch",
-                                                 initializer=_lower_priority)
-        return _pools[workers]
 
 
 def embedding_table(frame: pd.DataFrame, dim: int) -> pa.Table:

@@ -146,6 +146,7 @@ def summarize(run: dict, storage_url: str | None) -> dict:
 def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
     """The held-out people of model ``version``'s protocol as a gallery and a probe batch in the storage."""
     from tasks.data.prepared import load_index, read_index_summary, read_pairs
+    from tasks.data.datasets import is_folder_dataset
     from tasks.data.steps import extracted_images
     from tasks.evaluation.evaluate import held_out_images
     from tasks.registry import read_manifest
@@ -154,8 +155,9 @@ def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
     config = read_manifest(store, version)["config"]
     index = load_index(store, read_index_summary(store, config["dataset"]))
     pairs = read_pairs(store, config["dataset"], config["protocol"]).frame
-    batch = write_demo(store, config["dataset"], index, held_out_images(index, pairs),
-                       extracted_images(config["dataset"]))
+    dataset = config["dataset"]
+    batch = write_demo(store, dataset, index, held_out_images(index, pairs),
+                       open_storage(dataset) if is_folder_dataset(dataset) else extracted_images(dataset))
     if batch is None:
         get_run_logger().info("demo: fewer than two held-out people with two photos: nothing to enrol")
         return None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from model.augment import Augmentation
 from model.networks import Architecture, Head
@@ -11,7 +11,8 @@ from settings import Params
 
 
 class TrainConfig(Params):
-    dataset: str = Field("lfw", description="a dataset prepared by the data flow")
+    dataset: str = Field("lfw", description="a dataset prepared by the data flow (a name, or a folder dataset's "
+                                            "directory or s3:// prefix)")
     protocol: Literal["face_comparer", "identity_disjoint"] = Field(
         "identity_disjoint", description="whose train/validation pairs to use; identity_disjoint's validation "
                                          "and test people are never trained on")
@@ -65,7 +66,16 @@ class TrainConfig(Params):
                             "geometry the head's bias takes many epochs to follow, the former without")
     early_stopping_patience: int = Field(50, ge=1, description="epochs without a better validation accuracy")
     time_budget_minutes: float = Field(45.0, gt=0, description="training stops after the epoch that crosses it")
+    warm_start: str = Field("none", description="none: train from scratch; champion: start from the champion's "
+                                                "weights (same network and preprocessing), or a model version")
     seed: int = 42
+
+    @field_validator("dataset")
+    @classmethod
+    def _one_spelling(cls, value: str) -> str:
+        from tasks.data.config import folder_or_name
+
+        return folder_or_name(value)
 
     def selection_metric(self) -> str:
         """The log key of the validation score that keeps an epoch (and that early stopping watches)."""

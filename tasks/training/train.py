@@ -25,9 +25,9 @@ import model
 from model import keras
 from settings import siamese_home
 from storage import catalog, open_storage
-from tasks.data.pairs import split_fingerprint
+from tasks.data.pairs import split_fingerprint, split_people_of
 from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
-from tasks.registry import EMBEDDER, PAIR_MODEL
+from tasks.registry import EMBEDDER, PAIR_MODEL, PEOPLE_FILE
 from tasks.training.config import TrainConfig
 
 
@@ -208,9 +208,12 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             trained.compile(optimizer=optimizer, loss="binary_crossentropy",
                             metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
 
+    warm_from, inherited = warm_start(store, config, net, index_summary.preprocess, models, pairs.frame, log)
+
     ## Fit: validation accuracy at P(same) 0.5 picks the epoch. A killed run resumes from its backup
     ## and its history: the best score so far, the patience used and the seconds already spent.
-    run_dir = siamese_home() / "runs" / f"{config.dataset}-{config.protocol}-{config.key()}-{pairs.sha256[:8]}"
+    run_dir = siamese_home() / "runs" / (f"{catalog.dataset_prefix(config.dataset).split('/')[-1]}-{config.protocol}-"
+                                         f"{config.key()}-{pairs.sha256[:8]}" + (f"-from-{warm_from}" if warm_from else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path, history_csv = run_dir / "best.keras", run_dir / "history.csv"
     monitor = config.selection_metric()
@@ -264,13 +267,16 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         models.pair.save(tmp / PAIR_MODEL)
         models.embedder.save(tmp / EMBEDDER)
         (tmp / "config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
+        (tmp / PEOPLE_FILE).write_text(json.dumps(learned_people(split_people_of(pairs.frame), inherited), indent=1,
+                                                  sort_keys=True))
         shutil.copy(history_csv, tmp / "history.csv")
         (tmp / "curve.png").write_bytes(plot_curves(log_df, f"{config.architecture} ({config.head}) on "
                                                             f"{config.dataset}/{config.protocol} ({config.pair_mode})"))
-        published = publish(store, version, {n: tmp / n for n in (PAIR_MODEL, EMBEDDER, "config.json",
+        published = publish(store, version, {n: tmp / n for n in (PAIR_MODEL, EMBEDDER, "config.json", PEOPLE_FILE,
                                                                      "history.csv", "curve.png")}, {
             "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
             "machine": machine, "inference": {"flip": config.test_time_flip}, "reuse_key": reuse_key,
+            "warm_start": warm_from,  # the model whose weights it started from; None: from scratch
             "preprocess": index_summary.preprocess,  # how faces are cut for it: matching does the same
             # a model that learned from outside data says so and names it; LFW-only models have none
             "teacher": ({**teacher_info, "training_images": len(teacher.rows)} if teacher else None),
@@ -284,6 +290,70 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
 
+
+
+def learned_people(own: dict[str, list[str]], inherited: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Whom a model learned from (train) and was selected on (validation), its warm-start source's
+    people included: a person any ancestor trained on counts as trained on."""
+    train = set(own.get("train", [])) | set(inherited.get("train", []))
+    return {"train": sorted(train),
+            "validation": sorted((set(own.get("validation", [])) | set(inherited.get("validation", []))) - train)}
+
+
+def warm_start(store, config: TrainConfig, net, preprocess: dict, models, pairs, log: Callable[[str], None]
+               ) -> tuple[str | None, dict[str, list[str]]]:
+    """Load the weights of ``config.warm_start`` (``champion`` or a version) into the new network; its
+    identification head starts afresh (its classes are this split's people). Returns the source and
+    the people it learned from, which the new model inherits (none: from scratch). Refused when the
+    source learned from anyone in today's validation or test pairs, or cannot say whom it learned from."""
+    from tasks.registry import load_model, read_champion, read_manifest, read_model_people
+
+    if config.warm_start == "none":
+        return None, {}
+    version = read_champion(store) if config.warm_start == "champion" else config.warm_start
+    if version is None:
+        log("warm start from the champion asked for, but there is no champion yet: training from scratch")
+        return None, {}
+    try:
+        manifest = read_manifest(store, version)
+    except FileNotFoundError:
+        raise ValueError(f"cannot warm-start from {version!r}: no such model in {store.url} (warm_start takes "
+                         "none, champion or a registered version)") from None
+    if manifest.get("network") != net.model_dump():
+        raise ValueError(f"cannot warm-start from {version}: its network {manifest.get('network')} differs from "
+                         f"this one {net.model_dump()}; train from scratch (warm_start: none) or match its settings")
+    if manifest.get("preprocess") != preprocess:
+        raise ValueError(f"cannot warm-start from {version}: it learned from faces cut as {manifest.get('preprocess')}, "
+                         f"this dataset's are {preprocess}")
+    learned = read_model_people(store, version)
+    if learned is None:
+        raise ValueError(f"cannot warm-start from {version}: it does not record whom it learned from (registered "
+                         "before people.json), so its knowledge of today's held-out people cannot be ruled out")
+    held_out = split_people_of(pairs, ("validation", "test"))
+    leaked = sorted((set(learned.get("train", [])) & set(held_out["validation"] + held_out["test"]))
+                    | (set(learned.get("validation", [])) & set(held_out["test"])))
+    if leaked:
+        raise ValueError(f"cannot warm-start from {version}: it learned from {len(leaked)} people of today's "
+                         f"validation or test pairs (e.g. {leaked[:3]}), who would no longer be held out; train "
+                         "from scratch (warm_start: none)")
+    models.pair.set_weights(load_model(store, version, PAIR_MODEL).get_weights())
+    log(f"warm start: the network starts from {version}'s weights")
+    return version, learned
+
+
+def trained_on(store, config: TrainConfig, pairs_sha256: str, tensors_sha256: str) -> str | None:
+    """The newest model trained with exactly ``config`` on exactly these pairs and faces, or None: a
+    night whose data did not change has nothing new to learn from."""
+    from tasks.registry import list_versions, read_manifest
+
+    for version in reversed(list_versions(store)):
+        if version.endswith(f"-{config.key()}"):
+            manifest = read_manifest(store, version)
+            data = manifest.get("data", {})
+            if manifest.get("config") == config.model_dump() and (data.get("pairs_sha256"), data.get(
+                    "tensors_sha256")) == (pairs_sha256, tensors_sha256):
+                return version
+    return None
 
 
 def find_reusable(store, config: TrainConfig, reuse_key: str | None) -> TrainResult | None:

@@ -1,0 +1,198 @@
+"""A folder dataset's index: every photo of ``<identity>/<image>`` under a directory or an S3 prefix,
+its face cut as matching cuts it, built incrementally from the previous index.
+
+A photo whose key and ETag the previous index holds keeps its row and tensor without a fetch; a
+new or changed one is fetched, and decoded unless its sha256 shows the same bytes as before; a
+photo no longer listed leaves the index. Faces are found by ``tasks.matching.faces`` (``auto``: an
+aligned 250x250 LFW-framed photo keeps the training crop, any other photo goes to the detector and
+its largest face is cut). A photo that cannot be decoded or shows no face, and a key outside the
+layout, is an error row with its reason and an all-zero tensor: reported, never fatal; pair
+generation skips it. Decoded chunks are saved as they finish, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from storage import NotFoundError, Storage
+from tasks.data.index import INDEX_COLUMNS
+from tasks.fetching import fetch_pool
+from tasks.folders import FolderListing, list_people_folder
+from tasks.images import LFW_FRAME, ImageDecodeError, PreprocessConfig, decode
+from tasks.matching.faces import Detector, find_faces
+
+FOLDER_INDEX_FORMAT = 1
+# image_id and path are the photo's key (<identity>/<image>); face: "aligned" (the training crop of an
+# LFW-framed photo) or "detected"
+FOLDER_INDEX_COLUMNS = INDEX_COLUMNS + ["etag", "face"]
+DATASET_DETECT = ("auto", "none", "largest")  # a labelled photo shows its person: one face each
+CHUNK = 512  # photos per saved chunk of a run
+
+
+@dataclass
+class FolderIndex:
+    index: pd.DataFrame  # FOLDER_INDEX_COLUMNS, sorted by image_id, row == position
+    tensors: np.ndarray  # uint8 (n, *preprocess.shape)
+    listing: FolderListing
+    decoded: int  # photos decoded by this run
+    kept: int  # rows taken from the previous index without a fetch
+    same_bytes: int  # fetched (new ETag) but the same sha256 as before: not decoded again
+    removed: int  # rows of the previous index whose photo is no longer listed
+    resumed: int  # photos taken from the chunks an interrupted run had saved
+
+
+def _face(data: bytes, preprocess: PreprocessConfig, detect: str, detector: Detector
+          ) -> tuple[int, int, np.ndarray, str]:
+    pixels = decode(data, grey=preprocess.grey)
+    if detect == "auto":  # as matching: an aligned LFW-framed photo keeps the crop, others are detected
+        detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
+    faces = find_faces(pixels, detect, preprocess, detector)
+    if not faces:
+        raise ImageDecodeError("no face found" if detect != "none" else "no face: the crop is blank")
+    return pixels.shape[1], pixels.shape[0], faces[0].pixels, "aligned" if detect == "none" else "detected"
+
+
+def _chunk_id(chunk: pd.DataFrame) -> str:
+    text = "\n".join(f"{k}\t{e}" for k, e in zip(chunk["key"], chunk["etag"]))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _part_bytes(rows: list[tuple], etags: list[str], tensors: np.ndarray) -> bytes:
+    """One finished chunk as .npz (plain arrays: loading it never unpickles)."""
+    cols = list(zip(*rows)) if rows else [()] * 7
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(cols[0], dtype=str), width=np.array(cols[1], dtype=np.int32),
+             height=np.array(cols[2], dtype=np.int32), bytes=np.array(cols[3], dtype=np.int64),
+             sha256=np.array(cols[4], dtype=str), error=np.array([e or "" for e in cols[5]], dtype=str),
+             face=np.array([f or "" for f in cols[6]], dtype=str), etag=np.array(etags, dtype=str), tensors=tensors)
+    return buf.getvalue()
+
+
+def _saved_photos(store: Storage, prefix: str) -> dict[str, tuple[str, tuple, np.ndarray]]:
+    """key -> (ETag, row fields, tensor) of every photo an interrupted run saved under ``prefix``."""
+    saved = {}
+    for info in store.list(prefix):
+        z = np.load(io.BytesIO(store.read_bytes(info.key)), allow_pickle=False)
+        for i, key in enumerate(z["key"]):
+            saved[str(key)] = (str(z["etag"][i]), (str(key), int(z["width"][i]), int(z["height"][i]),
+                                                   int(z["bytes"][i]), str(z["sha256"][i]), str(z["error"][i]) or None,
+                                                   str(z["face"][i]) or None), z["tensors"][i])
+    return saved
+
+
+def _per_photo_error(err: Exception) -> str | None:
+    """Why one photo cannot be read, when it is that photo's problem (gone, forbidden, archived, not a
+    file); None for what may pass (an outage), which fails the run so that its retry reads the photo."""
+    if isinstance(err, (NotFoundError, FileNotFoundError)):
+        return "missing: removed while the folder was being indexed"
+    if isinstance(err, (PermissionError, IsADirectoryError)):
+        return f"unreadable: {type(err).__name__}"
+    code = getattr(err, "code", None)
+    if code in ("AccessDenied", "InvalidObjectState", "403"):
+        return f"unreadable: S3 answered {code}"
+    return None
+
+
+def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "auto", detector: Detector = "haar",
+                 previous: tuple[pd.DataFrame, np.ndarray] | None = None, parts: tuple[Storage, str] | None = None,
+                 workers: int = 16, listing: FolderListing | None = None,
+                 log: Callable[[str], None] = print) -> FolderIndex:
+    """Index ``source`` (``<identity>/<image>``), reusing ``previous`` (index, tensors) where the
+    photos are unchanged; ``parts`` = (storage, prefix) saves each decoded chunk so a re-run after an
+    interruption takes them (the caller removes them once the index is published)."""
+    if detect not in DATASET_DETECT:
+        raise ValueError(f"a dataset's photos each show their person: detect must be one of {DATASET_DETECT}, "
+                         f"got {detect!r}")
+    listing = listing or list_people_folder(source)
+    listed = listing.images
+    shape = preprocess.shape
+    prev_index, prev_tensors = previous if previous is not None else (pd.DataFrame(columns=FOLDER_INDEX_COLUMNS),
+                                                                      np.zeros((0, *shape), np.uint8))
+    prev = prev_index.set_index("image_id", drop=False)
+    same = listed["key"].isin(prev.index)
+    same[same] = prev.loc[listed.loc[same, "key"], "etag"].to_numpy() == listed.loc[same, "etag"].to_numpy()
+    kept_keys = listed.loc[same, "key"]
+    todo = listed[~same].reset_index(drop=True)
+    sha_before = dict(zip(prev["image_id"], prev["sha256"]))
+    usable_before = dict(zip(prev["image_id"], prev["error"].isna()))
+    row_before = dict(zip(prev["image_id"], prev["row"]))
+    config_id = f"{FOLDER_INDEX_FORMAT}:{preprocess.id}:{detect}:{detector}"
+    counts = {"decoded": 0, "same_bytes": 0, "resumed": 0}
+
+    def one(key: str) -> tuple[tuple, np.ndarray, bool]:
+        """(row fields, tensor, decoded?) of one photo: fetched here, in the pool's thread."""
+        try:
+            data = source.fetch_bytes(key)
+        except Exception as err:  # noqa: BLE001 - sorted: this photo's problem (a row), or the run's (raised)
+            reason = _per_photo_error(err)
+            if reason is None:
+                raise
+            return (key, 0, 0, 0, "", f"{key}: {reason}", None), np.zeros(shape, np.uint8), False
+        digest = hashlib.sha256(data).hexdigest()
+        if sha_before.get(key) == digest and usable_before.get(key):
+            old = prev.loc[key]
+            return (key, int(old["width"]), int(old["height"]), len(data), digest, None, old["face"]), \
+                prev_tensors[int(row_before[key])], False
+        try:
+            width, height, pixels, how = _face(data, preprocess, detect, detector)
+            return (key, width, height, len(data), digest, None, how), pixels, True
+        except ImageDecodeError as err:
+            return (key, 0, 0, len(data), digest, f"{key}: {err}", None), np.zeros(shape, np.uint8), True
+
+    # What an interrupted run of these settings saved counts wherever its photos now fall in the listing.
+    parts_prefix = f"{parts[1]}{hashlib.sha256(config_id.encode()).hexdigest()[:16]}/" if parts else None
+    saved = _saved_photos(parts[0], parts_prefix) if parts else {}
+    from_saved = todo["key"].map(lambda k: k in saved) & (todo["key"].map(lambda k: saved.get(k, ("",))[0])
+                                                         == todo["etag"])
+    new_rows = [saved[k][1] for k in todo.loc[from_saved, "key"]]
+    new_tensors = [np.stack([saved[k][2] for k in todo.loc[from_saved, "key"]])] if from_saved.any() else []
+    counts["resumed"] = int(from_saved.sum())
+    todo = todo[~from_saved].reset_index(drop=True)
+    pool = fetch_pool(workers)
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo.iloc[start:start + CHUNK]
+        results = list(pool.map(one, chunk["key"]))
+        rows = [r for r, _, _ in results]
+        tensors = np.stack([t for _, t, _ in results]) if results else np.zeros((0, *shape), np.uint8)
+        counts["decoded"] += sum(d for _, _, d in results)
+        counts["same_bytes"] += sum(1 for r, _, d in results if not d and r[5] is None)
+        if parts:
+            parts[0].write_bytes(f"{parts_prefix}{_chunk_id(chunk)}.npz",
+                                 _part_bytes(rows, chunk["etag"].tolist(), tensors))
+        new_rows += rows
+        new_tensors.append(tensors)
+        if len(todo) > CHUNK:
+            log(f"indexed {min(start + CHUNK, len(todo))} of {len(todo)} new or changed photos")
+
+    etag_of = dict(zip(listed["key"], listed["etag"]))
+    fresh = pd.DataFrame(new_rows, columns=["image_id", "width", "height", "bytes", "sha256", "error", "face"])
+    fresh["person"] = fresh["image_id"].str.split("/").str[0]
+    fresh["path"] = fresh["image_id"]
+    fresh["etag"] = fresh["image_id"].map(etag_of).where(fresh["error"].isna() | (fresh["sha256"] != ""), "")
+    rejected = pd.DataFrame([{"image_id": r["key"], "path": r["key"], "person": r["key"].split("/")[0],
+                              "width": 0, "height": 0, "bytes": 0, "sha256": "", "etag": "",
+                              "error": f"{r['key']}: {r['error']}", "face": None} for r in listing.rejected],
+                            columns=fresh.columns)
+    kept = prev.loc[kept_keys].reset_index(drop=True)
+    parts_frames = [f for f in (kept, fresh, rejected) if len(f)]
+    frame = (pd.concat(parts_frames, ignore_index=True) if parts_frames
+             else pd.DataFrame(columns=FOLDER_INDEX_COLUMNS))
+    source_tensor = np.concatenate([prev_tensors[kept["row"].to_numpy(dtype=np.int64)], *new_tensors,
+                                    np.zeros((len(rejected), *shape), np.uint8)])
+    order = np.argsort(frame["image_id"].to_numpy(dtype=str), kind="stable")
+    frame, tensors = frame.iloc[order].reset_index(drop=True), source_tensor[order]
+    frame["row"] = np.arange(len(frame), dtype=np.int32)
+    frame = frame.astype({"width": "int32", "height": "int32", "bytes": "int64"})
+    for column in ("image_id", "person", "path", "sha256", "etag"):
+        frame[column] = frame[column].astype(str)
+    for column in ("error", "face"):
+        frame[column] = frame[column].astype("string")
+    still_there = set(listed["key"]) | {r["key"] for r in listing.rejected}
+    removed = int((~prev["image_id"].isin(still_there)).sum())
+    return FolderIndex(frame[FOLDER_INDEX_COLUMNS], tensors, listing, counts["decoded"], len(kept),
+                       counts["same_bytes"], removed, counts["resumed"])

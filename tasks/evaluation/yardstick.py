@@ -1,0 +1,58 @@
+"""LFW View 1 as a fixed yardstick for a model trained on a folder dataset: the same 1,000 test pairs
+every night, whatever the user's data did, when LFW's data stages ran in the same storage with the
+model's preprocessing. Its threshold is fitted on View 1's DevTrain pairs; the model's own
+validation threshold is reported beside it. Pairs showing a person the model trained on (by name)
+are counted, since a folder of LFW's own photos shares its people."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from storage import Storage
+from tasks.data.prepared import load_index, load_tensors, pairs_exist, read_index_summary, read_pairs
+from tasks.evaluation.metrics import accuracy_threshold, classification_metrics, roc_metrics
+
+YARDSTICK = "lfw"
+
+
+def yardstick_fingerprint(store: Storage, dataset: str) -> str | None:
+    """sha256 of the yardstick's pairs and tensor store, or None when there is none for ``dataset`` (LFW itself is
+    scored on its official protocols instead)."""
+    if dataset == YARDSTICK or not pairs_exist(store, YARDSTICK, "lfw_official"):
+        return None
+    # its pairs and the faces they are scored on: a re-indexed LFW is another yardstick
+    return f"{read_pairs(store, YARDSTICK, 'lfw_official').sha256}:{read_index_summary(store, YARDSTICK).tensors_sha256}"
+
+
+def lfw_view1(store: Storage, scorer, preprocess: dict, validation_threshold: float, trained_people: set[str],
+              far_targets, seed: int = 42) -> dict:
+    from tasks.evaluation.evaluate import EmbeddedImages
+
+    summary = read_index_summary(store, YARDSTICK)
+    if summary.preprocess != preprocess:
+        return {"skipped": f"LFW's tensor store is cut as {summary.preprocess}, the model's faces as {preprocess}"}
+    official = read_pairs(store, YARDSTICK, "lfw_official")
+    pairs = official.frame
+    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
+    dev_train, dev_test = (pairs[pairs["split"] == s] for s in ("dev_train", "dev_test"))
+    rows = np.concatenate([row_of[f[c]].to_numpy() for f in (dev_train, dev_test)
+                           for c in ("left_image", "right_image")])
+    emb = EmbeddedImages(scorer, tensors, rows, 0, seed)
+
+    def scored(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return (frame["same"].to_numpy().astype(int),
+                emb.scores(row_of[frame["left_image"]].to_numpy(), row_of[frame["right_image"]].to_numpy()))
+
+    y_tr, s_tr = scored(dev_train)
+    y_te, s_te = scored(dev_test)
+    threshold = accuracy_threshold(y_tr, s_tr)
+    roc = roc_metrics(y_te, s_te, far_targets)
+    shows_trained = dev_test["left_person"].isin(trained_people) | dev_test["right_person"].isin(trained_people)
+    return {"view1": {**classification_metrics(y_te, s_te, threshold), "auc": roc["auc"], "eer": roc["eer"],
+                      "test_pairs": len(dev_test), "train_pairs": len(dev_train),
+                      "accuracy_at_validation_threshold": classification_metrics(
+                          y_te, s_te, validation_threshold)["accuracy"]},
+            "pairs_sha256": official.sha256,
+            "test_pairs_with_trained_person": float(shows_trained.mean()),
+            "test_pairs_without_trained_person": int((~shows_trained).sum())}
