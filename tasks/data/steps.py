@@ -172,7 +172,7 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
     wanted = {"archive_sha256": archive_sha256, "preprocess": preprocess.model_dump(), "format": INDEX_FORMAT}
     prior = reusable_manifest(store, catalog.index_manifest_key(dataset), wanted, index_key, tensors_key)
     if prior:
-        return IndexSummary(**{**prior["summary"], "reused": True, "seconds": 0.0})
+        return IndexSummary(**{**prior["summary"], "reused": True, "seconds": 0.0, "decoded": 0})
 
     start = time.perf_counter()
     built = extract_and_index(get_dataset(dataset), Path(archive_path), archive_sha256,
