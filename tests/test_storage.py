@@ -99,6 +99,8 @@ def test_list_is_sorted_filtered_and_paginated(store):
 def test_list_all_lists_key_ranges_at_once_and_misses_nothing(store):
     """S3 lists key ranges concurrently; every key lands in exactly one range, in key order, whatever
     it starts with (names beside each range's first letter, punctuation, non-ASCII, the highest code point)."""
+    if not isinstance(store, S3Storage):
+        pytest.skip("a local directory's list_all is its list: nothing to compare")
     keys = ["A b/1.jpg", "A-b/1.jpg", "A/1.jpg", "Ab/1.jpg", "C\U0010ffffz/1.jpg", "C/1.jpg", "D/1.jpg", "Da/1.jpg",
             "I/2.jpg", "J/1.jpg", "Jo/1.jpg", "Zed/1.jpg", "_x/1.jpg", "a/1.jpg", "f/1.jpg", "g/1.jpg", "zz/1.jpg",
             "~/1.jpg", "\u00c9mile/1.jpg", "\u00ff/1.jpg", "\u4e2d\u6587/1.jpg", "0/1.jpg", "/".join(["!"] * 3),

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from storage import NotFoundError, Storage
+from storage import Storage
 from tasks.data.index import INDEX_COLUMNS
 from tasks.fetching import fetch_pool
 from tasks.folders import FolderListing, list_people_folder
@@ -38,7 +38,6 @@ CHUNK = 512  # photos per saved chunk of a run
 class FolderIndex:
     index: pd.DataFrame  # FOLDER_INDEX_COLUMNS, sorted by image_id, row == position
     tensors: np.ndarray  # uint8 (n, *preprocess.shape)
-    listing: FolderListing
     decoded: int  # photos decoded by this run
     kept: int  # rows taken from the previous index without a fetch
     same_bytes: int  # fetched (new ETag) but the same sha256 as before: not decoded again
@@ -88,7 +87,7 @@ def _saved_photos(store: Storage, prefix: str) -> dict[str, tuple[str, tuple, np
 def _per_photo_error(err: Exception) -> str | None:
     """Why one photo cannot be read, when it is that photo's problem (gone, forbidden, archived, not a
     file); None for what may pass (an outage), which fails the run so that its retry reads the photo."""
-    if isinstance(err, (NotFoundError, FileNotFoundError)):
+    if isinstance(err, FileNotFoundError):  # storage's NotFoundError is one
         return "missing: removed while the folder was being indexed"
     if isinstance(err, (PermissionError, IsADirectoryError)):
         return f"unreadable: {type(err).__name__}"
@@ -194,5 +193,5 @@ def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "a
         frame[column] = frame[column].astype("string")
     still_there = set(listed["key"]) | {r["key"] for r in listing.rejected}
     removed = int((~prev["image_id"].isin(still_there)).sum())
-    return FolderIndex(frame[FOLDER_INDEX_COLUMNS], tensors, listing, counts["decoded"], len(kept),
+    return FolderIndex(frame[FOLDER_INDEX_COLUMNS], tensors, counts["decoded"], len(kept),
                        counts["same_bytes"], removed, counts["resumed"])

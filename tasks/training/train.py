@@ -341,32 +341,33 @@ def warm_start(store, config: TrainConfig, net, preprocess: dict, models, pairs,
     return version, learned
 
 
-def trained_on(store, config: TrainConfig, pairs_sha256: str, tensors_sha256: str) -> str | None:
-    """The newest model trained with exactly ``config`` on exactly these pairs and faces, or None: a
-    night whose data did not change has nothing new to learn from."""
+def _registered_with(store, config: TrainConfig):
+    """(version, manifest) of every model registered with exactly ``config``, newest first."""
     from tasks.registry import list_versions, read_manifest
 
     for version in reversed(list_versions(store)):
-        if version.endswith(f"-{config.key()}"):
+        if version.endswith(f"-{config.key()}"):  # versions end with their config's hash
             manifest = read_manifest(store, version)
-            data = manifest.get("data", {})
-            if manifest.get("config") == config.model_dump() and (data.get("pairs_sha256"), data.get(
-                    "tensors_sha256")) == (pairs_sha256, tensors_sha256):
-                return version
+            if manifest.get("config") == config.model_dump():
+                yield version, manifest
+
+
+def trained_on(store, config: TrainConfig, pairs_sha256: str, tensors_sha256: str) -> str | None:
+    """The newest model trained with exactly ``config`` on exactly these pairs and faces, or None: a
+    night whose data did not change has nothing new to learn from."""
+    for version, manifest in _registered_with(store, config):
+        data = manifest.get("data", {})
+        if (data.get("pairs_sha256"), data.get("tensors_sha256")) == (pairs_sha256, tensors_sha256):
+            return version
     return None
 
 
 def find_reusable(store, config: TrainConfig, reuse_key: str | None) -> TrainResult | None:
     """The newest model registered with ``reuse_key`` and exactly ``config``, or None: a retried run
     (the same key) takes the training it already finished instead of training again."""
-    from tasks.registry import list_versions, read_manifest
-
     if not reuse_key:
         return None
-    for version in reversed(list_versions(store)):
-        if not version.endswith(f"-{config.key()}"):  # versions end with their config's hash
-            continue
-        manifest = read_manifest(store, version)
-        if manifest.get("reuse_key") == reuse_key and manifest.get("config") == config.model_dump():
+    for version, manifest in _registered_with(store, config):
+        if manifest.get("reuse_key") == reuse_key:
             return TrainResult(version, manifest["metrics"], float(manifest.get("wall_seconds", 0.0)), manifest)
     return None
