@@ -88,6 +88,8 @@ def test_nway_tasks_never_reuse_the_query_and_draw_only_held_out_people():
                           "left_person": ["A", "B", "C"], "right_person": ["A", "G", "C"], "same": [1, 0, 1]})
     held = held_out_images(index, pairs)
     assert set(held) == {"C", "D", "E", "F"}  # A trained on, B and G chose the checkpoint
+    # D learned from before (a warm start's source, an earlier night) is not held out either
+    assert set(held_out_images(index, pairs, {"train": ["D"], "validation": []})) == {"C", "E", "F"}
     tasks = draw_nway_tasks(held, 3, 300, seed=7)
     for query, support, answer, people in zip(tasks.query, tasks.support, tasks.answer, tasks.people):
         assert query not in support

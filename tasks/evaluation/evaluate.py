@@ -74,10 +74,14 @@ def _people(pairs: pd.DataFrame) -> set[str]:
     return set(pairs["left_person"]).union(pairs["right_person"])
 
 
-def held_out_images(index: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, list[str]]:
+def held_out_images(index: pd.DataFrame, pairs: pd.DataFrame, learned: dict[str, list[str]] | None = None
+                    ) -> dict[str, list[str]]:
     """person -> decodable images, for the people with no image in the protocol's training or
-    validation pairs (validation chose the checkpoint, so its people are not held out)."""
+    validation pairs (validation chose the checkpoint, so its people are not held out) and none the
+    model learned from before (``learned``: its people.json, warm-start sources and earlier data)."""
     seen = _people(pairs[pairs["split"].isin(["train", "validation"])])
+    if learned:
+        seen |= set(learned.get("train", [])) | set(learned.get("validation", []))
     valid = index[index["error"].isna() & ~index["person"].isin(seen)]
     return {p: sorted(g) for p, g in valid.groupby("person")["image_id"]}
 
@@ -284,8 +288,8 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                       if config.official and pairs_exist(store, dataset, "lfw_official") else None)
     official = official_pairs.frame if official_pairs else None
     summary = read_index_summary(store, dataset)
-    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256, read_model_people(store, version),
-                     summary.preprocess)
+    learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
+    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256, learned, summary.preprocess)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
               "teacher_scored": teacher_for(config, manifest),
               "data": {"pairs_sha256": protocol_pairs.sha256,
@@ -300,7 +304,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
 
     index, tensors = load_index(store, summary), load_tensors(store, summary)
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-    data = EvaluationData(pairs, official, held_out_images(index, pairs), row_of, dataset, protocol)
+    data = EvaluationData(pairs, official, held_out_images(index, pairs, learned), row_of, dataset, protocol)
     for n in config.nway:
         try:
             data.tasks[n] = draw_nway_tasks(data.held_out, n, config.nway_tasks, config.seed + n)
@@ -316,7 +320,6 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     thresholds, splits = scored["thresholds"], scored["splits"]
     yardstick = None
     if wanted["data"]["yardstick_pairs_sha256"]:  # a folder dataset beside a prepared LFW: View 1 every night
-        learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
         trained_people = (set(learned.get("train", [])) if learned is not None else
                           set(pairs.loc[pairs["split"] == "train", "left_person"])
                           | set(pairs.loc[pairs["split"] == "train", "right_person"]))

@@ -149,14 +149,14 @@ def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
     from tasks.data.datasets import is_folder_dataset
     from tasks.data.steps import extracted_images
     from tasks.evaluation.evaluate import held_out_images
-    from tasks.registry import read_manifest
+    from tasks.registry import read_manifest, read_model_people
 
     store = open_storage(storage_url)
     config = read_manifest(store, version)["config"]
     index = load_index(store, read_index_summary(store, config["dataset"]))
     pairs = read_pairs(store, config["dataset"], config["protocol"]).frame
     dataset = config["dataset"]
-    batch = write_demo(store, dataset, index, held_out_images(index, pairs),
+    batch = write_demo(store, dataset, index, held_out_images(index, pairs, read_model_people(store, version)),
                        open_storage(dataset) if is_folder_dataset(dataset) else extracted_images(dataset))
     if batch is None:
         get_run_logger().info("demo: fewer than two held-out people with two photos: nothing to enrol")
