@@ -19,6 +19,8 @@ Settings (environment variables):
   SIAMESE_TIME_LIMITS           JSON minutes per flow over the defaults in flows/time_limits.py, e.g.
                                 {"nightly-retrain": 300}; read when a run's process starts
   SIAMESE_NATIVE_LOGS           1: show TensorFlow's C++ start-up lines and info/warning logs
+  SIAMESE_PRECISION             auto (bfloat16 compute where the GPU or CPU runs it natively, else float32),
+                                float32 or bfloat16
 Credentials themselves are never settings here: boto3 reads them from its usual chain.
 """
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Settings(BaseSettings):
     s3_fetch_client: Literal["pyarrow", "boto3"] = "pyarrow"
     time_limits: dict[str, float] = {}
     native_logs: bool = False
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 def settings() -> Settings:

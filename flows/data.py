@@ -8,6 +8,7 @@ from prefect import flow
 from flows.runtime import run_mirror, run_storage
 from flows.time_limits import limited
 from tasks.data import prefect_tasks as data_tasks
+from tasks.data.chip_store import ChipSummary
 from tasks.data.config import DataParams
 from tasks.data.datasets import get_dataset
 from tasks.data.prepared import IndexSummary
@@ -20,6 +21,7 @@ class DataResult:
     skew: SkewReport
     pairs: dict[str, PairsSummary] = field(default_factory=dict)
     bytes_downloaded: int = 0
+    chips: ChipSummary | None = None
 
 
 @flow(**limited("data"), flow_run_name="data-{params.dataset}", log_prints=True)
@@ -38,8 +40,10 @@ def data_flow(params: DataParams = DataParams(), storage: str | None = None) -> 
         files, transferred = downloaded.files, downloaded.bytes_transferred
         index = data_tasks.index(params.dataset, storage, downloaded.files[archive], downloaded.sha256[archive],
                                  preprocess)
+    chips = (data_tasks.chips.submit(params.dataset, storage, index, params.detect, params.detector)
+             if params.chips else None)
     skew = data_tasks.dataset_skew.submit(params.dataset, storage, index)
     futures = {p: data_tasks.pairs.submit(params.dataset, storage, index, p, config, files)
                for p, config in params.pair_configs().items()}
     return DataResult(index=index, skew=skew.result(), pairs={p: f.result() for p, f in futures.items()},
-                      bytes_downloaded=transferred)
+                      bytes_downloaded=transferred, chips=chips.result() if chips else None)

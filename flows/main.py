@@ -38,6 +38,8 @@ from tasks.evaluation.evaluate import stale_champion
 from tasks.evaluation.prefect_tasks import decide_promotion, promote
 from tasks.evaluation.report import fmt, learned_from_line, report_value
 from tasks.registry import read_champion, read_manifest
+from model import device_summary, precision_summary
+from model.networks import ARCHITECTURES
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainResult, selection_line
 
@@ -148,14 +150,17 @@ def _evaluation_lines(report: dict) -> list[str]:
                    f"rank-1 {ident['rank1']:.4f}, rank-5 {ident['rank5']:.4f}")
     teacher = report.get("teacher")
     if teacher:
-        out.append(f"  beside the teacher {teacher['name']} on the same pairs and people: " + ", ".join(
+        beside = (f"the teacher {teacher['name']}" if "embedded_now" in teacher else
+                  f"the network before fine-tuning ({teacher['name']}), on the same faces,")
+        out.append(f"  beside {beside} on the same pairs and people: " + ", ".join(
             f"{label} {fmt(report_value(report, path))} vs {fmt(report_value(teacher, path))}"
             for label, path in (("test", "splits.test.accuracy"), ("View 1", "official.view1.accuracy"),
                                 ("20-way", "one_shot.20.accuracy"), ("rank-1", "identification.rank1"))))
         t = teacher.get("throughput")
         if t:
-            out.append(f"  throughput on the same {t['images']} photos: {t['student_images_per_second']:.0f} images/s "
-                       f"vs the teacher's {t['teacher_images_per_second']:.1f} ({t['ratio']:.0f}x)")
+            out.append(f"  throughput on the same {t['images']} photos, from bytes to embedding: "
+                       f"{t['student_images_per_second']:.0f} images/s vs dlib-bin's own pipeline "
+                       f"{t['teacher_images_per_second']:.1f} on one core ({t['ratio']:.0f}x)")
     out.append("  " + learned_from_line(report).replace("**", ""))
     return out
 
@@ -175,6 +180,11 @@ def report(result: DataResult, storage_url: str | None, seconds: float, model: T
         out.append(f"{protocol}: {store.uri(p.pairs_key)} [{'reused' if p.reused else 'generated'}] {splits}")
     out.append(f"index: {store.uri(idx.index_key)}")
     out.append(f"tensors: {store.uri(idx.tensors_key)}")
+    if result.chips:
+        c = result.chips
+        out.append(f"chips: {store.uri(catalog.chips_prefix(idx.dataset, c.store_id))}/ {c.chips} chips "
+                   f"({f'{c.made_now} made in {c.seconds:.1f} s' if c.made_now else 'stored'}; {c.errors} photos "
+                   f"without one)")
     if model:
         m = model.metrics
         out.append(f"model: {store.uri(catalog.model_prefix(model.version))}: trained {model.wall_seconds / 60:.1f} "
@@ -218,6 +228,9 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
     ap.add_argument("--train-protocol", default=None, choices=TRAINABLE_PROTOCOLS,
                     help=f"pairs to train on (default {train_fields['protocol'].default})")
     ap.add_argument("--no-train", action="store_true", help="only the data stages")
+    ap.add_argument("--architecture", default=None, choices=ARCHITECTURES,
+                    help="dlib_resnet (default): dlib's pretrained face ResNet fine-tuned here (learned from outside "
+                         "data); resnet, koch, face_comparer: learned from the dataset alone (the scratch recipe)")
     ap.add_argument("--teacher", default=None, choices=("none", "dlib"),
                     help="dlib: distil dlib's pretrained face embedder (outside data) into the model; its "
                          "embeddings of the training images are computed once (default none)")
@@ -249,6 +262,8 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
         train["protocol"] = args.train_protocol
     if args.teacher:
         train["teacher"] = args.teacher
+    if args.architecture:
+        train["architecture"] = args.architecture
 
     def build(cls, values: dict, name: str):
         try:
@@ -263,6 +278,8 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
 def main(argv: list[str] | None = None) -> int:
     data, train, evaluation, storage, as_json = parse_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
+    if not as_json:
+        print(f"compute: {device_summary()}; {precision_summary()}", flush=True)
     result, model, decision = main_flow(data, train or TrainConfig(), evaluation, storage,
                                         train_and_evaluate=train is not None)
     seconds = time.perf_counter() - start

@@ -27,6 +27,7 @@ from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.prefect_tasks import promote
 from tasks.matching.config import EnrolParams
 from tasks.matching.faces import Detect
+from model.networks import PRETRAINED
 from tasks.training.config import TrainConfig
 from tasks.training.train import trained_on
 
@@ -51,7 +52,9 @@ def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConf
     index = refreshed.index
     changes = {"photos": index.images, "people": index.people, "decoded": index.decoded, "removed": index.removed,
                "unchanged": index.reused}
-    done = trained_on(open_storage(storage), train, refreshed.pairs[train.protocol].pairs_sha256, index.tensors_sha256)
+    faces = refreshed.chips.table_sha256 if train.architecture in PRETRAINED and refreshed.chips else \
+        index.tensors_sha256  # the faces this training would read: chips for the pretrained twin
+    done = trained_on(open_storage(storage), train, refreshed.pairs[train.protocol].pairs_sha256, faces)
     if retrain == "changed" and done:  # no training; that model still gets its decision (a failed night's)
         get_run_logger().info("no training tonight: nothing new to learn, %s was trained with these settings on "
                               "today's pairs and faces (retrain: always trains anyway)", done)

@@ -2,7 +2,9 @@
 pipeline and scoring. No storage and no Prefect here.
 
 Importing this package imports Keras (and TensorFlow behind it) once, with TensorFlow's C++
-start-up lines silenced, and finds the accelerators: ``accelerators()`` says what is used.
+start-up lines silenced, finds the accelerators (``accelerators()``) and decides the precision
+every model of the process computes in (``precision()``): bfloat16 where the hardware runs it
+natively (GPUs; CPUs with AMX-BF16 or AVX512-BF16), float32 elsewhere; SIAMESE_PRECISION overrides.
 """
 from __future__ import annotations
 
@@ -31,6 +33,45 @@ with quiet_native_stderr():
         _GPUS = []
 
 
+def _cpu_has_bfloat16() -> str | None:
+    """The CPU feature that runs bfloat16 matrix work natively (AMX first), or None."""
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:  # not Linux: no way to tell here, so float32
+        return None
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def _decide_precision() -> tuple[str, str]:
+    """(Keras dtype policy, why), once per process: bfloat16 compute (float32 weights) where the
+    hardware runs it natively, float32 elsewhere (emulated bfloat16 is slower than float32)."""
+    asked = settings().precision
+    if asked == "float32":
+        return "float32", "asked for (SIAMESE_PRECISION=float32)"
+    if asked == "bfloat16":
+        return "mixed_bfloat16", "asked for (SIAMESE_PRECISION=bfloat16)"
+    if _GPUS:
+        return "mixed_bfloat16", "a GPU computes bfloat16 natively"
+    feature = _cpu_has_bfloat16()
+    if feature:
+        return "mixed_bfloat16", f"this CPU has {feature.upper().replace('_', '-')}"
+    return "float32", "this CPU has neither AMX-BF16 nor AVX512-BF16"
+
+
+_PRECISION, _PRECISION_WHY = _decide_precision()
+keras.mixed_precision.set_global_policy(_PRECISION)
+
+
+def precision() -> str:
+    """The Keras dtype policy every model of this process is built under: mixed_bfloat16 or float32."""
+    return _PRECISION
+
+
+def precision_summary() -> str:
+    """One plain line: the precision and why (the main job's first lines, the model's manifest)."""
+    return f"{'bfloat16 compute, float32 weights' if _PRECISION != 'float32' else 'float32'} ({_PRECISION_WHY})"
+
+
 def accelerators() -> list[str]:
     """The GPUs the Keras backend sees (empty on a CPU-only machine)."""
     return list(_GPUS)
@@ -42,3 +83,18 @@ def device_summary() -> str:
     if _GPUS:
         return f"{backend} on {len(_GPUS)} GPU(s): {', '.join(_GPUS)}"
     return f"{backend} on the CPU ({os.cpu_count()} cores; no GPU found)"
+
+
+class policy:  # noqa: N801 - a context manager, used like a function
+    """``with model.policy("float32"):`` builds models under another dtype policy, then restores the
+    process's (a network cached for its weights alone is built in float32, whatever runs it)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.before = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy(self.name)
+
+    def __exit__(self, *exc):
+        keras.mixed_precision.set_global_policy(self.before)

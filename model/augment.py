@@ -1,7 +1,8 @@
 """On-the-fly augmentation. face-comparer's geometric set: flip, scale 0.9-1.1 per axis, rotation
 +-20 deg, shear +-6 deg, shift +-4 px, applied as one affine warp per image (OpenCV releases the
 GIL); the "strong" preset adds brightness and contrast jitter and random erasing (a grey-noise
-rectangle of 2-20% of the image, as in Zhong et al.'s random erasing)."""
+rectangle of 2-20% of the image, as in Zhong et al.'s random erasing); "aligned" is the mild set for
+dlib's aligned chips (flip, scale 0.95-1.05, rotation +-5 deg, shift +-4 px of 150)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Augmentation = Literal["none", "face_comparer", "strong"]
+Augmentation = Literal["none", "face_comparer", "strong", "aligned"]
 
 
 class AugmentConfig(BaseModel):
@@ -31,6 +32,8 @@ PRESETS: dict[str, AugmentConfig | None] = {
     "none": None,
     "face_comparer": AugmentConfig(),
     "strong": AugmentConfig(brightness=25.0, contrast=(0.7, 1.3), erase_probability=0.5),
+    # aligned chips are upright and scaled by their landmarks already: only what alignment leaves over
+    "aligned": AugmentConfig(scale=(0.95, 1.05), rotation_deg=5.0, shear_deg=0.0, shift_px=4.0),
 }
 
 

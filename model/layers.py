@@ -136,3 +136,57 @@ class ClassCosines(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "classes": self.classes}
+
+
+@keras.saving.register_keras_serializable(package="siamese")
+class PixelCentring(keras.layers.Layer):
+    """(pixel - channel mean) / scale: dlib's input layer (RGB means, scale 256). Computed in float32
+    whatever the policy: the means are not representable in bfloat16."""
+
+    def __init__(self, means=(0.0, 0.0, 0.0), scale: float = 256.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.means, self.scale = tuple(float(m) for m in means), float(scale)
+
+    def call(self, x):
+        return (ops.cast(x, "float32") - ops.convert_to_tensor(self.means, "float32")) / self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "means": list(self.means), "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="siamese")
+class ChannelAffine(keras.layers.Layer):
+    """gamma * x + beta per channel: batch normalisation with its statistics folded in (dlib's
+    ``affine`` layer). Not a BatchNormalization: no running statistics that a small fine-tuning
+    batch could drag away from what the network learned on millions of faces."""
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype) + ops.cast(self.beta, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="siamese")
+class ZeroPadAdd(keras.layers.Layer):
+    """The sum of two feature maps of different shapes, each zero-padded at the end (bottom rows,
+    right columns, last channels) to the larger size: dlib's ``add_prev``. A downsampling block's
+    skip path (an average pool, fewer channels, sometimes one row more) meets its main path so;
+    cropping instead moved dlib's descriptors by 1.22, twice the distance that decides a match."""
+
+    def call(self, inputs):
+        a, b = inputs
+        target = self.compute_output_shape([a.shape, b.shape])
+        return self._pad(a, target) + self._pad(b, target)
+
+    @staticmethod
+    def _pad(x, target):
+        pads = [[0, 0]] + [[0, t - s] for s, t in zip(x.shape[1:], target[1:])]
+        return ops.pad(x, pads) if any(p[1] for p in pads) else x
+
+    def compute_output_shape(self, input_shape):
+        a, b = input_shape
+        return (a[0],) + tuple(max(x, y) for x, y in zip(a[1:], b[1:]))

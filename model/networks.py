@@ -5,7 +5,10 @@ Architectures, by name:
                  (Koch et al. and the first ancestor; the last conv is "same" so 64x64 inputs fit)
   face_comparer  aleju/face-comparer's branch: 3x3/5x5 convs with LeakyReLU 0.33 and dropout,
                  no pooling, dense 512 + batch norm + tanh; with its MLP head
-  resnet         the default: a small residual CNN with batch norm and a 128-d embedding
+  resnet         a small residual CNN with batch norm and a 128-d embedding, learned from scratch
+  dlib_resnet    dlib's face-recognition ResNet rebuilt in Keras (``model.dlib_resnet``): 150 px RGB
+                 aligned chips, a 128-d embedding; pretrained on outside data when its weights are
+                 loaded (``tasks.pretrained``), which training does
 
 Heads, by name (any architecture with any head):
   cosine         the default: unit-length embeddings, P(same) = sigmoid(s * cos(f(a), f(b)) + b) with
@@ -27,6 +30,7 @@ import keras
 from keras import layers, regularizers
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.dlib_resnet import CHIP_SIZE, EMBEDDING_DIM, dlib_body
 from model.layers import (
     AbsDiff,
     ClassCosines,
@@ -39,7 +43,8 @@ from model.layers import (
     SqueezeLast,
 )
 
-Architecture = Literal["resnet", "koch", "face_comparer"]
+Architecture = Literal["dlib_resnet", "resnet", "koch", "face_comparer"]
+PRETRAINED: dict[str, str] = {"dlib_resnet": "dlib_resnet_v1"}  # architecture -> the pretrained weights it starts from
 ARCHITECTURES: tuple[str, ...] = Architecture.__args__
 Head = Literal["cosine", "weighted_l1", "mlp"]
 HEADS: tuple[str, ...] = Head.__args__
@@ -126,7 +131,13 @@ _BRANCHES = {"koch": _koch, "face_comparer": _face_comparer, "resnet": _resnet}
 def build_embedder(cfg: NetworkConfig) -> keras.Model:
     """The twin branch: raw pixels (0-255) -> embedding (unit length for the cosine head)."""
     inputs = keras.Input((cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    x = _BRANCHES[cfg.architecture](layers.Rescaling(1.0 / 255.0)(inputs), cfg)
+    if cfg.architecture == "dlib_resnet":  # its own input scaling (dlib's channel means, / 256)
+        if (cfg.input_size, cfg.channels, cfg.embedding_dim) != (CHIP_SIZE, 3, EMBEDDING_DIM):
+            raise ValueError(f"dlib_resnet takes {CHIP_SIZE} px RGB chips and gives {EMBEDDING_DIM}-d embeddings, not "
+                             f"{cfg.input_size} px x {cfg.channels} channel(s) -> {cfg.embedding_dim}")
+        x = dlib_body(inputs)
+    else:
+        x = _BRANCHES[cfg.architecture](layers.Rescaling(1.0 / 255.0)(inputs), cfg)
     if cfg.head == "cosine":
         x = L2Normalize(dtype="float32")(x)
     return keras.Model(inputs, x, name=f"embedder_{cfg.architecture}")
@@ -168,16 +179,18 @@ def build_models(cfg: NetworkConfig, identities: int = 0, teacher: bool = False)
     images = keras.Input(shape, name="images")
     embeddings = embedder(images)
     sigmoid = layers.Activation("sigmoid", dtype="float32", name="same_probability")
+    # Everything after the embeddings computes in float32 under a bfloat16 policy: a bfloat16 cosine
+    # near 0.9 moves in steps of 0.004, which a learned scale of 100 turns into logit steps of 0.4.
     if cfg.head == "cosine":
         logit = SameLogit(dtype="float32", name="same_logit")
-        pair_logit = logit(CosineSimilarity()([embedder(left), embedder(right)]))
-        matrix = logit(PairwiseCosine()(embeddings))
+        pair_logit = logit(CosineSimilarity(dtype="float32")([embedder(left), embedder(right)]))
+        matrix = logit(PairwiseCosine(dtype="float32")(embeddings))
     else:
         head = build_logit_head(cfg)
-        pair_logit = _apply(head, AbsDiff()([embedder(left), embedder(right)]))
-        matrix = PairMatrix()([_apply(head, PairwiseAbsDiff()(embeddings)), embeddings])
-    pair = keras.Model([left, right], SqueezeLast()(sigmoid(pair_logit)), name="siamese_pair")
-    outputs = {"pairs": keras.layers.Identity(name="pairs")(matrix)}
+        pair_logit = _apply(head, AbsDiff(dtype="float32")([embedder(left), embedder(right)]))
+        matrix = PairMatrix(dtype="float32")([_apply(head, PairwiseAbsDiff(dtype="float32")(embeddings)), embeddings])
+    pair = keras.Model([left, right], SqueezeLast(dtype="float32")(sigmoid(pair_logit)), name="siamese_pair")
+    outputs = {"pairs": keras.layers.Identity(name="pairs", dtype="float32")(matrix)}
     if identities:
         outputs["classes"] = ClassCosines(identities, dtype="float32", name="classes")(embeddings)
     if teacher:

@@ -61,8 +61,8 @@ class PairScorer(PairHead):
     """``flip``: each embedding is the mean of the image's and its mirror image's (then unit length
     again for the cosine head): test-time augmentation that evaluation and matching share."""
 
-    def __init__(self, pair_model: keras.Model, batch_size: int = 512, flip: bool = False):
-        self.batch_size, self.flip = batch_size, flip
+    def __init__(self, pair_model: keras.Model, batch_size: int | None = None, flip: bool = False):
+        self.flip = flip
         embedders = [layer for layer in pair_model.layers if isinstance(layer, keras.Model)]
         merges = [i for i, layer in enumerate(pair_model.layers) if isinstance(layer, (AbsDiff, CosineSimilarity))]
         if len(embedders) != 1 or len(merges) != 1:
@@ -70,6 +70,8 @@ class PairScorer(PairHead):
         self.embedder = embedders[0]
         self.input_size = int(self.embedder.input_shape[1])
         self.dim = int(self.embedder.output_shape[-1])
+        # 512 small crops a batch, 186 chips of 150 px (on 2 cores 128 chips ran 502 images/s, 32 ran 439)
+        self.batch_size = batch_size or max(32, min(512, 2 ** 22 // (self.input_size ** 2)))
         merge = pair_model.layers[merges[0]]
         head = [layer for layer in pair_model.layers[merges[0] + 1:] if not isinstance(layer, _NOT_HEAD)]
         if isinstance(merge, CosineSimilarity):

@@ -1,11 +1,13 @@
 """The one catalog of storage keys: every key the pipeline reads or writes is built here.
 
     datasets/<dataset>/index.parquet, index.json, tensors/<preprocess id>.npy, skew.md, skew.csv
+    datasets/<dataset>/chips/<chip store id>/manifest.json, table-<sha>.parquet, part-<sha>.npy
                        (a folder dataset: datasets/<location id>/..., and index-parts/ while indexing)
     datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
                                         images_per_person_<split>.png
     datasets/<dataset>/teacher/<teacher>/<training|evaluation>/<part>.parquet, teacher.json
     demo/<dataset>/gallery/<person>/<file>, demo/<dataset>/probes/<file>
+    pretrained/<name>/<source sha256>/network.keras, manifest.json
     models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
     models/champion.json
     galleries/<gallery id>/<version>/embeddings.parquet, manifest.json, index-<embeddings sha256>.faiss
@@ -57,6 +59,28 @@ def tensors_key(dataset: str, preprocess_id: str, content_sha256: str | None = N
     return _join(dataset_prefix(dataset), "tensors", name)
 
 
+def chips_prefix(dataset: str, store_id: str) -> str:
+    """dlib's aligned chips of a dataset's photos under one set of chip settings (``store_id``)."""
+    return _join(dataset_prefix(dataset), "chips", store_id)
+
+
+def chips_pointer_key(dataset: str) -> str:
+    """Names the chip store the data flow last filled for ``dataset`` (its current chips)."""
+    return _join(dataset_prefix(dataset), "chips.json")
+
+
+def chips_manifest_key(dataset: str, store_id: str) -> str:
+    return _join(chips_prefix(dataset, store_id), "manifest.json")
+
+
+def chips_table_key(dataset: str, store_id: str, content_sha256: str) -> str:
+    return _join(chips_prefix(dataset, store_id), f"table-{content_sha256[:16]}.parquet")
+
+
+def chips_part_key(dataset: str, store_id: str, content_sha256: str) -> str:
+    return _join(chips_prefix(dataset, store_id), f"part-{content_sha256[:16]}.npy")
+
+
 def dataset_skew_keys(dataset: str) -> tuple[str, str]:
     """(markdown, csv) of the whole-set skew."""
     return _join(dataset_prefix(dataset), "skew.md"), _join(dataset_prefix(dataset), "skew.csv")
@@ -102,6 +126,15 @@ def demo_gallery_prefix(dataset: str) -> str:
 
 def demo_probes_prefix(dataset: str) -> str:
     return _join("demo", dataset_prefix(dataset).split("/", 1)[1], "probes")
+
+
+# --- pretrained networks ---------------------------------------------------------------------
+
+
+def pretrained_keys(name: str, source_sha256: str) -> tuple[str, str]:
+    """(the built Keras network, its manifest) of pretrained weights, keyed by their source file."""
+    prefix = _join("pretrained", name, source_sha256[:16])
+    return _join(prefix, "network.keras"), _join(prefix, "manifest.json")
 
 
 # --- models ----------------------------------------------------------------------------------

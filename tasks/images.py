@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -51,6 +52,34 @@ class PreprocessConfig(Params):
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.size, self.size) if self.grey else (self.size, self.size, 3)
+
+
+class ChipConfig(Params):
+    """dlib's aligned face chip (``tasks.chips``): the pretrained network's input, RGB."""
+
+    kind: Literal["dlib_chip"] = "dlib_chip"
+    size: int = 150
+    padding: float = 0.25
+
+    grey: ClassVar[bool] = False
+    crop_box: ClassVar[None] = None
+
+    @property
+    def id(self) -> str:
+        """Names the chip store: ``dlibchip150_pad0.25``."""
+        return f"dlibchip{self.size}_pad{self.padding:g}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.size, self.size, 3)
+
+
+FaceInput = PreprocessConfig | ChipConfig
+
+
+def face_input(recorded: dict) -> FaceInput:
+    """A model's or a store's recorded face input (a manifest's ``preprocess``) as its config."""
+    return ChipConfig(**recorded) if recorded.get("kind") == "dlib_chip" else PreprocessConfig(**recorded)
 
 
 @dataclass(frozen=True)

@@ -63,20 +63,51 @@ def load_scorer(store: Storage, version: str, flip: bool | None = None):
     ``flip`` (mirror-image averaging) defaults to what the model's manifest records."""
     from model.scoring import PairScorer
 
+    manifest = read_manifest(store, version)
     if flip is None:
-        flip = bool(read_manifest(store, version).get("inference", {}).get("flip", False))
-    return PairScorer(load_model(store, version, PAIR_MODEL), flip=flip)
+        flip = bool(manifest.get("inference", {}).get("flip", False))
+    return PairScorer(in_process_precision(load_model(store, version, PAIR_MODEL), manifest.get("network")), flip=flip)
+
+
+def in_process_precision(pair: keras.Model, network: dict | None) -> keras.Model:
+    """The pair model computing in this process's precision: a saved model keeps the dtype policy it
+    was trained under (bfloat16 on a machine that has it), which elsewhere would run emulated, slower
+    than float32, and on a bfloat16 machine a float32-trained one would leave its speed unused. So
+    it is rebuilt from its recorded network under this process's policy, with the same weights;
+    one without a recorded network (or that does not rebuild) runs as saved."""
+    import model
+    from model.networks import NetworkConfig, build_models
+
+    if network is None or _policy_of(pair) == model.precision():
+        return pair
+    try:
+        rebuilt = build_models(NetworkConfig(**network)).pair
+        rebuilt.set_weights(pair.get_weights())
+    except ValueError:  # another builder's network (an older format): as saved
+        return pair
+    return rebuilt
+
+
+def _policy_of(pair: keras.Model) -> str:
+    """The dtype policy the twin network's layers compute in (its first convolution's or dense layer's)."""
+    for layer in pair.layers:
+        if isinstance(layer, keras.Model):
+            for inner in layer.layers:
+                if isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense)):
+                    return inner.dtype_policy.name
+    return "float32"
 
 
 def model_preprocess(manifest: dict):
-    """How the model's training faces were cut (crop box, size, grey or colour), so enrolment and
-    matching cut theirs alike; for models registered before it was recorded, their dataset's."""
+    """How the model's training faces were cut (crop box, size, grey or colour; or dlib's aligned
+    chip), so enrolment and matching cut theirs alike; for models registered before it was recorded,
+    their dataset's."""
     from tasks.data.datasets import get_dataset
-    from tasks.images import PreprocessConfig
+    from tasks.images import PreprocessConfig, face_input
 
     recorded = manifest.get("preprocess")
     if recorded:
-        return PreprocessConfig(**recorded)
+        return face_input(recorded)
     return PreprocessConfig(crop_box=get_dataset(manifest["config"]["dataset"]).crop_box)
 
 

@@ -18,8 +18,8 @@ from tasks.training.config import TrainConfig
 
 # Settings that make a whole training or evaluation take seconds on the tiny data.
 TINY_FACE_COMPARER = FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1)
-TINY_TRAIN = TrainConfig(dataset="tiny", protocol="face_comparer", input_size=16, width=8, embedding_dim=16,
-                         epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
+TINY_TRAIN = TrainConfig(dataset="tiny", protocol="face_comparer", architecture="resnet", input_size=16, width=8,
+                         embedding_dim=16, epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
                          time_budget_minutes=5, augment="none", seed=1)
 
 # people -> number of images; 12 people, 57 images: every skew bucket up to 11-25 is touched.

@@ -9,10 +9,12 @@ from storage import open_storage
 from tasks.artifacts import artifact_key, png_markdown
 from tasks.data.download import redact_url
 from tasks.data.prepared import IndexSummary
+from tasks.data.chip_store import ChipSummary
 from tasks.data.steps import (
     Downloaded,
     PairsSummary,
     SkewReport,
+    run_chips,
     run_dataset_skew,
     run_download,
     run_index,
@@ -81,6 +83,25 @@ def index_folder(dataset: str, storage_url: str | None, preprocess: PreprocessCo
                 "removed": result.removed, "unusable": result.errors, "seconds": round(result.seconds, 1)}],
         description=f"{dataset}: folder index ({'unchanged' if result.reused else 'updated'}); unusable photos "
                     f"are rows with their reason in {result.index_key}")
+    return result
+
+
+@task(tags=["siamese-faces", "data"], name="chips", task_run_name="chips-{dataset}", retries=2,
+      retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
+def chips(dataset: str, storage_url: str | None, index_summary: IndexSummary, detect: str, detector: str
+          ) -> ChipSummary:
+    """dlib's aligned chips of the photos the chip store lacks; a retry keeps the parts already written."""
+    log = get_run_logger()
+    result = run_chips(dataset, storage_url, index_summary, detect, detector, log=log.info)
+    log.info("%s chips %s: %d stored (%d made now in %.1f s), %d photos without one, %d parts", dataset,
+             result.store_id, result.chips, result.made_now, result.seconds, result.errors, result.parts)
+    for example in result.error_examples:
+        log.warning("no chip: %s", example)
+    create_table_artifact(
+        key=artifact_key(dataset, "chips"),
+        table=[{"chips": result.chips, "made now": result.made_now, "without a chip": result.errors,
+                "parts": result.parts, "seconds": round(result.seconds, 1)}],
+        description=f"{dataset}: dlib's aligned chips ({result.store_id}), the pretrained twin's input")
     return result
 
 

@@ -82,3 +82,38 @@ def read_pairs(store: Storage, dataset: str, protocol: str) -> PairsTable:
 
 def pairs_exist(store: Storage, dataset: str, protocol: str) -> bool:
     return store.exists(catalog.pairs_key(dataset, protocol))
+
+
+@dataclass(frozen=True)
+class Faces:
+    """A model's input for every index row: the tensor store's crops, or the chip store's aligned chips
+    (a model whose preprocessing is dlib's chip)."""
+
+    tensors: np.ndarray
+    sha256: str  # their fingerprint: what a model's manifest and its reports record as tensors_sha256
+    preprocess: dict  # how they were cut
+    missing: np.ndarray  # index rows without a face input (undecodable, no face found)
+
+
+def uses_chips(preprocess: dict | None) -> bool:
+    return bool(preprocess) and preprocess.get("kind") == "dlib_chip"
+
+
+def load_faces(store: Storage, summary: IndexSummary, index: pd.DataFrame, chips: bool) -> Faces:
+    if chips:
+        from tasks.data.chip_store import load_chips
+
+        found = load_chips(store, summary.dataset, index)
+        return Faces(found.tensors, found.sha256, found.preprocess, found.missing)
+    return Faces(load_tensors(store, summary), summary.tensors_sha256, summary.preprocess,
+                 index.loc[index["error"].notna(), "row"].to_numpy())
+
+
+def faces_fingerprint(store: Storage, summary: IndexSummary, chips: bool) -> tuple[str, dict]:
+    """(sha256, preprocess) of the faces ``load_faces`` would give, without reading them."""
+    if chips:
+        from tasks.data.chip_store import read_chip_manifest
+
+        manifest = read_chip_manifest(store, summary.dataset)
+        return manifest["table_sha256"], manifest["chip"]
+    return summary.tensors_sha256, summary.preprocess

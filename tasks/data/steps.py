@@ -16,6 +16,7 @@ import pandas as pd
 from settings import siamese_home
 from storage import NotFoundError, catalog, open_storage
 from storage.manifests import IntegrityError, reusable_manifest, same_inputs, sha256_bytes
+from tasks.data.chip_store import ChipSummary, chip_settings, update_chip_store
 from tasks.data.datasets import get_dataset, is_folder_dataset
 from tasks.data.download import download_dataset
 from tasks.data.folder_index import FOLDER_INDEX_FORMAT, index_folder
@@ -190,6 +191,25 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
     # The manifest goes last: its presence means every output above is complete.
     store.write_json(catalog.index_manifest_key(dataset), {**wanted, "summary": asdict(summary)})
     return summary
+
+
+# --- chips ---------------------------------------------------------------------------------
+
+
+def run_chips(dataset: str, storage_url: str | None, index: IndexSummary, detect: str = "auto",
+              detector: str = "dlib_hog", log=print) -> ChipSummary:
+    """dlib's aligned chip of every usable photo the chip store lacks: an archive's from its extracted
+    files, a folder dataset's fetched from where it lies (only the photos not chipped before)."""
+    store = open_storage(storage_url)
+    if is_folder_dataset(dataset):
+        read = open_storage(dataset).fetch_bytes
+    else:
+        root = extracted_images(dataset)
+
+        def read(path: str) -> bytes:
+            return (root / path).read_bytes()
+    return update_chip_store(store, dataset, load_index(store, index), chip_settings(detect=detect, detector=detector),
+                             read, log)
 
 
 # --- skew ----------------------------------------------------------------------------------

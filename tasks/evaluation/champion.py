@@ -73,7 +73,11 @@ def promotion_decision(challenger: dict, champion: dict | None, metric: str = PR
         return {**decision, "promote": False,
                 "reason": f"not comparable: the champion was trained and tested on {'/'.join(map(str, trained_on[0]))}, "
                           f"this model on {'/'.join(map(str, trained_on[1]))}, other pairs; {by_hand}"}
-    scored_on = [(r.get("data", {}).get("pairs_sha256"), r.get("data", {}).get("tensors_sha256"))
+    # the same pairs of the same photos; each model's faces are cut its own way (crops or chips), so a
+    # report that names its index compares by it, an older one by its faces
+    same_photos = "index_sha256" if all(r.get("data", {}).get("index_sha256") for r in (champion, challenger)) \
+        else "tensors_sha256"
+    scored_on = [(r.get("data", {}).get("pairs_sha256"), r.get("data", {}).get(same_photos))
                  for r in (champion, challenger)]
     if scored_on[0] != scored_on[1] or decision["champion_score"] is None:
         return {**decision, "promote": False,

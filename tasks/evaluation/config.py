@@ -20,7 +20,8 @@ class EvalConfig(Params):
                                                  "(face-comparer used 50); reported in evaluation-tta<N>/")
     flip: bool | None = Field(None, description="average each image's embedding with its mirror image's; "
                                                 "default: what the model's manifest says (matching does the same)")
-    teacher: Literal["auto", "none", "dlib"] = Field(
-        "auto", description="score a pretrained teacher beside the model on the same pairs and people (its "
-                            "embeddings cached): auto does so for a model that learned from one")
+    teacher: Literal["auto", "none", "dlib", "pretrained"] = Field(
+        "auto", description="score a reference beside the model on the same pairs and people: dlib's own "
+                            "pipeline (a teacher; its embeddings cached) or the pretrained network untouched by "
+                            "fine-tuning; auto: the model's teacher, or its untouched network")
     seed: int = 42

