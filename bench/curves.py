@@ -16,6 +16,7 @@ def accuracy_clock(curve: list):
         def on_epoch_end(self, epoch, logs=None):
             curve.append({"epoch": epoch + 1, "minutes": (time.monotonic() - self.start) / 60,
                           "val_accuracy": float(logs["val_pair_accuracy"]), "loss": float(logs["loss"]),
-                          "val_threshold_accuracy": float(logs["val_threshold_accuracy"])})
+                          "val_threshold_accuracy": float(logs["val_threshold_accuracy"]),
+                          **({"val_tar_at_far": float(logs["val_tar_at_far"])} if "val_tar_at_far" in logs else {})})
 
     return AccuracyClock()

@@ -82,7 +82,7 @@ def main() -> int:
 
     from model.inputs import resize_images
     from storage import open_storage
-    from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+    from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips
     from tasks.data.steps import cache_dir
     from tasks.evaluation.evaluate import read_report
     from tasks.matching.config import EnrolParams, MatchParams
@@ -94,9 +94,11 @@ def main() -> int:
     report = read_report(local, version)
     if not report:
         sys.exit(f"model {version} has no evaluation report: run python -m flows.evaluate --version {version}")
-    dataset = read_manifest(local, version)["config"]["dataset"]
+    manifest = read_manifest(local, version)
+    dataset = manifest["config"]["dataset"]
     summary = read_index_summary(local, dataset)
-    index, tensors = load_index(local, summary), load_tensors(local, summary)
+    index = load_index(local, summary)
+    tensors = load_faces(local, summary, index, uses_chips(manifest.get("preprocess"))).tensors  # the model's faces
     images_root = cache_dir(dataset) / "images"
     if not (images_root / index["path"].iloc[0]).is_file():
         sys.exit(f"extracted images not found under {images_root}: run make run MIRROR=../shared/data/lfw first")
@@ -223,14 +225,16 @@ def main() -> int:
         pair = load_model(local, version, "pair.keras")
         g = resize_images(tensors[[row_of[i] for i in gallery_ids]], scorer.input_size)
         names = np.array(gallery_people, dtype=object)
-        pair.predict([g[:256, ..., None].astype("float32")] * 2, batch_size=256, verbose=0)  # warm-up
+
+        def net_input(images):  # grey crops take a channel axis; colour chips have theirs
+            return (images[..., None] if images.ndim == 3 else images).astype("float32")
+
+        pair.predict([net_input(g[:256])] * 2, batch_size=256, verbose=0)  # warm-up
         t0 = time.perf_counter()
         ancestor_top = []
         for i in common:
-            p = np.repeat(resize_images(tensors[[row_of[i]]], scorer.input_size)[..., None].astype("float32"),
-                          len(g), axis=0)
-            ancestor_top.append(names[int(np.argmax(pair.predict([p, g[..., None].astype("float32")],
-                                                                 batch_size=256, verbose=0)))])
+            p = np.repeat(net_input(resize_images(tensors[[row_of[i]]], scorer.input_size)), len(g), axis=0)
+            ancestor_top.append(names[int(np.argmax(pair.predict([p, net_input(g)], batch_size=256, verbose=0)))])
         ancestor_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         small_gallery = Gallery(names, np.array(gallery_ids, dtype=object), scorer.embed(g))

@@ -24,9 +24,21 @@ import settings  # noqa: F401 - first: process defaults
 OUT = Path(__file__).resolve().parent / "out"
 # every variant spells out what it changes from this base (the measured one: 64 px, cosine head,
 # face_comparer augmentation), so the table stays reproducible when the defaults move
-BASE = {"protocol": "identity_disjoint", "epochs": 1000, "early_stopping_patience": 1000, "input_size": 64,
-        "head": "cosine", "augment": "face_comparer", "hard_pair_weight": 0.0}
+BASE = {"architecture": "resnet", "protocol": "identity_disjoint", "epochs": 1000, "early_stopping_patience": 1000,
+        "input_size": 64, "head": "cosine", "augment": "face_comparer", "hard_pair_weight": 0.0}
 COSINE = {"head": "cosine", "identification_weight": 0.0}
+# the pretrained twin (dlib_resnet on its aligned chips), fine-tuned: what fine-tuning needs, at an equal budget
+TWIN_BASE = {"architecture": "dlib_resnet", "protocol": "identity_disjoint", "epochs": 1000,
+             "early_stopping_patience": 1000, "learning_rate": 5e-6, "identification_weight": 0.0,
+             "hard_pair_weight": 0.0, "frozen_levels": 0, "augment": "aligned"}
+TWIN_VARIANTS: dict[str, dict] = {
+    "twin_pairs": {},  # the default: every layer, the in-batch pair loss alone, 5e-6
+    "twin_pairs_cosface": {"identification_weight": 0.2},  # + CosFace over the training people
+    "twin_pairs_lr2e-5": {"learning_rate": 2e-5},
+    "twin_pairs_lr1e-6": {"learning_rate": 1e-6},
+    "twin_pairs_frozen2": {"frozen_levels": 2},  # the stem and level 4 kept as pretrained
+    "twin_pairs_frozen4": {"frozen_levels": 4},  # only levels 1 and 0 and the projection learn
+}
 VARIANTS: dict[str, dict] = {
     "l1_bce": {"head": "weighted_l1", "identification_weight": 0.0},  # the recipe before the cosine head
     "cosine_bce": COSINE,
@@ -38,10 +50,6 @@ VARIANTS: dict[str, dict] = {
     "cosine_bce_strong_aug": {**COSINE, "augment": "strong"},
     "cosine_id0.2_48px": {"identification_weight": 0.2, "input_size": 48},  # the two best together
     "cosine_id0.2_32px": {"identification_weight": 0.2, "input_size": 32},
-    # distillation from dlib's pretrained ResNet (outside data): the teacher issue's variants
-    "teacher_cos5": {"identification_weight": 0.2, "input_size": 48, "teacher": "dlib", "distill_weight": 5.0},
-    "teacher_cos5_rel5": {"identification_weight": 0.2, "input_size": 48, "teacher": "dlib", "distill_weight": 5.0,
-                          "relational_weight": 5.0},
 }
 
 
@@ -51,11 +59,10 @@ def run_variant(storage: str, name: str, minutes: float) -> dict:
     from tasks.training.train import train
 
     curve = []
-    config = TrainConfig(**{**BASE, **VARIANTS[name], "time_budget_minutes": minutes})
+    base, changes = (TWIN_BASE, TWIN_VARIANTS[name]) if name in TWIN_VARIANTS else (BASE, VARIANTS[name])
+    config = TrainConfig(**{**base, **changes, "time_budget_minutes": minutes})
     result = train(config, storage, extra_callbacks=[accuracy_clock(curve)], log=lambda _: None)
-    per_step = config.people_per_batch * config.images_per_person + (
-        config.teacher_images_per_batch if config.teacher != "none" else 0)
-    images = result.metrics["epochs_run"] * config.steps_per_epoch * per_step
+    images = result.metrics["epochs_run"] * config.steps_per_epoch * config.people_per_batch * config.images_per_person
 
     return {"name": name, "config": config.model_dump(), "version": result.version, "metrics": result.metrics,
             "images_per_second": images / result.metrics["training_seconds"], "curve": curve,
@@ -70,14 +77,15 @@ def validation_scores(storage: str, version: str, protocol: str) -> dict:
 
     from model.inputs import pair_rows
     from storage import open_storage
-    from tasks.data.prepared import load_index, load_tensors, read_index_summary, read_pairs
+    from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips
     from tasks.evaluation.identification import identify
     from tasks.evaluation.metrics import accuracy_threshold
-    from tasks.registry import load_scorer
+    from tasks.registry import load_scorer, read_manifest
 
     store = open_storage(storage)
     summary = read_index_summary(store, "lfw")
-    index, tensors = load_index(store, summary), load_tensors(store, summary)
+    index = load_index(store, summary)
+    tensors = load_faces(store, summary, index, uses_chips(read_manifest(store, version).get("preprocess"))).tensors
     pairs = read_pairs(store, "lfw", protocol).frame
     left, right, same = pair_rows(pairs[pairs["split"] == "validation"], index)
     val_people = set(pairs.loc[pairs["split"] == "validation", ["left_person", "right_person"]].to_numpy().ravel())
@@ -108,11 +116,17 @@ def plot(results: dict) -> bytes:
 
     fig = Figure(figsize=(7, 4.2), dpi=90)
     ax = fig.subplots()
+    # the twin's epochs are kept by TAR at FAR 1e-3 over every validation pair: that is its curve, from
+    # the pretrained weights' score at minute 0
+    key = "val_tar_at_far" if all("val_tar_at_far" in r["metrics"] for r in results.values()) else "val_accuracy"
     for name, r in results.items():
-        ax.plot([c["minutes"] for c in r["curve"]], [c["val_accuracy"] for c in r["curve"]], lw=1.5,
-                label=f"{name} ({r['metrics']['val_accuracy']:.3f})")
+        start = [(0.0, r["metrics"]["before_training"][key])] if key == "val_tar_at_far" else []
+        points = start + [(c["minutes"], c[key]) for c in r["curve"]]
+        ax.plot(*zip(*points), lw=1.5, marker="." if key == "val_tar_at_far" else None,
+                label=f"{name} ({r['metrics'][key]:.3f})")
     ax.set_xlabel("wall-clock minutes of training (2 CPU cores)")
-    ax.set_ylabel("validation accuracy at P(same) 0.5")
+    ax.set_ylabel("validation TAR at FAR 1e-3 (every pair)" if key == "val_tar_at_far" else
+                  "validation accuracy at P(same) 0.5")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("identity_disjoint: recipe variants at an equal budget", fontsize=9)
@@ -122,16 +136,17 @@ def plot(results: dict) -> bytes:
     return buf.getvalue()
 
 
-def report(results: dict) -> None:
+def report(results: dict, name: str = "recipe_variants") -> None:
     OUT.mkdir(exist_ok=True)
-    (OUT / "recipe_variants.json").write_text(json.dumps(results, indent=2))
-    (OUT / "recipe_variants.png").write_bytes(plot(results))
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (OUT / f"{name}.png").write_bytes(plot(results))
     print("variant | val acc at 0.5 (best) | at 5 min | images/s | epochs | val AUC | val acc, best threshold "
           "| val rank-1 | with flip: AUC, acc, rank-1")
     for name, r in results.items():
         at5 = max([c["val_accuracy"] for c in r["curve"] if c["minutes"] <= 5] or [float("nan")])
         v, f = r["validation"]["plain"], r["validation"]["flip"]
-        print(f"{name} | {r['metrics']['val_accuracy']:.4f} | {at5:.4f} | {r['images_per_second']:.0f} | "
+        kept = r["metrics"]["best_epoch"]
+        print(f"{name} | {r['metrics']['val_accuracy']:.4f} (epoch {kept}) | {at5:.4f} | {r['images_per_second']:.0f} | "
               f"{r['metrics']['epochs_run']} | {v['auc']:.4f} | {v['best_threshold_accuracy']:.4f} | "
               f"{v.get('rank1', float('nan')):.4f} | {f['auc']:.4f}, {f['best_threshold_accuracy']:.4f}, "
               f"{f.get('rank1', float('nan')):.4f}")
@@ -141,7 +156,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storage", default="var/store")
     ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS) + list(TWIN_VARIANTS), default=list(VARIANTS),
+                    help="variants to train (default: the from-scratch ones; twin_*: the pretrained twin's)")
+    ap.add_argument("--out", default="recipe_variants", help="the name of the JSON and PNG under bench/out/")
     ap.add_argument("--replot", action="store_true")
     ap.add_argument("--rescore", action="store_true", help="score the registered models of the JSON again")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -149,7 +166,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_variant(args.storage, args.child, args.minutes)))
         return
-    path = OUT / "recipe_variants.json"
+    path = OUT / f"{args.out}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if args.rescore:
         for name, r in results.items():
@@ -161,8 +178,8 @@ def main() -> None:
             if out.returncode:
                 raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            report(results)  # after every variant: a long run leaves what it measured
-    report(results)
+            report(results, args.out)  # after every variant: a long run leaves what it measured
+    report(results, args.out)
 
 
 if __name__ == "__main__":

@@ -17,25 +17,23 @@ from pathlib import Path
 from tasks.matching.faces import DETECT_MODES, DETECTORS
 
 
-def _model(storage: str | None, model: str, embedder: str, detector: str | None):
-    """(store, version, embedder, the threshold's report) for a model reference."""
+def _model(storage: str | None, model: str, detector: str | None):
+    """(store, version, embedder, the report whose thresholds apply) for a model reference."""
     from storage import open_storage
     from tasks.evaluation.evaluate import read_report
-    from tasks.matching.embedders import embedder_thresholds, make_embedder
+    from tasks.matching.embedders import model_embedder
     from tasks.registry import resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)
-    report = read_report(store, version)
-    return (store, version, make_embedder(embedder, store, version, report, detector),
-            embedder_thresholds(embedder, report, version))
+    return store, version, model_embedder(store, version, detector), read_report(store, version)
 
 
 def cmd_match(args) -> int:
     from tasks.matching.gallery import enrol, read_gallery
     from tasks.matching.search import UNKNOWN, resolve_threshold, score_against_gallery
 
-    store, version, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
+    store, version, embedder, report = _model(args.storage, args.model, args.detector)
     resolve_threshold(args.threshold, report, 1)  # a wrong threshold fails before the gallery is enrolled
     enrolled = enrol(args.gallery, version, args.storage, args.detect, embedder=embedder, log=lambda _: None)
     if not enrolled.images:
@@ -60,7 +58,7 @@ def cmd_match(args) -> int:
 def cmd_verify(args) -> int:
     from tasks.matching.search import resolve_threshold
 
-    _, _, embedder, report = _model(args.storage, args.model, args.embedder, args.detector)
+    _, _, embedder, report = _model(args.storage, args.model, args.detector)
     threshold = resolve_threshold(args.threshold, report, 1, args.unknown_rate)  # one identity: a pair
     embeddings = []
     for path in (args.a, args.b):
@@ -86,10 +84,7 @@ def parser() -> argparse.ArgumentParser:
                              "anything else; none: aligned portraits; largest/all: find faces in photos")
     common.add_argument("--detector", default=None, choices=DETECTORS,
                         help="with --detect largest/all: haar (OpenCV), dlib_hog or dlib_cnn (default: the "
-                             "embedder's own, haar for the model and dlib_hog for dlib)")
-    common.add_argument("--embedder", default="model", choices=("model", "dlib"),
-                        help="model: the registered model (default); dlib: dlib's pretrained ResNet (outside data, "
-                             "slower), calibrated beside the model's evaluation")
+                             "model's own, dlib_hog for dlib's aligned chips, haar for crops)")
     ap = argparse.ArgumentParser(prog="python -m flows.cli", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)

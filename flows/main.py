@@ -148,19 +148,18 @@ def _evaluation_lines(report: dict) -> list[str]:
     if ident:
         out.append(f"  identification among {ident['gallery_people']} held-out people (one gallery image each): "
                    f"rank-1 {ident['rank1']:.4f}, rank-5 {ident['rank5']:.4f}")
-    teacher = report.get("teacher")
-    if teacher:
-        beside = (f"the teacher {teacher['name']}" if "embedded_now" in teacher else
-                  f"the network before fine-tuning ({teacher['name']}), on the same faces,")
-        out.append(f"  beside {beside} on the same pairs and people: " + ", ".join(
-            f"{label} {fmt(report_value(report, path))} vs {fmt(report_value(teacher, path))}"
-            for label, path in (("test", "splits.test.accuracy"), ("View 1", "official.view1.accuracy"),
-                                ("20-way", "one_shot.20.accuracy"), ("rank-1", "identification.rank1"))))
-        t = teacher.get("throughput")
+    untouched = report.get("untouched")
+    if untouched:
+        out.append(f"  beside the network before fine-tuning ({untouched['name']}) on the same faces, pairs and people: "
+                   + ", ".join(f"{label} {fmt(report_value(report, path))} vs {fmt(report_value(untouched, path))}"
+                               for label, path in (("test", "splits.test.accuracy"), ("View 1", "official.view1.accuracy"),
+                                                   ("20-way", "one_shot.20.accuracy"),
+                                                   ("rank-1", "identification.rank1"))))
+        t = untouched.get("throughput")
         if t:
             out.append(f"  throughput on the same {t['images']} photos, from bytes to embedding: "
-                       f"{t['student_images_per_second']:.0f} images/s vs dlib-bin's own pipeline "
-                       f"{t['teacher_images_per_second']:.1f} on one core ({t['ratio']:.0f}x)")
+                       f"{t['model_images_per_second']:.0f} images/s on every core vs dlib-bin's own pipeline "
+                       f"{t['dlib_images_per_second']:.1f} on one core ({t['ratio']:.0f}x)")
     out.append("  " + learned_from_line(report).replace("**", ""))
     return out
 
@@ -231,9 +230,6 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
     ap.add_argument("--architecture", default=None, choices=ARCHITECTURES,
                     help="dlib_resnet (default): dlib's pretrained face ResNet fine-tuned here (learned from outside "
                          "data); resnet, koch, face_comparer: learned from the dataset alone (the scratch recipe)")
-    ap.add_argument("--teacher", default=None, choices=("none", "dlib"),
-                    help="dlib: distil dlib's pretrained face embedder (outside data) into the model; its "
-                         "embeddings of the training images are computed once (default none)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
 
@@ -260,8 +256,6 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
         train["time_budget_minutes"] = args.train_minutes
     if args.train_protocol:
         train["protocol"] = args.train_protocol
-    if args.teacher:
-        train["teacher"] = args.teacher
     if args.architecture:
         train["architecture"] = args.architecture
 

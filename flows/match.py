@@ -1,7 +1,7 @@
 """The ``enrol`` and ``match`` flows: embed a gallery, then match batches of probes against it.
 
     python -m flows.match --probes s3://bucket/probes [--gallery s3://bucket/gallery] [--model champion]
-                          [--storage s3://bucket/siamese] [--detect none|largest|all] [--embedder model|dlib]
+                          [--storage s3://bucket/siamese] [--detect none|largest|all]
                           [--dask tcp://host:8786]
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) 
     storage = run_storage(storage)
     gallery = run_gallery(params.gallery, "enrol")
     version = resolve_model(params.model, storage)
-    return enrol_gallery(gallery, version, storage, params.detect, params.embedder, params.detector)
+    return enrol_gallery(gallery, version, storage, params.detect, params.detector)
 
 
 @flow(**limited("match"), flow_run_name="match-{params.model}", log_prints=True)
@@ -46,7 +46,7 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     params = params.replace(gallery=run_gallery(params.gallery, "match"))
     version = resolve_model(params.model, storage)
     resolved = run_params(params, version)
-    enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.embedder, params.detector)
+    enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.detector)
     if not enrolled["images"]:
         raise ValueError(f"the gallery {resolved.gallery} has no usable <identity>/<image> files: nothing to "
                          "match against")

@@ -11,7 +11,7 @@ from settings import settings
 
 DEFAULT_MINUTES = {
     "data": 120,             # LFW from a mirror: ~3 min; a first index of a large folder takes longer
-    "train": 240,            # 45-minute budget + a first teacher stage (~12 min on LFW) + registration
+    "train": 240,            # the scratch recipe's 45-minute budget (the pretrained twin: 10) + registration
     "evaluate": 90,
     "enrol": 360,
     "match": 720,            # millions of probes

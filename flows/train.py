@@ -24,17 +24,11 @@ def train_flow(config: TrainConfig = TrainConfig(), storage: str | None = None, 
     training again (a retried nightly passes its run's id)."""
     storage = run_storage(storage)
     check_fits("train", config.time_budget_minutes)
-    # One training at a time across every flow that trains, the teacher stage included (CPU-heavy).
+    # One training at a time across every flow that trains (CPU-heavy).
     with hold(TRAINING, f"training {config.protocol}", get_run_logger().info):
         reused = reusable_training(config, storage, reuse_key)
         if reused is not None:
             return reused
-        # The teacher stage first: a data task that needs the protocol's train split, which only training
-        # knows; cached by image sha256, so it embeds only training images it has not embedded before.
-        if config.teacher != "none":
-            from tasks.teacher.prefect_tasks import teacher_embeddings
-
-            teacher_embeddings(config.teacher, config.dataset, config.protocol, storage)
         return train_model.with_options(timeout_seconds=train_task_seconds(config.time_budget_minutes))(
             config, storage, reuse_key)
 

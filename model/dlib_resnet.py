@@ -224,6 +224,27 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
+def level_starts() -> list[int]:
+    """The record number where each stage begins: the stem, levels 4 to 0, then the head."""
+    starts, number = [0], len(STEM)
+    for _, down, plain in LEVELS:
+        starts.append(number)
+        number += down * len(RESIDUAL_DOWN) + plain * len(RESIDUAL)
+    return starts + [number]
+
+
+def freeze_levels(model: keras.Model, levels: int) -> int:
+    """Keep the first ``levels`` stages (1: the stem; 2: and level 4; ...) as they are: their layers stop
+    training. Returns how many layers were frozen."""
+    below = level_starts()[levels] if levels else 0
+    frozen = 0
+    for layer in _all_layers(model):
+        if layer.name.startswith("dlib_") and layer.name[5:8].isdigit() and int(layer.name[5:8]) < below:
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
 def copy_weights(source: keras.Model, target: keras.Model) -> int:
     """Copy every ``dlib_*`` layer's weights of ``source`` into the layer of the same name in
     ``target`` (or a model nested in it); how many layers were set. Every one must be found."""

@@ -100,17 +100,11 @@ class IdentityBatches(keras.utils.PyDataset):
 
     People with fewer than K images contribute all they have, sampled with replacement. The label
     of an image is its person's position in ``people``: the class of the identification loss.
-
-    With a teacher: ``teacher_targets`` (one unit embedding per store row, NaN where none) are the
-    target of the ``teacher`` output, and ``extra_per_batch`` more images drawn from
-    ``extra_rows`` (the teacher's training images, single-image people too) join each batch with
-    label -1: they teach through the teacher alone.
     """
 
     def __init__(self, tensors: np.ndarray, rows_by_person: dict[str, np.ndarray], people_per_batch: int,
                  images_per_person: int, steps: int, augment: AugmentConfig | None, seed: int,
-                 outputs: tuple[str, ...] | None = None, teacher_targets: np.ndarray | None = None,
-                 extra_rows: np.ndarray | None = None, extra_per_batch: int = 0, **kwargs):
+                 outputs: tuple[str, ...] | None = None, **kwargs):
         super().__init__(**kwargs)
         eligible = {p: r for p, r in rows_by_person.items() if len(r) >= 2}
         if len(eligible) < people_per_batch:
@@ -121,9 +115,6 @@ class IdentityBatches(keras.utils.PyDataset):
         self.p, self.k, self.steps = people_per_batch, images_per_person, steps
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.outputs = outputs  # a multi-output model: the identity labels are the target of each
-        self.targets = None if teacher_targets is None else np.nan_to_num(teacher_targets, nan=0.0)
-        self.extra_rows = np.asarray(extra_rows if extra_rows is not None else [], dtype=np.int64)
-        self.extra = extra_per_batch if len(self.extra_rows) else 0
 
     def __len__(self) -> int:
         return self.steps
@@ -139,9 +130,6 @@ class IdentityBatches(keras.utils.PyDataset):
             candidates = self.rows[label]
             rows.append(rng.choice(candidates, self.k, replace=len(candidates) < self.k))
             labels.append(np.full(self.k, label))
-        if self.extra:
-            rows.append(rng.choice(self.extra_rows, self.extra, replace=len(self.extra_rows) < self.extra))
-            labels.append(np.full(self.extra, -1))
         return np.concatenate(rows), np.concatenate(labels).astype("int32")
 
     def __getitem__(self, i: int):
@@ -151,5 +139,4 @@ class IdentityBatches(keras.utils.PyDataset):
             images = augment_batch(images, np.random.default_rng((self.seed, self.epoch, i, 1)), self.augment)
         if not self.outputs:
             return _with_channel(images).astype("float32"), labels
-        return _with_channel(images).astype("float32"), {
-            o: (self.targets[rows] if o == "teacher" else labels) for o in self.outputs}
+        return _with_channel(images).astype("float32"), {o: labels for o in self.outputs}

@@ -7,8 +7,8 @@ from keras import ops
 
 
 def _pair_masks(labels, n):
-    """(same-person, different-person) masks over each unordered pair once; images labelled -1
-    (a teacher's extra images, of no training identity) take part in neither."""
+    """(same-person, different-person) masks over each unordered pair once; an image labelled -1
+    (of no training identity) takes part in neither."""
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     same = ops.cast(ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0)), "float32")
     known = ops.cast(labels >= 0, "float32")
@@ -66,7 +66,7 @@ class MarginSoftmaxLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         cos = ops.cast(y_pred, "float32")
         labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        known = ops.cast(labels >= 0, "float32")  # -1: a teacher's extra image, no class
+        known = ops.cast(labels >= 0, "float32")  # -1: an image of no training identity
         target = ops.one_hot(ops.maximum(labels, 0), ops.shape(cos)[-1])
         logits = self.scale * (cos - self.margin * target)
         per_image = keras.losses.categorical_crossentropy(target, logits, from_logits=True)
@@ -74,33 +74,6 @@ class MarginSoftmaxLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "margin": self.margin}
-
-
-@keras.saving.register_keras_serializable(package="siamese")
-class TeacherDistillationLoss(keras.losses.Loss):
-    """The student's unit embeddings matched to a teacher's: 1 - cosine per image, plus
-    ``relational_weight`` x the mean squared difference of the two cosine matrices over the batch's
-    pairs (the teacher's similarities as soft targets). y_true: (B, D) unit teacher embeddings,
-    all-zero rows for images without one; y_pred: (B, D) unit student embeddings.
-    """
-
-    def __init__(self, relational_weight: float = 0.0, name="teacher_distillation", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.relational_weight = relational_weight
-
-    def call(self, y_true, y_pred):
-        teacher, student = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
-        has = ops.cast(ops.sum(ops.abs(teacher), axis=-1) > 0, "float32")
-        loss = ops.sum(has * (1.0 - ops.sum(teacher * student, axis=-1))) / ops.maximum(ops.sum(has), 1.0)
-        if self.relational_weight:
-            n = ops.shape(student)[0]
-            mask = ops.triu(ops.ones((n, n), "float32"), k=1) * ops.expand_dims(has, 1) * ops.expand_dims(has, 0)
-            diff = ops.matmul(student, ops.transpose(student)) - ops.matmul(teacher, ops.transpose(teacher))
-            loss += self.relational_weight * ops.sum(mask * diff * diff) / ops.maximum(ops.sum(mask), 1.0)
-        return loss
-
-    def get_config(self):
-        return {**super().get_config(), "relational_weight": self.relational_weight}
 
 
 @keras.saving.register_keras_serializable(package="siamese")

@@ -169,10 +169,9 @@ class SiameseModels:
     in_batch: keras.Model  # images (B) -> (B, B) logits [and (B, identities) cosines], for P x K batches
 
 
-def build_models(cfg: NetworkConfig, identities: int = 0, teacher: bool = False) -> SiameseModels:
+def build_models(cfg: NetworkConfig, identities: int = 0) -> SiameseModels:
     """One embedder and one head, shared by the pair model and the in-batch model. ``identities`` > 0
-    adds the identification output (cosines to that many training identities) to the in-batch model;
-    ``teacher`` adds the unit-length embeddings themselves, the output a teacher's are distilled into."""
+    adds the identification output (cosines to that many training identities) to the in-batch model."""
     embedder = build_embedder(cfg)
     shape = (cfg.input_size, cfg.input_size, cfg.channels)
     left, right = keras.Input(shape, name="left"), keras.Input(shape, name="right")
@@ -193,8 +192,5 @@ def build_models(cfg: NetworkConfig, identities: int = 0, teacher: bool = False)
     outputs = {"pairs": keras.layers.Identity(name="pairs", dtype="float32")(matrix)}
     if identities:
         outputs["classes"] = ClassCosines(identities, dtype="float32", name="classes")(embeddings)
-    if teacher:
-        unit = embeddings if cfg.head == "cosine" else L2Normalize(dtype="float32")(embeddings)
-        outputs["teacher"] = keras.layers.Identity(name="teacher", dtype="float32")(unit)
     in_batch = keras.Model(images, outputs if len(outputs) > 1 else outputs["pairs"], name="siamese_in_batch")
     return SiameseModels(embedder, pair, in_batch)

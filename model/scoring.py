@@ -51,7 +51,7 @@ class PairHead:
 
 
 def cosine_head(scale: float, bias: float) -> PairHead:
-    """P(same) = sigmoid(scale * cos + bias) for unit embeddings made elsewhere (a teacher's)."""
+    """P(same) = sigmoid(scale * cos + bias) for unit embeddings made elsewhere (the untouched pretrained network's)."""
     head = PairHead()
     head.scale, head.bias = float(scale), float(bias)
     return head

@@ -5,7 +5,6 @@
                        (a folder dataset: datasets/<location id>/..., and index-parts/ while indexing)
     datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
                                         images_per_person_<split>.png
-    datasets/<dataset>/teacher/<teacher>/<training|evaluation>/<part>.parquet, teacher.json
     demo/<dataset>/gallery/<person>/<file>, demo/<dataset>/probes/<file>
     pretrained/<name>/<source sha256>/network.keras, manifest.json
     models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
@@ -105,18 +104,6 @@ def pairs_skew_keys(dataset: str, protocol: str) -> tuple[str, str]:
 
 def pairs_plot_key(dataset: str, protocol: str, split: str) -> str:
     return _join(pairs_prefix(dataset, protocol), f"images_per_person_{split}.png")
-
-
-def teacher_prefix(dataset: str, teacher: str, purpose: str) -> str:
-    """A teacher's embedding cache; ``training`` and ``evaluation`` are separate so training can
-    only ever read the former."""
-    if purpose not in ("training", "evaluation"):
-        raise ValueError(f"invalid teacher cache {purpose!r}")
-    return _join(dataset_prefix(dataset), "teacher", teacher, purpose) + "/"
-
-
-def teacher_part_key(dataset: str, teacher: str, purpose: str, part: str) -> str:
-    return teacher_prefix(dataset, teacher, purpose) + f"{part}.parquet"
 
 
 def demo_gallery_prefix(dataset: str) -> str:

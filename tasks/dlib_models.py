@@ -71,3 +71,25 @@ class DlibDetector:
             if boxes:
                 return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
         return []
+
+
+class DlibPipeline:
+    """dlib-bin's own face recognition, as its users run it: HOG detection (the face nearest the
+    photo's centre; else LFW's face box), 5-point landmarks, its aligned chip, its ResNet on one core.
+    The yardstick the Keras twin's speed is measured against."""
+
+    def __init__(self):
+        from tasks.chips import LFW_FACE_BOX
+
+        module = dlib()
+        self._dlib, self._fallback = module, LFW_FACE_BOX
+        self._detector = DlibDetector("hog")
+        self._landmarks = module.shape_predictor(str(model_path("landmarks")))
+        self._resnet = module.face_recognition_model_v1(str(model_path("resnet")))
+
+    def embed(self, rgb: np.ndarray) -> np.ndarray:
+        boxes = self._detector.detect(rgb)
+        box = min(boxes, key=lambda b: ((b[0] + b[2]) / 2 - rgb.shape[1] / 2) ** 2
+                  + ((b[1] + b[3]) / 2 - rgb.shape[0] / 2) ** 2) if boxes else self._fallback
+        shape = self._landmarks(rgb, self._dlib.rectangle(*box))
+        return np.asarray(self._resnet.compute_face_descriptor(rgb, shape), np.float32)

@@ -142,7 +142,7 @@ def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_m
     result = train(config, tiny_chips, log=lambda _: None)
     store = open_storage(tiny_chips)
     manifest = result.manifest
-    assert manifest["pretrained"]["name"] == "dlib_resnet_v1" and "no LFW identities" in manifest["pretrained"][
+    assert manifest["pretrained"]["name"] == "dlib_resnet_v1" and "people of LFW removed" in manifest["pretrained"][
         "learned_from"]
     assert manifest["preprocess"]["kind"] == "dlib_chip" and manifest["machine"]["dtype_policy"] == model.precision()
     assert "before_training" in manifest["metrics"]
@@ -187,3 +187,11 @@ def test_the_network_runs_the_same_on_the_jax_backend(parsed, tmp_path):
     load_dlib_weights(network, parsed)
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), network.predict_on_batch(chips.astype("float32")),
                                atol=1e-4)
+
+
+def test_chips_without_dlib_name_the_pip_command():
+    script = ("import sys; sys.modules['dlib'] = None\n"
+              "from tasks.chips import DlibUnavailableError, check_available\n"
+              "try:\n    check_available()\nexcept DlibUnavailableError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0" in out.stdout

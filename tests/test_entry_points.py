@@ -31,7 +31,8 @@ def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_pa
     store = open_storage(storage)
     version = read_champion(store)
     assert version and store.exists(catalog.report_key(version))  # trained, evaluated, promoted
-    assert out[0].startswith("tiny: 57 images of 12 people") and any(line.startswith("identity_disjoint: ") for line in out)
+    assert out[0].startswith("compute: ") and " on the CPU" in out[0]  # what it runs on, and in which precision
+    assert out[1].startswith("tiny: 57 images of 12 people") and any(line.startswith("identity_disjoint: ") for line in out)
     model_line = next(line for line in out if line.startswith("model: "))
     assert version in model_line and "at P(same) 0.5 (the score that kept epoch" in model_line
     report = store.read_json(catalog.report_key(version))
@@ -51,7 +52,11 @@ def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_pa
 def test_main_job_options(tmp_path, monkeypatch, capsys):
     data, train_config, evaluation, storage, as_json = main.parse_args([])
     assert data.dataset == "lfw" and data.protocol_list == ["face_comparer", "identity_disjoint", "lfw_official"]
-    assert train_config.protocol == "identity_disjoint" and train_config.time_budget_minutes == 45
+    # the pretrained twin fine-tuned for 10 minutes by default; the scratch recipe one option away
+    assert (train_config.protocol, train_config.architecture, train_config.time_budget_minutes) == (
+        "identity_disjoint", "dlib_resnet", 10)
+    scratch = main.parse_args(["--architecture", "resnet"])[1]
+    assert (scratch.input_size, scratch.time_budget_minutes, scratch.learning_rate) == (48, 45, 2e-3)
     assert evaluation.nway == (5, 20) and storage is None and not as_json
 
     monkeypatch.setenv("SIAMESE_MIRROR", "/mirror/lfw")

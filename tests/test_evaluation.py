@@ -64,10 +64,13 @@ def test_models_saved_before_the_cosine_head_still_load_and_score(tmp_path):
     from storage import open_storage
     from tasks.registry import load_scorer, publish
 
-    embedder = build_embedder(NetworkConfig(head="weighted_l1", input_size=16, width=8, embedding_dim=16))
-    left, right = keras.Input((16, 16, 1)), keras.Input((16, 16, 1))
-    head = keras.layers.Dense(1, activation="sigmoid", name="same_probability", dtype="float32")
-    old = keras.Model([left, right], SqueezeLast()(head(AbsDiff()([embedder(left), embedder(right)]))))
+    import model
+
+    with model.policy("float32"):  # as every model was saved before bfloat16
+        embedder = build_embedder(NetworkConfig(head="weighted_l1", input_size=16, width=8, embedding_dim=16))
+        left, right = keras.Input((16, 16, 1)), keras.Input((16, 16, 1))
+        head = keras.layers.Dense(1, activation="sigmoid", name="same_probability", dtype="float32")
+        old = keras.Model([left, right], SqueezeLast()(head(AbsDiff()([embedder(left), embedder(right)]))))
     old.save(tmp_path / "pair.keras")
     store = open_storage(str(tmp_path / "store"))
     publish(store, "old", {"pair.keras": tmp_path / "pair.keras"}, {})  # no "inference" entry: no flip

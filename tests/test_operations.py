@@ -27,7 +27,7 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 TINY_DATA = {"protocols": ["identity_disjoint", "lfw_official"],
              "identity_disjoint": IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
                                                          validation_share=0.25, seed=1).model_dump()}
-TINY_NET = TINY_TRAIN.model_dump(include={"input_size", "width", "embedding_dim", "images_per_person",
+TINY_NET = TINY_TRAIN.model_dump(include={"architecture", "input_size", "width", "embedding_dim", "images_per_person",
                                           "augment", "seed"}) | {
     "epochs": 2, "steps_per_epoch": 3, "people_per_batch": 2, "time_budget_minutes": 5}
 TINY_EVAL = {"nway": [2], "nway_tasks": 10}

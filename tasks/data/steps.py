@@ -9,7 +9,7 @@ import io
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -54,8 +54,8 @@ class ExtractedImagesError(ValueError):
 
 
 def extracted_images(dataset: str) -> Path:
-    """The extracted original photos of ``dataset`` (the teacher and the demo need the whole frame in
-    colour, which the tensor store does not keep)."""
+    """The extracted original photos of ``dataset`` (chips, the demo and the throughput comparison need
+    the whole frame in colour, which the tensor store does not keep)."""
     from tasks.data.archive import extraction_marker
 
     if is_folder_dataset(dataset):
@@ -201,15 +201,20 @@ def run_chips(dataset: str, storage_url: str | None, index: IndexSummary, detect
     """dlib's aligned chip of every usable photo the chip store lacks: an archive's from its extracted
     files, a folder dataset's fetched from where it lies (only the photos not chipped before)."""
     store = open_storage(storage_url)
-    if is_folder_dataset(dataset):
-        read = open_storage(dataset).fetch_bytes
-    else:
-        root = extracted_images(dataset)
-
-        def read(path: str) -> bytes:
-            return (root / path).read_bytes()
     return update_chip_store(store, dataset, load_index(store, index), chip_settings(detect=detect, detector=detector),
-                             read, log)
+                             read_photo_function(dataset), log)
+
+
+def read_photo_function(dataset: str) -> Callable[[str], bytes]:
+    """index path -> the photo's bytes: an archive's from its extraction on this machine, a folder
+    dataset's fetched from where it lies."""
+    if is_folder_dataset(dataset):
+        return open_storage(dataset).fetch_bytes
+    root = extracted_images(dataset)
+
+    def read(path: str) -> bytes:
+        return (root / path).read_bytes()
+    return read
 
 
 # --- skew ----------------------------------------------------------------------------------

@@ -53,9 +53,10 @@ def promotion_decision(challenger: dict, champion: dict | None, metric: str = PR
     decision = {"metric": metric, "challenger": challenger["version"], "challenger_score": ours,
                 "champion": champion["version"] if champion else None,
                 "champion_score": metric_value(champion, metric) if champion else None,
-                # which side learned from outside data (a teacher's name), so no one mistakes it for LFW alone
-                "challenger_teacher": (challenger.get("learned_from") or {}).get("name"),
-                "champion_teacher": ((champion or {}).get("learned_from") or {}).get("name")}
+                # which side learned from outside data (its pretrained weights' name), so no one mistakes it for
+                # LFW alone
+                "challenger_learned_from": (challenger.get("learned_from") or {}).get("name"),
+                "champion_learned_from": ((champion or {}).get("learned_from") or {}).get("name")}
     if ours is None:
         return {**decision, "promote": False, "reason": f"the challenger's report has no {metric}"}
     if champion is None:

@@ -20,8 +20,7 @@ class EvalConfig(Params):
                                                  "(face-comparer used 50); reported in evaluation-tta<N>/")
     flip: bool | None = Field(None, description="average each image's embedding with its mirror image's; "
                                                 "default: what the model's manifest says (matching does the same)")
-    teacher: Literal["auto", "none", "dlib", "pretrained"] = Field(
-        "auto", description="score a reference beside the model on the same pairs and people: dlib's own "
-                            "pipeline (a teacher; its embeddings cached) or the pretrained network untouched by "
-                            "fine-tuning; auto: the model's teacher, or its untouched network")
+    untouched: bool = Field(True, description="for a model fine-tuned from pretrained weights: score the pretrained "
+                                             "network untouched beside it on the same faces, pairs and people, and "
+                                             "both one's and dlib-bin's throughput on the same photos")
     seed: int = 42

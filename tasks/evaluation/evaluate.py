@@ -30,6 +30,7 @@ from tasks.data.prepared import (
     read_pairs,
     uses_chips,
 )
+from tasks.data.steps import read_photo_function
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.fingerprint import check_model_data
 from tasks.evaluation.identification import identify
@@ -45,12 +46,13 @@ from tasks.evaluation.metrics import (
 from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
 from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
+from tasks.evaluation.untouched import sample_photos
 from tasks.evaluation.yardstick import lfw_view1, yardstick_fingerprint
 from tasks.images import face_input
 from tasks.registry import load_scorer, read_champion, read_manifest, read_model_people
 
 EVAL_FORMAT = 5  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
-# threshold; 4: the teacher beside the student, embedding throughput, what the model learned from;
+# threshold; 4: a reference beside the model, embedding throughput, what the model learned from;
 # 5: the open-set threshold curve (every different-person validation pair)
 
 
@@ -228,40 +230,21 @@ def validation_different_scores(emb, validation: pd.DataFrame, row_of: pd.Series
                            for i in range(0, len(left), 100_000)])
 
 
-def teacher_for(config: EvalConfig, manifest: dict) -> str | None:
-    """The teacher to score beside the model: the one asked for, or with ``auto`` the model's own."""
-    if config.teacher == "auto":
-        return "dlib" if manifest.get("teacher") else "pretrained" if manifest.get("pretrained") else None
-    if config.teacher == "pretrained" and not manifest.get("pretrained"):
-        raise ValueError(f"{manifest['version']} did not start from pretrained weights: there is no untouched "
-                         "network to score beside it (teacher: auto, none or dlib)")
-    return None if config.teacher == "none" else config.teacher
+def evaluate_untouched(store: Storage, data: EvaluationData, scorer: PairScorer, preprocess,
+                       config: EvalConfig, tensors: np.ndarray, network: dict, photos: list[bytes],
+                       log: Callable[[str], None]) -> dict:
+    """The pretrained network untouched by the fine-tuning on exactly the model's faces, pairs, tasks
+    and people (with the model's flip), its P(same) a cosine head fitted on validation only; and the
+    model's throughput against dlib-bin's own pipeline on the same photos."""
+    from tasks.evaluation.untouched import UntouchedEmbeddings, throughput_against_dlib
 
-
-def evaluate_teacher(teacher: str, store: Storage, storage_url: str | None, index: pd.DataFrame,
-                     data: EvaluationData, student, preprocess, config: EvalConfig,
-                     log: Callable[[str], None], tensors: np.ndarray, network: dict) -> dict:
-    """A reference embedder on exactly the model's pairs, tasks and people, its P(same) a cosine
-    head fitted on validation only, and both embedders' throughput measured now: dlib's own
-    pipeline (a teacher; its embeddings cached), or the pretrained network untouched by the
-    fine-tuning (on the same faces, with the model's flip)."""
-    from tasks.teacher.steps import TeacherEmbeddings, compare_throughput
-
-    rows = data.needed_rows()
-    if teacher == "pretrained":
-        from tasks.evaluation.untouched import UntouchedEmbeddings
-
-        t_emb = UntouchedEmbeddings.for_rows(store, network, tensors, rows, student.flip, log)
-    else:
-        t_emb = TeacherEmbeddings.for_rows(store, storage_url, data.dataset, index, rows, log)
+    untouched = UntouchedEmbeddings.for_rows(store, network, tensors, data.needed_rows(), scorer.flip, log)
     validation = data.pairs[data.pairs["split"] == "validation"]
-    t_emb.calibrate(validation["same"].to_numpy().astype(int), *_rows(validation, data.row_of))
-    scored = score_model(t_emb, t_emb.head, data, config)
+    untouched.calibrate(validation["same"].to_numpy().astype(int), *_rows(validation, data.row_of))
+    scored = score_model(untouched, untouched.head, data, config)
     for unused in ("by_split", "scores"):
         scored.pop(unused)
-    throughput = compare_throughput(student, preprocess, index.iloc[np.sort(rows)[:: max(1, len(rows) // 48)][:48]],
-                                    data.dataset, log)
-    return {**t_emb.describe(), **scored, "throughput": throughput}
+    return {**untouched.describe(), **scored, "throughput": throughput_against_dlib(scorer, preprocess, photos, log)}
 
 
 def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | None, str | None]:
@@ -312,7 +295,8 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
     check_model_data(version, manifest, protocol_pairs, faces_sha256, learned, preprocess)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
-              "teacher_scored": teacher_for(config, manifest), "precision": model.precision(),
+              "untouched_scored": bool(config.untouched and manifest.get("pretrained")),
+              "precision": model.precision(),
               "data": {"pairs_sha256": protocol_pairs.sha256,
                        "yardstick_pairs_sha256": (yardstick_fingerprint(store, dataset, chips) if config.official
                                                   else None),
@@ -348,14 +332,16 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                           | set(pairs.loc[pairs["split"] == "train", "right_person"]))
         yardstick = lfw_view1(store, scorer, preprocess, thresholds["accuracy"], trained_people,
                               config.far_targets, config.seed)
-    teacher_name = teacher_for(config, manifest)
-    teacher = (evaluate_teacher(teacher_name, store, storage_url, index, data, scorer, face_input(preprocess),
-                                config, log, tensors, manifest["network"]) if teacher_name else None)
+    untouched = None
+    if wanted["untouched_scored"]:
+        photos = sample_photos(index, data.needed_rows(), read_photo_function(dataset))
+        untouched = evaluate_untouched(store, data, scorer, face_input(preprocess), config, tensors,
+                                       manifest["network"], photos, log)
 
     files: dict[str, bytes] = {}
     curves = scored.pop("curves")
-    if teacher:  # the teacher's curves on the same pairs, in the same figure
-        curves.update({f"teacher: {name}": c for name, c in teacher.pop("curves").items() if "View 2" not in name})
+    if untouched:  # the untouched network's curves on the same pairs, in the same figure
+        curves.update({f"untouched: {name}": c for name, c in untouched.pop("curves").items() if "View 2" not in name})
     by_split, scores_by_split = scored.pop("by_split"), scored.pop("scores")
     if curves:
         files["roc.png"] = roc_png(curves, f"model {version}")
@@ -371,9 +357,10 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
               "config": config.model_dump(mode="json"), **scored, "one_shot_people": len(data.held_out),
               "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
               "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
-              # where the model's knowledge comes from: a teacher trained on outside data, or the dataset alone
-              "learned_from": manifest.get("teacher") or manifest.get("pretrained") or None, "teacher": teacher,
-              "yardstick": yardstick, "precision": model.precision_summary(),
+              # where the model's knowledge comes from: pretrained weights learned from outside data, or the
+              # dataset alone (a model of an earlier version may name the teacher it was distilled from)
+              "learned_from": manifest.get("pretrained") or manifest.get("teacher") or None, "untouched": untouched,
+              "yardstick": yardstick, "compute": model.precision_summary(),
               "seconds": time.perf_counter() - start}
     report_official, one_shot, identification = report["official"], report["one_shot"], report["identification"]
     champion_version = read_champion(store)

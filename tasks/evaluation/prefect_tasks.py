@@ -30,8 +30,8 @@ def evaluate_model(version: str, storage_url: str | None, config: EvalConfig) ->
     return result
 
 
-def _source(teacher: str | None) -> str:
-    return f"outside data (teacher `{teacher}`)" if teacher else "the dataset alone"
+def _source(outside: str | None) -> str:
+    return f"outside data (`{outside}`)" if outside else "the dataset alone"
 
 
 @task(tags=["siamese-faces", "champion"],
@@ -50,9 +50,9 @@ def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOT
         markdown=(f"### {'Promote' if decision['promote'] else 'Do not promote'}: `{report['version']}`\n\n"
                   f"{decision['reason']}\n\n| | version | {metric} | learned from |\n|---|---|---:|---|\n"
                   f"| challenger | `{decision['challenger']}` | {fmt(decision['challenger_score'])} | "
-                  f"{_source(decision['challenger_teacher'])} |\n"
+                  f"{_source(decision['challenger_learned_from'])} |\n"
                   f"| champion before | `{decision['champion'] or '-'}` | {fmt(decision['champion_score'])} | "
-                  f"{_source(decision['champion_teacher']) if decision['champion'] else '-'} |\n"),
+                  f"{_source(decision['champion_learned_from']) if decision['champion'] else '-'} |\n"),
         description="champion / challenger decision")
     return decision
 

@@ -81,8 +81,8 @@ def report_markdown(report: dict, champion: dict | None = None) -> str:
             lines.append(f"- at the {name} threshold: {ident[f'known_named_and_accepted_at_{name}']:.4f} of the known "
                          f"named right and accepted" + (f", {rejected:.4f} of the never-enrolled rejected as unknown"
                                                         if rejected is not None else ""))
-    if report.get("teacher"):
-        lines += teacher_section(report)
+    if report.get("untouched"):
+        lines += untouched_section(report)
     if champion:
         lines += ["", f"## Against the champion `{champion['version']}`", "",
                   "| metric | this model | champion |", "|---|---:|---:|"]
@@ -105,32 +105,24 @@ def learned_from_line(report: dict) -> str:
     return f"Learned from {report['dataset']} alone."
 
 
-def teacher_section(report: dict) -> list[str]:
-    """The teacher and the student on the same pairs, tasks and people."""
-    teacher = report["teacher"]
-    if "embedded_now" in teacher:
-        lines = ["", f"## Beside the teacher `{teacher['name']}`", "",
-                 f"The same pairs, N-way tasks and identification sets; the teacher's P(same) is a cosine head "
-                 f"fitted on the validation pairs only, its thresholds calibrated there like the model's. Its "
-                 f"embeddings of {teacher['images']} images are cached ({teacher['embedded_now']} embedded by this "
-                 f"run; the detector missed {teacher['detector_missed']}, embedded from the dataset's face box).", "",
-                 "| metric | this model | teacher |", "|---|---:|---:|"]
-    else:  # the pretrained network as it came, on the same faces
-        lines = ["", f"## Beside `{teacher['name']}`: the network before fine-tuning", "",
-                 f"The same faces, pairs, N-way tasks and identification sets, the same test-time flip "
-                 f"({teacher['flip']}); its P(same) is a cosine head fitted on the validation pairs only, its "
-                 f"thresholds calibrated there like the model's.", "",
-                 "| metric | this model | untouched |", "|---|---:|---:|"]
+def untouched_section(report: dict) -> list[str]:
+    """The fine-tuned model and the pretrained network it started from, on the same faces and pairs."""
+    untouched = report["untouched"]
+    lines = ["", f"## Beside `{untouched['name']}`: the network before fine-tuning", "",
+             f"The same faces, pairs, N-way tasks and identification sets, the same test-time flip "
+             f"({untouched['flip']}); its P(same) is a cosine head fitted on the validation pairs only, its thresholds "
+             f"calibrated there like the model's.", "",
+             "| metric | this model | untouched |", "|---|---:|---:|"]
     for label, path in [("validation accuracy", "splits.validation.accuracy"), *COMPARED]:
-        lines.append(f"| {label} | {fmt(report_value(report, path))} | {fmt(report_value(teacher, path))} |")
-    tar = [(r.get("splits", {}).get("test", {}).get("tar_at_far", {}).get("0.001")) for r in (report, teacher)]
+        lines.append(f"| {label} | {fmt(report_value(report, path))} | {fmt(report_value(untouched, path))} |")
+    tar = [(r.get("splits", {}).get("test", {}).get("tar_at_far", {}).get("0.001")) for r in (report, untouched)]
     lines.append(f"| test TAR at FAR 1e-3 | {fmt(tar[0])} | {fmt(tar[1])} |")
-    t = teacher.get("throughput")
+    t = untouched.get("throughput")
     if t:
         lines += ["", f"Throughput on the same {t['images']} photos in this run, from the file's bytes to the "
-                      f"embedding: this model **{t['student_images_per_second']:.0f} images/s**"
-                      f"{' (with the mirror image)' if t['student_flip'] else ''}, dlib-bin's own pipeline "
-                      f"**{t['teacher_images_per_second']:.1f} images/s** (one core): **{t['ratio']:.0f}x**."]
+                      f"embedding: this model **{t['model_images_per_second']:.0f} images/s**"
+                      f"{' (with the mirror image)' if t['model_flip'] else ''} on every core, dlib-bin's own "
+                      f"pipeline **{t['dlib_images_per_second']:.1f} images/s** on one core: **{t['ratio']:.0f}x**."]
     return lines
 
 

@@ -1,20 +1,26 @@
 """The pretrained network as it came, scored beside the model fine-tuned from it: the same faces,
 pairs, people and test-time flip, its P(same) a cosine head fitted on validation only. What the
-fine-tuning bought (or cost) is the difference between the two."""
+fine-tuning bought (or cost) is the difference between the two. And the speed of both against
+dlib-bin's own pipeline on the same photos."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 from model.networks import NetworkConfig, build_models
-from model.scoring import PairScorer
+from model.scoring import PairScorer, RowEmbeddings, cosine_head
 from storage import Storage
 from tasks.pretrained import load_pretrained
-from tasks.teacher.steps import TeacherEmbeddings
 
 
-class UntouchedEmbeddings(TeacherEmbeddings):
+class UntouchedEmbeddings(RowEmbeddings):
+    def __init__(self, rows: np.ndarray, embeddings: np.ndarray, summary: dict):
+        super().__init__(None, rows, [embeddings])
+        self.summary = summary
+
     @classmethod
     def for_rows(cls, store: Storage, network: dict, tensors: np.ndarray, rows: np.ndarray, flip: bool,
                  log: Callable[[str], None] = print) -> "UntouchedEmbeddings":
@@ -25,9 +31,58 @@ class UntouchedEmbeddings(TeacherEmbeddings):
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         embeddings = PairScorer(models.pair, flip=flip).embed(tensors[rows])
         log(f"the untouched {info['name']} embedded the same {len(rows)} images")
-        return cls(rows, embeddings, {"images": len(rows), "errors": 0, "flip": flip, **info,
-                                      "name": f"{info['name']} (untouched)"})
+        return cls(rows, embeddings, {"images": len(rows), "flip": flip, **info, "name": f"{info['name']} (untouched)"})
+
+    def calibrate(self, same: np.ndarray, left_rows, right_rows) -> None:
+        """P(same) = sigmoid(s * cos + b), s and b fitted on these (validation) pairs only."""
+        from sklearn.linear_model import LogisticRegression
+
+        cosines = np.einsum("nd,nd->n", self.plain(left_rows), self.plain(right_rows))[:, None]
+        fit = LogisticRegression(C=1e4).fit(cosines, same)
+        # a head ranks by cosine: a fit that would invert that (too few or too noisy pairs) keeps the
+        # ranking with the smallest positive scale instead
+        self.head = cosine_head(max(float(fit.coef_[0, 0]), 1e-3), float(fit.intercept_[0]))
 
     def describe(self) -> dict:
         return {**self.summary, "calibration": {"scale": self.head.scale, "bias": self.head.bias,
                                                 "fitted_on": "validation"}}
+
+
+def throughput_against_dlib(scorer: PairScorer, preprocess, photos: list[bytes],
+                            log: Callable[[str], None] = print) -> dict:
+    """Images per second of the model and of dlib-bin's own pipeline on the same photos, in this
+    process, from the file's bytes to the embedding (decode, face, network), each after one warm-up
+    photo: the model with its flip (so twice per photo) on every core, dlib-bin on one."""
+    from tasks.dlib_models import DlibPipeline
+    from tasks.images import decode
+    from tasks.matching.faces import faces_from_bytes
+
+    if not photos:
+        return {}
+    dlib_bin = DlibPipeline()
+
+    def run_model(batch):
+        return scorer.embed(np.stack([faces_from_bytes(b, preprocess=preprocess)[0].pixels for b in batch]))
+
+    def run_dlib(batch):
+        return [dlib_bin.embed(decode(b, grey=False)) for b in batch]
+
+    rates = {}
+    for name, run in (("model", run_model), ("dlib", run_dlib)):
+        run(photos[:1])
+        t0 = time.perf_counter()
+        run(photos)
+        rates[name] = len(photos) / (time.perf_counter() - t0)
+    out = {"images": len(photos), "model_images_per_second": rates["model"],
+           "dlib_images_per_second": rates["dlib"], "ratio": rates["model"] / rates["dlib"],
+           "model_flip": bool(scorer.flip)}
+    log(f"throughput on the same {len(photos)} photos, from bytes to embedding: the model {rates['model']:.0f} "
+        f"images/s, dlib-bin {rates['dlib']:.1f} images/s on one core ({out['ratio']:.0f}x)")
+    return out
+
+
+def sample_photos(index: pd.DataFrame, rows: np.ndarray, read_photo: Callable[[str], bytes],
+                  count: int = 48) -> list[bytes]:
+    """``count`` photos spread evenly over ``rows``."""
+    chosen = index.iloc[np.sort(rows)[:: max(1, len(rows) // count)][:count]]
+    return [read_photo(path) for path in chosen["path"]]

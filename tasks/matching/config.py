@@ -6,18 +6,14 @@ from typing import Literal
 from pydantic import Field
 
 from settings import Params, settings
-from tasks.matching.embedders import EmbedderName
 from tasks.matching.faces import Detect, Detector
 
 ModelRef = Field("champion", description="a registered model version, champion or latest")
 DetectField = Field("auto", description="auto: the training crop for photos in LFW's 250x250 frame, the detector "
                                         "for anything else; none: every photo is an aligned portrait; largest/all: "
                                         "find faces in photos (the detector's largest, or all)")
-DetectorField = Field(None, description="haar (OpenCV), dlib_hog or dlib_cnn (dlib-bin); default: the embedder's "
-                                         "own (haar for the model, dlib_hog for dlib)")
-EmbedderField = Field("model", description="model: the registered model (fast); dlib: dlib's pretrained ResNet "
-                                           "(outside data; its accuracy at its speed), calibrated beside the model's "
-                                           "evaluation")
+DetectorField = Field(None, description="haar (OpenCV), dlib_hog or dlib_cnn (dlib-bin); default: the model's "
+                                         "own (dlib_hog for dlib's aligned chips, haar for crops)")
 
 
 class EnrolParams(Params):
@@ -25,7 +21,6 @@ class EnrolParams(Params):
                                                   "SIAMESE_GALLERY setting of the machine that runs it")
     model: str = ModelRef
     detect: Detect = DetectField
-    embedder: EmbedderName = EmbedderField
     detector: Detector | None = DetectorField
 
     def gallery_url(self) -> str:
@@ -40,7 +35,6 @@ class MatchParams(Params):
     probe_manifest: str | None = Field(None, description="a Parquet file (column key) or text file of probe keys "
                                                          "under probes; default: every image under probes")
     detect: Detect = DetectField
-    embedder: EmbedderName = EmbedderField
     detector: Detector | None = DetectorField
     top_k: int = Field(5, ge=1, description="identities reported per face")
     threshold: Literal["open_set", "accuracy", "far"] | float = Field(

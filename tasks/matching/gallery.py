@@ -151,7 +151,7 @@ class EnrolResult:
 def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "auto",
           embedder: Embedder | None = None, log: Callable[[str], None] = print) -> EnrolResult:
     """Embed the gallery with ``embedder`` (default: model ``version`` itself); the embeddings are
-    stored under the embedder's name (the model version, or the teacher's)."""
+    stored under the embedder's name (the model version)."""
     start = time.perf_counter()
     store, source = open_storage(storage_url), open_storage(gallery_url)
     embedder = embedder or model_embedder(store, version)

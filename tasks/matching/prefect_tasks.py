@@ -14,7 +14,7 @@ from storage import catalog, open_storage
 from tasks.evaluation.evaluate import read_report
 from tasks.matching.config import MatchParams
 from tasks.matching.demo import DemoBatch, score_demo, write_demo
-from tasks.matching.embedders import Embedder, embedder_thresholds, make_embedder
+from tasks.matching.embedders import Embedder, model_embedder
 from tasks.matching.gallery import Gallery, enrol, read_gallery
 from tasks.matching.runs import list_probes, match_shard, summarize_run
 from tasks.matching.search import resolve_threshold
@@ -29,9 +29,8 @@ STORAGE_RETRY_DELAYS = [5, 15, 30, 60]
 
 
 @lru_cache(maxsize=4)
-def _embedder(storage_url: str | None, version: str, name: str, detector: str | None) -> Embedder:
-    store = open_storage(storage_url)
-    return make_embedder(name, store, version, read_report(store, version), detector)
+def _embedder(storage_url: str | None, version: str, detector: str | None) -> Embedder:
+    return model_embedder(open_storage(storage_url), version, detector)
 
 
 @lru_cache(maxsize=4)
@@ -49,10 +48,9 @@ def cached_gallery(storage_url: str | None, enrolled: dict) -> Gallery:
                         index.get("kind"), int(index.get("trained_rows", 0)))
 
 
-def cached_embedder(storage_url: str | None, version: str, name: str = "model", detector: str | None = None
-                    ) -> Embedder:
+def cached_embedder(storage_url: str | None, version: str, detector: str | None = None) -> Embedder:
     with _lock:  # one load per process, even when several shards start at once
-        return _embedder(storage_url, version, name, detector)
+        return _embedder(storage_url, version, detector)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -76,8 +74,8 @@ def resolve_model(model: str, storage: str | None) -> str:
 @task(name="resolve-threshold", cache_policy=NO_CACHE, retries=len(STORAGE_RETRY_DELAYS),
       retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
 def resolve_match_threshold(version: str, storage: str | None, params: MatchParams, gallery_identities: int) -> float:
-    """The threshold below which a face is unknown, for ``params.embedder``'s scores and this gallery."""
-    report = embedder_thresholds(params.embedder, read_report(open_storage(storage), version), version)
+    """The threshold below which a face is unknown, for the model's scores and this gallery."""
+    report = read_report(open_storage(storage), version)
     limit = resolve_threshold(params.threshold, report, gallery_identities, params.unknown_rate)
     get_run_logger().info("threshold %s for %d gallery identities: %.4f", params.threshold, gallery_identities, limit)
     return limit
@@ -87,11 +85,11 @@ def resolve_match_threshold(version: str, storage: str | None, params: MatchPara
       name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE,
       retries=len(STORAGE_RETRY_DELAYS), retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
 def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str,
-                  embedder: str = "model", detector: str | None = None) -> dict:
+                  detector: str | None = None) -> dict:
     log = get_run_logger()
     with hold(enrolment_limit(gallery_url), f"enrolment of {gallery_url}", log.info):  # one per gallery
         result = enrol(gallery_url, version, storage_url, detect,
-                       embedder=cached_embedder(storage_url, version, embedder, detector), log=log.info)
+                       embedder=cached_embedder(storage_url, version, detector), log=log.info)
     for e in result.errors[:20]:
         log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
     return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256, "index": result.index,
@@ -114,9 +112,7 @@ def list_probe_shards(params: MatchParams, storage_url: str | None, gallery_sha2
 def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
                     progress_id=None) -> dict:
     params = run["params"]
-    out = match_shard(run, shard, storage_url, cached_embedder(storage_url, params["model"],
-                                                               params.get("embedder", "model"),
-                                                               params.get("detector")),
+    out = match_shard(run, shard, storage_url, cached_embedder(storage_url, params["model"], params.get("detector")),
                       cached_gallery(storage_url, gallery), threshold,
                       log=get_run_logger().info)
     if progress_id is not None:

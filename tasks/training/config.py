@@ -64,25 +64,15 @@ class TrainConfig(Params):
     margin_scale: float = Field(30.0, gt=0, description="CosFace scale s")
     hard_pair_weight: float = Field(0.0, ge=0, description="in_batch mode: > 0 weighs the hardest pairs of a batch "
                                                            "more (a softmax of their logits); 0: every pair alike")
-    teacher: Literal["none", "dlib"] = Field(
-        "none", description="dlib: distil dlib's pretrained ResNet (trained on outside data) into the student; "
-                            "its embeddings of the training split's images are computed once and cached")
-    distill_weight: float = Field(5.0, ge=0, description="with a teacher: weight of 1 - cos(student, teacher) per image")
-    relational_weight: float = Field(5.0, ge=0, description="with a teacher: weight of the squared difference "
-                                                            "between the student's and the teacher's in-batch cosines "
-                                                            "(5 gave a better validation rank-1 than 0 in the recipe "
-                                                            "benchmark)")
-    teacher_images_per_batch: int = Field(
-        64, ge=0, description="with a teacher: images of any training person (single-image people too) added to "
-                              "each batch, taught by the teacher alone")
+    frozen_levels: int = Field(0, ge=0, le=6, description="dlib_resnet: its first N of 6 stages kept as pretrained "
+                                                         "(1: the stem, 2: and level 4, ...); 0: every layer learns")
     test_time_flip: bool = Field(True, description="embed each image and its mirror image and average them, in "
                                                    "evaluation and matching (recorded in the model's manifest)")
     select_epoch_by: Literal["auto", "accuracy_at_0.5", "best_threshold_accuracy", "tar_at_far"] = Field(
         "auto", description="the validation score that keeps an epoch: accuracy at P(same) 0.5, at the best "
                             "threshold on validation (calibration-free), or the true-accept rate at FAR 1e-3 over "
                             "every pair of the validation images; auto: the last for a pretrained network (a "
-                            "handful of errors on the fixed pairs cannot rank its epochs), the second with a "
-                            "teacher, whose geometry the head's bias takes many epochs to follow, else the first")
+                            "handful of errors on the fixed pairs cannot rank its epochs), else the first")
     early_stopping_patience: int = Field(5, ge=1, description="epochs without a better validation score (from "
                                                                "scratch: 50)")
     time_budget_minutes: float = Field(10.0, gt=0, description="training stops after the epoch that crosses it "
@@ -101,14 +91,6 @@ class TrainConfig(Params):
             values = {**{k: v for k, v in recipe.items() if k not in values}, **values}
         return values
 
-    @model_validator(mode="after")
-    def _a_teacher_teaches_a_network_from_scratch(self) -> "TrainConfig":
-        if self.teacher != "none" and self.architecture in PRETRAINED:
-            raise ValueError(f"{self.architecture} starts from pretrained weights (dlib's own network): a teacher "
-                             "distils into a network learned from scratch (architecture resnet, koch or "
-                             "face_comparer)")
-        return self
-
     @field_validator("dataset")
     @classmethod
     def _one_spelling(cls, value: str) -> str:
@@ -120,7 +102,6 @@ class TrainConfig(Params):
         """The log key of the validation score that keeps an epoch (and that early stopping watches)."""
         by = self.select_epoch_by
         if by == "auto":
-            by = ("tar_at_far" if self.architecture in PRETRAINED else
-                  "best_threshold_accuracy" if self.teacher != "none" else "accuracy_at_0.5")
+            by = "tar_at_far" if self.architecture in PRETRAINED else "accuracy_at_0.5"
         return {"best_threshold_accuracy": "val_threshold_accuracy", "tar_at_far": "val_tar_at_far"}.get(
             by, "val_pair_accuracy")

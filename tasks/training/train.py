@@ -133,7 +133,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     is recorded in its manifest (see :func:`find_reusable`)."""
     from model.augment import PRESETS
     from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
-    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss, TeacherDistillationLoss
+    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss
     from model.networks import NetworkConfig, build_models
     from model.training_callbacks import (
         CosineSchedule,
@@ -170,46 +170,27 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     identify = config.pair_mode == "in_batch" and config.identification_weight > 0
     if config.pair_mode == "pairs" and config.identification_weight > 0:
         log("pairs mode has no identities per batch: the identification loss is off")
-    teacher = None
-    if config.teacher != "none":
-        if config.pair_mode != "in_batch":
-            raise ValueError("training with a teacher needs pair_mode in_batch (its batches carry the targets)")
-        from tasks.teacher.dlib_face import teacher_version
-        from tasks.teacher.stage import training_targets
-
-        teacher_info = teacher_version()  # first: a missing package is named before anything else
-        teacher = training_targets(store, config.dataset, config.protocol, index, pairs.frame)
-        if teacher.targets.shape[1] != config.embedding_dim:
-            raise ValueError(f"the student learns the teacher's {teacher.targets.shape[1]}-d embedding: set "
-                             f"embedding_dim to {teacher.targets.shape[1]} (it is {config.embedding_dim})")
-        log(f"teacher {config.teacher}: targets for {len(teacher.rows)} training images "
-            f"({teacher.errors} it could not read); {config.teacher_images_per_batch} of them join each batch")
-    outputs = tuple(name for name, on in (("pairs", True), ("classes", identify), ("teacher", teacher is not None))
-                    if on)
     with _distribution_scope(machine):  # several GPUs: one replica each (MirroredStrategy)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if config.pair_mode == "in_batch":
             data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
                                    config.images_per_person, config.steps_per_epoch, augment, config.seed,
-                                   outputs=outputs if len(outputs) > 1 else None,
-                                   teacher_targets=teacher.targets if teacher else None,
-                                   extra_rows=teacher.rows if teacher else None,
-                                   extra_per_batch=config.teacher_images_per_batch, workers=2,
+                                   outputs=("pairs", "classes") if identify else None, workers=2,
                                    use_multiprocessing=False)
-            models = build_models(net, identities=len(data.people) if identify else 0, teacher=teacher is not None)
+            models = build_models(net, identities=len(data.people) if identify else 0)
+            _freeze(models, config, log)
             trained = models.in_batch
             pair_loss, accuracy = InBatchPairLoss(config.hard_pair_weight), InBatchBalancedAccuracy()
-            if len(outputs) > 1:
-                losses = {"pairs": (pair_loss, 1.0),
-                          "classes": (MarginSoftmaxLoss(config.margin_scale, config.margin),
-                                      config.identification_weight),
-                          "teacher": (TeacherDistillationLoss(config.relational_weight), config.distill_weight)}
-                trained.compile(optimizer=optimizer, loss={o: losses[o][0] for o in outputs},
-                                loss_weights={o: losses[o][1] for o in outputs}, metrics={"pairs": [accuracy]})
+            if identify:
+                trained.compile(optimizer=optimizer,
+                                loss={"pairs": pair_loss, "classes": MarginSoftmaxLoss(config.margin_scale, config.margin)},
+                                loss_weights={"pairs": 1.0, "classes": config.identification_weight},
+                                metrics={"pairs": [accuracy]})
             else:
                 trained.compile(optimizer=optimizer, loss=pair_loss, metrics=[accuracy])
         else:
             models = build_models(net)
+            _freeze(models, config, log)
             left, right, same = pair_rows(train_pairs, index)
             data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed,
                                steps=config.steps_per_epoch, workers=2, use_multiprocessing=False)
@@ -311,7 +292,6 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
             "warm_start": warm_from,  # the model whose weights it started from; None: from scratch
             "preprocess": faces.preprocess,  # how faces are cut for it: matching does the same
             # a model that learned from outside data says so and names it; LFW-only models have none
-            "teacher": ({**teacher_info, "training_images": len(teacher.rows)} if teacher else None),
             "pretrained": pretrained,  # the outside weights it started from, and what they learned from
             "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": faces.sha256,
                      "index_sha256": index_summary.index_sha256, "dataset": config.dataset,
@@ -323,6 +303,17 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
 
+
+
+def _freeze(models, config: TrainConfig, log: Callable[[str], None]) -> None:
+    """The pretrained network's first ``frozen_levels`` stages stay as they are (before compiling)."""
+    if config.frozen_levels:
+        if config.architecture not in PRETRAINED:
+            raise ValueError(f"frozen_levels keeps pretrained stages: {config.architecture} has none")
+        from model.dlib_resnet import freeze_levels
+
+        log(f"the first {config.frozen_levels} stages stay as pretrained: "
+            f"{freeze_levels(models.embedder, config.frozen_levels)} layers frozen")
 
 
 def _scores_line(scores: dict, monitor: str) -> str:
