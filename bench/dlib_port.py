@@ -46,9 +46,8 @@ def _dlib_descriptors(chips: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def _dlib_photo_to_vector(paths: list[str]) -> int:
     """dlib's whole path on one core: decode, landmarks from LFW's face box, chip, descriptor."""
-    from tasks.chips import LFW_FACE_BOX
     from tasks.dlib_models import dlib, model_path
-    from tasks.images import decode
+    from tasks.images import LFW_FACE_BOX, decode
 
     lib = dlib()
     landmarks = lib.shape_predictor(str(model_path("landmarks")))
@@ -175,11 +174,12 @@ def main() -> None:
         print(f"  {precision}: {twin / rates['dlib-bin, one core']:.1f}x dlib-bin on one core, "
               f"{twin / rates['dlib-bin, two processes']:.1f}x dlib-bin on two processes")
 
-    from tasks.chips import find_chips
-    from tasks.images import decode
+    from tasks.images import ChipConfig, decode
+    from tasks.matching.faces import find_faces
 
     def twin_photo_to_vector(network):
-        made = np.stack([find_chips(decode(open(p, "rb").read(), grey=False))[0][1] for p in paths])
+        made = np.stack([find_faces(decode(open(p, "rb").read(), grey=False), "auto", ChipConfig())[0].pixels
+                         for p in paths])
         return _embed(network, made)
 
     twin_photo_to_vector(bf16)

@@ -104,9 +104,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from tasks.dlib_models import DlibUnavailableError
+
     try:
         return cmd_match(args) if args.command == "match" else cmd_verify(args)
-    except (LookupError, FileNotFoundError, ValueError) as err:
+    except (LookupError, FileNotFoundError, ValueError, DlibUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -32,15 +32,15 @@ def data_flow(params: DataParams = DataParams(), storage: str | None = None) -> 
     storage = run_storage(storage)
     preprocess = preprocess_for(params.dataset, params.image_size, params.grey)
     if params.folder:  # your own photos, <identity>/<image>: indexed where they are, nothing downloaded
-        files, transferred = {}, 0
+        files, transferred, archive = {}, 0, None
         index = data_tasks.index_folder(params.dataset, storage, preprocess, params.detect, params.detector)
     else:
-        archive = get_dataset(params.dataset).archive.name
+        name = get_dataset(params.dataset).archive.name
         downloaded = data_tasks.download(params.dataset, run_mirror(params.mirror), params.trust_mirror_checksums)
         files, transferred = downloaded.files, downloaded.bytes_transferred
-        index = data_tasks.index(params.dataset, storage, downloaded.files[archive], downloaded.sha256[archive],
-                                 preprocess)
-    chips = (data_tasks.chips.submit(params.dataset, storage, index, params.detect, params.detector)
+        archive = (downloaded.files[name], downloaded.sha256[name])
+        index = data_tasks.index(params.dataset, storage, *archive, preprocess)
+    chips = (data_tasks.chips.submit(params.dataset, storage, index, params.detect, params.detector, archive)
              if params.chips else None)
     skew = data_tasks.dataset_skew.submit(params.dataset, storage, index)
     futures = {p: data_tasks.pairs.submit(params.dataset, storage, index, p, config, files)

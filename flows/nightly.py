@@ -52,8 +52,11 @@ def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConf
     index = refreshed.index
     changes = {"photos": index.images, "people": index.people, "decoded": index.decoded, "removed": index.removed,
                "unchanged": index.reused}
-    faces = refreshed.chips.table_sha256 if train.architecture in PRETRAINED and refreshed.chips else \
-        index.tensors_sha256  # the faces this training would read: chips for the pretrained twin
+    if train.architecture in PRETRAINED and not refreshed.chips:
+        raise ValueError(f"{train.architecture} learns from dlib's aligned chips: the data stages must make them "
+                         "(data: chips: true)")
+    # the faces this training would read: chips for the pretrained twin
+    faces = refreshed.chips.fingerprint if train.architecture in PRETRAINED else index.tensors_sha256
     done = trained_on(open_storage(storage), train, refreshed.pairs[train.protocol].pairs_sha256, faces)
     if retrain == "changed" and done:  # no training; that model still gets its decision (a failed night's)
         get_run_logger().info("no training tonight: nothing new to learn, %s was trained with these settings on "

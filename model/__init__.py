@@ -18,19 +18,28 @@ with quiet_native_stderr():
     if keras.backend.backend() == "tensorflow":
         import tensorflow as _tf
 
-        _GPUS = [d.name for d in _tf.config.list_physical_devices("GPU")]  # cuInit happens here
+        _devices = _tf.config.list_physical_devices("GPU")  # cuInit happens here
+        _GPUS = [d.name for d in _devices]
+        _GPU_CAPABILITY = [tuple(_tf.config.experimental.get_device_details(d).get("compute_capability") or (0, 0))
+                           for d in _devices]
         if not settings().native_logs:  # e.g. retracing notes when the last batch is smaller: not ours to act on
             _tf.get_logger().setLevel("ERROR")
     elif keras.backend.backend() == "jax":
         import jax as _jax
 
-        _GPUS = [str(d) for d in _jax.devices() if d.platform == "gpu"]
+        _devices = [d for d in _jax.devices() if d.platform == "gpu"]
+        _GPUS = [str(d) for d in _devices]
+        _GPU_CAPABILITY = [tuple(int(v) for v in str(getattr(d, "compute_capability", "0.0")).split("."))
+                           for d in _devices]
     elif keras.backend.backend() == "torch":
         import torch as _torch
 
         _GPUS = [_torch.cuda.get_device_name(i) for i in range(_torch.cuda.device_count())]
+        _GPU_CAPABILITY = [tuple(_torch.cuda.get_device_capability(i)) for i in range(_torch.cuda.device_count())]
     else:
         _GPUS = []
+    if not _GPUS:
+        _GPU_CAPABILITY = []
 
 
 def _cpu_has_bfloat16() -> str | None:
@@ -51,7 +60,11 @@ def _decide_precision() -> tuple[str, str]:
     if asked == "bfloat16":
         return "mixed_bfloat16", "asked for (SIAMESE_PRECISION=bfloat16)"
     if _GPUS:
-        return "mixed_bfloat16", "a GPU computes bfloat16 natively"
+        if _GPU_CAPABILITY and min(_GPU_CAPABILITY) < (8, 0):
+            return "float32", f"a GPU of compute capability {min(_GPU_CAPABILITY)} (bfloat16 needs 8.0)"
+        return "mixed_bfloat16", "the GPU computes bfloat16 natively"
+    if keras.backend.backend() != "tensorflow":  # only TensorFlow's oneDNN kernels were measured here
+        return "float32", f"bfloat16 on {keras.backend.backend()}'s CPU kernels is not measured here"
     feature = _cpu_has_bfloat16()
     if feature:
         return "mixed_bfloat16", f"this CPU has {feature.upper().replace('_', '-')}"

@@ -35,6 +35,7 @@ PACKAGE = "face_recognition_models"
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 INSTALL_HINT = "pip install face_recognition_models==0.3.0 (pinned in requirements.txt)"
 NAME = "dlib_resnet_v1"
+PORT_VERSION = 1  # of this rebuild (its layers and the table from records to them): part of the cache's key
 CHIP_SIZE = 150
 EMBEDDING_DIM = 128
 INPUT_MEANS = (122.782, 117.001, 104.298)  # R, G, B: subtracted, then divided by 256 (dlib's input layer)
@@ -63,14 +64,15 @@ def expected_kinds() -> list[str]:
     return kinds + list(HEAD)
 
 
-def _expected_conv_shapes() -> list[tuple[int, int, int, int]]:
-    """(filters, channels, rows, cols) of every convolution in order."""
-    shapes, channels = [(32, 3, 7, 7)], 32
+def _expected_convs() -> list[tuple[tuple[int, int, int, int], int]]:
+    """((filters, channels, rows, cols), stride) of every convolution in order: a downsampling block's
+    first convolution has stride 2, as the stem's."""
+    convs, channels = [((32, 3, 7, 7), 2)], 32
     for filters, down, plain in LEVELS:
-        for _ in range(down + plain):
-            shapes += [(filters, channels, 3, 3), (filters, filters, 3, 3)]
+        for block in range(down + plain):
+            convs += [((filters, channels, 3, 3), 2 if block < down else 1), ((filters, filters, 3, 3), 1)]
             channels = filters
-    return shapes
+    return convs
 
 
 def check_face_resnet(net: DlibNetwork) -> None:
@@ -98,11 +100,10 @@ def check_face_resnet(net: DlibNetwork) -> None:
     if len(net.records) != len(kinds):
         raise DlibFormatError(f"{len(net.records)} layer records, the face ResNet has {len(kinds)}")
     convs = [r for r in net.records if r.kind == "con"]
-    for number, (record, shape) in enumerate(zip(convs, _expected_conv_shapes())):
+    for number, (record, (shape, stride)) in enumerate(zip(convs, _expected_convs())):
         if record.weights["kernel"].shape != shape or record.config["use_relu"]:
             raise DlibFormatError(f"convolution {number} ({record.name} at byte {record.offset}) has filters "
                                   f"{record.weights['kernel'].shape}, the face ResNet {shape}")
-        stride = 2 if shape[2] == 7 or record.config["stride"] == (2, 2) else 1
         padding = (0, 0) if stride == 2 else (1, 1)
         if record.config["stride"] != (stride, stride) or record.config["padding"] != padding:
             raise DlibFormatError(f"convolution {number} ({record.name} at byte {record.offset}) has stride "
@@ -209,9 +210,7 @@ def load_dlib_weights(model: keras.Model, net: DlibNetwork) -> int:
         elif record.kind == "affine":
             values = [record.weights["gamma"], record.weights["beta"]]
         else:  # fc
-            values = [record.weights["kernel"]] + ([record.weights["bias"]] if "bias" in record.weights else [])
-            if len(layer.weights) > len(values):  # a projection given a bias (centring) starts it at zero
-                values.append(np.zeros(layer.weights[-1].shape, "float32"))
+            values = [record.weights["kernel"]]
         layer.set_weights([np.asarray(v, "float32") for v in values])
         done += 1
     return done

@@ -6,7 +6,7 @@
     datasets/<dataset>/pairs/<protocol>/pairs.parquet, manifest.json, skew.md, skew.csv,
                                         images_per_person_<split>.png
     demo/<dataset>/gallery/<person>/<file>, demo/<dataset>/probes/<file>
-    pretrained/<name>/<source sha256>/network.keras, manifest.json
+    pretrained/<name>/<source sha256>-port<N>/network.keras, manifest.json
     models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
     models/champion.json
     galleries/<gallery id>/<version>/embeddings.parquet, manifest.json, index-<embeddings sha256>.faiss
@@ -118,9 +118,10 @@ def demo_probes_prefix(dataset: str) -> str:
 # --- pretrained networks ---------------------------------------------------------------------
 
 
-def pretrained_keys(name: str, source_sha256: str) -> tuple[str, str]:
-    """(the built Keras network, its manifest) of pretrained weights, keyed by their source file."""
-    prefix = _join("pretrained", name, source_sha256[:16])
+def pretrained_keys(name: str, source_sha256: str, port_version: int) -> tuple[str, str]:
+    """(the built Keras network, its manifest) of pretrained weights, keyed by their source file and
+    the version of the code that rebuilt them."""
+    prefix = _join("pretrained", name, f"{source_sha256[:16]}-port{port_version}")
     return _join(prefix, "network.keras"), _join(prefix, "manifest.json")
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model.dlib_resnet import PretrainedUnavailableError, package_models_dir
-
 INSTALL_HINT = "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0 (both pinned in requirements.txt)"
 MODEL_FILES = {"landmarks": "shape_predictor_5_face_landmarks.dat",
                "resnet": "dlib_face_recognition_resnet_model_v1.dat",
@@ -32,6 +30,8 @@ def dlib():
 
 def model_path(name: str) -> Path:
     """The installed file of ``name`` (a key of MODEL_FILES)."""
+    from model.dlib_resnet import PretrainedUnavailableError, package_models_dir  # one locator of the package
+
     try:
         path = package_models_dir() / MODEL_FILES[name]
     except PretrainedUnavailableError:
@@ -79,7 +79,7 @@ class DlibPipeline:
     The yardstick the Keras twin's speed is measured against."""
 
     def __init__(self):
-        from tasks.chips import LFW_FACE_BOX
+        from tasks.images import LFW_FACE_BOX
 
         module = dlib()
         self._dlib, self._fallback = module, LFW_FACE_BOX

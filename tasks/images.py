@@ -27,6 +27,12 @@ MIN_SIDE = 24  # smaller photos hold no usable face
 # get the same box scaled to their size (an aligned, LFW-framed portrait at any resolution).
 LFW_FRAME = 250
 LFW_CROP_BOX = (83, 92, 166, 175)
+# Where dlib's HOG detector finds LFW's centred face on the frame (the median box over 300 seeded LFW
+# photos, bench/face_finders.py): the box dlib's landmarks start from for an LFW-framed photo.
+LFW_FACE_BOX = (77, 83, 181, 181)
+# A face this flat (standard deviation in grey levels) is a blank image, not a face: refused without a
+# detector (real LFW faces have 30 and more).
+BLANK_STD = 2.0
 # The tensor store's face side. Faces are cut at this size everywhere; a model with another input
 # size resizes from it (model.inputs.resize_images), in training and in matching alike.
 FACE_SIZE = 64

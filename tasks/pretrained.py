@@ -12,11 +12,11 @@ import importlib.metadata
 import tempfile
 from pathlib import Path
 
-import model
 from model import keras
 from model.dlib_resnet import (
     NAME,
     PACKAGE,
+    PORT_VERSION,
     PROVENANCE,
     build_dlib_resnet,
     copy_weights,
@@ -28,19 +28,21 @@ from storage import Storage, catalog
 from storage.manifests import IntegrityError, read_verified
 
 
-def source_info() -> dict:
-    """What a model's manifest and every report say of the weights it started from."""
+def source_info(data: bytes | None = None) -> dict:
+    """What a model's manifest and every report say of the weights it started from (``data``: the
+    file's bytes, read here when not given)."""
     path = model_file()
+    data = path.read_bytes() if data is None else data
     return {"name": NAME, "file": path.name, "package": f"{PACKAGE} {importlib.metadata.version(PACKAGE)}",
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "learned_from": PROVENANCE}
+            "sha256": hashlib.sha256(data).hexdigest(), "learned_from": PROVENANCE}
 
 
 def pretrained_network(store: Storage, log=print) -> tuple[keras.Model, dict]:
-    """The pretrained network (float32, safe-mode loadable) and its source info: from the storage's
-    cache when it holds this file's build, else parsed, checked, built and cached."""
+    """The pretrained network (safe-mode loadable) and its source info: from the storage's cache when
+    it holds this file's build by this port, else parsed, checked, built and cached."""
     data = model_file().read_bytes()
-    info = {**source_info(), "sha256": hashlib.sha256(data).hexdigest()}
-    key, manifest_key = catalog.pretrained_keys(NAME, info["sha256"])
+    info = source_info(data)
+    key, manifest_key = catalog.pretrained_keys(NAME, info["sha256"], PORT_VERSION)
     cached = store.read_json_or_none(manifest_key)
     if cached and cached.get("source") == info:
         try:
@@ -52,8 +54,7 @@ def pretrained_network(store: Storage, log=print) -> tuple[keras.Model, dict]:
         except (FileNotFoundError, IntegrityError) as err:
             log(f"the cached {NAME} in {store.uri(key)} is unusable ({err}): building it again")
     net, _ = read_face_resnet(data)
-    with model.policy("float32"):
-        network = build_dlib_resnet()
+    network = build_dlib_resnet()  # only its weights are ever copied: its compute policy does not matter
     load_dlib_weights(network, net)
     with tempfile.TemporaryDirectory(prefix="siamese-pretrained-") as tmp:
         path = Path(tmp) / "network.keras"

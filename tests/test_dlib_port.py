@@ -90,11 +90,11 @@ def lfw_photos(count: int) -> list[bytes]:
 
 @requires_lfw
 def test_the_keras_network_equals_dlib_on_real_chips(parsed):
-    from tasks.chips import find_chips
     from tasks.dlib_models import dlib, model_path
-    from tasks.images import decode
+    from tasks.images import ChipConfig, decode
+    from tasks.matching.faces import find_faces
 
-    chips = np.stack([find_chips(decode(photo, grey=False))[0][1] for photo in lfw_photos(6)])
+    chips = np.stack([find_faces(decode(photo, grey=False), "auto", ChipConfig())[0].pixels for photo in lfw_photos(6)])
     reference = dlib().face_recognition_model_v1(str(model_path("resnet")))
     expected = np.stack([np.asarray(reference.compute_face_descriptor(chip)) for chip in chips])
     with model.policy("float32"):
@@ -191,7 +191,24 @@ def test_the_network_runs_the_same_on_the_jax_backend(parsed, tmp_path):
 
 def test_chips_without_dlib_name_the_pip_command():
     script = ("import sys; sys.modules['dlib'] = None\n"
-              "from tasks.chips import DlibUnavailableError, check_available\n"
-              "try:\n    check_available()\nexcept DlibUnavailableError as err:\n    print(err)\n")
+              "from tasks.dlib_models import DlibUnavailableError, check_available\n"
+              "try:\n    check_available('landmarks')\nexcept DlibUnavailableError as err:\n    print(err)\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0" in out.stdout
+
+
+def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(tiny_chips):
+    from tasks.evaluation.config import EvalConfig
+    from tasks.evaluation.evaluate import evaluate
+    from tasks.training.config import TrainConfig
+    from tasks.training.train import train
+
+    config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=1, steps_per_epoch=2, people_per_batch=2,
+                         images_per_person=2, seed=1)
+    version = train(config, tiny_chips, log=lambda _: None).version
+    report = evaluate(version, tiny_chips, EvalConfig(nway=(2,), nway_tasks=10), log=lambda _: None).report
+    untouched = report["untouched"]
+    assert untouched["name"] == "dlib_resnet_v1 (untouched)" and untouched["flip"] == report["flip"]
+    assert untouched["splits"]["test"]["support_same"] == report["splits"]["test"]["support_same"]  # the same pairs
+    assert report["learned_from"]["name"] == "dlib_resnet_v1" and report["untouched_scored"] == untouched["sha256"]
+    assert untouched["throughput"]["images"] > 0 and untouched["throughput"]["dlib_images_per_second"] > 0

@@ -2,12 +2,14 @@
 ``dlib_resnet`` twin's input, beside the tensor store of crops.
 
 Content-addressed and append-only. A chip is keyed by its photo's sha256 (the same bytes give the
-same chip under the same settings); chips are written in parts of up to 1,024 (69 MB) named by
-their content, and a table names each photo's part and position, how its face was found, or why
-it has none. The manifest, rewritten after every part, lists the parts and names the table: a
-night adds parts for the photos it has not seen and never rewrites one already stored (at 67.5 KB
-a chip, LFW is 0.9 GB and a million photos 67 GB); an interrupted run keeps every part it wrote.
-Settings (chip size and padding, face finding, the landmark model's checksum) name the store, so
+same chip under the same settings). A run adds batches of up to 1,024 photos, each written as a
+part of chips and a table naming each photo's position in it, how its face was found, or why it
+has none, both named by their content; the manifest, rewritten after every batch, lists them all.
+A night adds batches for the photos it has not seen and never rewrites one already stored (at
+67.5 KB a chip, LFW is 0.9 GB and a million photos 67 GB); an interrupted run keeps every batch it
+wrote. Faces are found as the index found them (the same detector; an LFW-framed photo from the
+frame's face box), so every photo the index can use gets a chip. Settings (chip size and padding,
+face finding and its constants, the landmark model's checksum, dlib's version) name the store, so
 other settings start another store instead of mixing in.
 """
 from __future__ import annotations
@@ -22,14 +24,15 @@ import numpy as np
 import pandas as pd
 
 from storage import NotFoundError, Storage, catalog
-from storage.manifests import read_verified, sha256_bytes
+from storage.manifests import IntegrityError, read_verified, sha256_bytes
 from tasks.data.index import npy_to_tensors, tensors_to_npy
 from tasks.fetching import fetch_pool
-from tasks.images import LFW_FRAME, ChipConfig, ImageDecodeError, decode
+from tasks.images import BLANK_STD, LFW_FACE_BOX, LFW_FRAME, ChipConfig, ImageDecodeError, decode
 
-CHIPS_FORMAT = 1
-PART = 1024  # chips per part
-TABLE_COLUMNS = ["sha256", "part", "position", "face", "error"]
+CHIPS_FORMAT = 2  # 2: a table per batch
+BATCH = 1024  # photos per batch
+TABLE_COLUMNS = ["sha256", "position", "face", "error"]
+UNREADABLE = "unreadable"  # an error a later run tries again (the photo may come back)
 
 
 class ChipStoreError(ValueError):
@@ -42,12 +45,17 @@ class ChipSettings:
 
     chip: ChipConfig
     detect: str  # auto: LFW-framed photos from the frame's face box, others detected
-    detector: str  # dlib_hog or dlib_cnn
+    detector: str  # the index's detector: haar, dlib_hog or dlib_cnn
     landmarks_sha256: str
+    dlib_version: str
 
     def as_dict(self) -> dict:
+        from tasks.matching.faces import CROP_FROM_DETECTION
+
         return {"chip": self.chip.model_dump(), "detect": self.detect, "detector": self.detector,
-                "landmarks_sha256": self.landmarks_sha256, "format": CHIPS_FORMAT}
+                "landmarks_sha256": self.landmarks_sha256, "dlib": self.dlib_version, "format": CHIPS_FORMAT,
+                "face_box": list(LFW_FACE_BOX), "blank_std": BLANK_STD,
+                "detection_to_frame": list(CROP_FROM_DETECTION.get(self.detector, ()))}
 
     @property
     def store_id(self) -> str:
@@ -55,11 +63,11 @@ class ChipSettings:
         return f"{self.chip.id}-{digest}"
 
 
-def chip_settings(chip: ChipConfig = ChipConfig(), detect: str = "auto", detector: str = "dlib_hog") -> ChipSettings:
-    from tasks.dlib_models import model_path
+def chip_settings(chip: ChipConfig = ChipConfig(), detect: str = "auto", detector: str = "haar") -> ChipSettings:
+    from tasks.dlib_models import dlib, model_path
 
-    return ChipSettings(chip, detect, "dlib_hog" if detector == "haar" else detector,
-                        hashlib.sha256(model_path("landmarks").read_bytes()).hexdigest())
+    return ChipSettings(chip, detect, detector, hashlib.sha256(model_path("landmarks").read_bytes()).hexdigest(),
+                        dlib().__version__)
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class ChipSummary:
     dataset: str
     store_id: str
     manifest_key: str
-    table_sha256: str  # the chips' fingerprint: models and reports record it as their faces'
+    fingerprint: str  # of the store's batches: models and reports record it as their faces'
     chips: int  # photos with a chip in the store
     errors: int  # photos without one (no face found, undecodable)
     made_now: int  # chips made by this run (the rest were stored)
@@ -81,31 +89,38 @@ class ChipSummary:
 
 
 def _read_table(store: Storage, manifest: dict | None) -> pd.DataFrame:
-    if not manifest:
-        return pd.DataFrame({c: pd.Series(dtype="string" if c != "position" else "int64") for c in TABLE_COLUMNS})
-    return pd.read_parquet(io.BytesIO(read_verified(store, manifest["table_key"], manifest["table_sha256"])))
+    """Every batch's rows (with the part that holds them), the last row of a photo winning: a photo
+    unreadable once and made later has its chip."""
+    frames = []
+    for batch in (manifest or {}).get("batches", []):
+        frame = pd.read_parquet(io.BytesIO(read_verified(store, batch["table"], batch["table_sha256"])))
+        frames.append(frame.assign(part=batch.get("part")))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "position" else "object")
+                             for c in TABLE_COLUMNS + ["part"]})
+    return pd.concat(frames, ignore_index=True).drop_duplicates("sha256", keep="last")
 
 
 def _chip_or_error(data: bytes, settings: ChipSettings) -> tuple[np.ndarray | None, str | None, str | None]:
     """(chip, how its face was found, None) or (None, None, why there is none)."""
-    from tasks.chips import find_chips
+    from tasks.matching.faces import find_faces
 
     try:
         rgb = decode(data, grey=False)
     except ImageDecodeError as err:
         return None, None, str(err)
     detect = settings.detect
-    if detect == "auto":  # as matching: an LFW-framed photo from the frame's face box, others detected
+    if detect == "auto":  # as the index and matching: an LFW-framed photo from the frame, others detected
         detect = "none" if rgb.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
-    chips = find_chips(rgb, detect, settings.chip, settings.detector)
-    if not chips:
-        return None, None, "no face found"
-    return chips[0][1], "aligned" if detect == "none" else "detected", None
+    faces = find_faces(rgb, detect, settings.chip, settings.detector)
+    if not faces:
+        return None, None, "no face found" if detect != "none" else "no face: the chip is blank"
+    return faces[0].pixels, "aligned" if detect == "none" else "detected", None
 
 
 def _reader(read_photo: Callable[[str], bytes]) -> Callable[[str], bytes | Exception]:
     """A photo gone or forbidden since indexing is that photo's error row; anything else (an outage)
-    fails the run, whose retry keeps the parts written so far."""
+    fails the run, whose retry keeps the batches written so far."""
     def read(path: str) -> bytes | Exception:
         try:
             return read_photo(path)
@@ -116,70 +131,67 @@ def _reader(read_photo: Callable[[str], bytes]) -> Callable[[str], bytes | Excep
 
 def update_chip_store(store: Storage, dataset: str, index: pd.DataFrame, settings: ChipSettings,
                       read_photo: Callable[[str], bytes], log: Callable[[str], None] = print) -> ChipSummary:
-    """Add the chips of ``index``'s usable photos (``read_photo(path) -> bytes``) that the store lacks."""
+    """Add the chips of ``index``'s usable photos (``read_photo(path) -> bytes``, called only for the
+    photos the store lacks) and try again those it could not read before."""
     start = time.perf_counter()
     manifest_key = catalog.chips_manifest_key(dataset, settings.store_id)
     manifest = store.read_json_or_none(manifest_key)
     table = _read_table(store, manifest)
+    done = set(table.loc[~table["error"].fillna("").str.startswith(UNREADABLE), "sha256"])
     usable = index[index["error"].isna()].drop_duplicates("sha256")
-    todo = usable[~usable["sha256"].isin(set(table["sha256"]))]
-    parts = list(manifest["parts"]) if manifest else []
+    todo = usable[~usable["sha256"].isin(done)]
+    batches = list((manifest or {}).get("batches", []))
     made = 0
     if len(todo):
         log(f"chips of {dataset}: {len(usable) - len(todo)} stored, {len(todo)} to make")
-    for first in range(0, len(todo), PART):
-        chunk = todo.iloc[first:first + PART]
+    for first in range(0, len(todo), BATCH):
+        chunk = todo.iloc[first:first + BATCH]
         rows, chips = [], []
         # photos fetched ahead on the fetch threads; chips made here, one at a time (dlib holds the GIL:
         # two threads made 590 chips/s against one's 910)
         for sha, path, data in zip(chunk["sha256"], chunk["path"], fetch_pool().map(_reader(read_photo),
                                                                                  chunk["path"])):
             if isinstance(data, Exception):
-                chip, face, error = None, None, f"unreadable: {type(data).__name__}"
+                chip, face, error = None, None, f"{UNREADABLE}: {type(data).__name__}"
             else:
                 chip, face, error = _chip_or_error(data, settings)
-            if chip is None:
-                rows.append((sha, None, -1, None, f"{path}: {error}"))
-            else:
-                rows.append((sha, None, len(chips), face, None))
+            rows.append((sha, len(chips) if chip is not None else -1, face, None if chip is not None else
+                         f"{path}: {error}" if not error.startswith(UNREADABLE) else error))
+            if chip is not None:
                 chips.append(chip)
-        fresh = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        batch = {}
         if chips:
             data = tensors_to_npy(np.stack(chips))
-            part_key = catalog.chips_part_key(dataset, settings.store_id, sha256_bytes(data))
-            store.write_bytes(part_key, data)
-            parts.append({"key": part_key, "sha256": sha256_bytes(data), "chips": len(chips)})
-            fresh.loc[fresh["error"].isna(), "part"] = part_key
-        table = pd.concat([table, fresh.astype({"position": "int64"})], ignore_index=True)
-        manifest = _publish(store, dataset, settings, manifest_key, table, parts, manifest)
+            batch["part"] = catalog.chips_part_key(dataset, settings.store_id, sha256_bytes(data))
+            batch["part_sha256"] = sha256_bytes(data)
+            store.write_bytes(batch["part"], data)
+        buf = io.BytesIO()
+        pd.DataFrame(rows, columns=TABLE_COLUMNS).to_parquet(buf, index=False, compression="zstd")
+        batch["table"] = catalog.chips_table_key(dataset, settings.store_id, sha256_bytes(buf.getvalue()))
+        batch["table_sha256"] = sha256_bytes(buf.getvalue())
+        store.write_bytes(batch["table"], buf.getvalue())
+        batches.append(batch)
+        manifest = _publish(store, dataset, settings, manifest_key, batches)
         made += len(chips)
-        if len(todo) > PART:
-            log(f"chips of {dataset}: {min(first + PART, len(todo))} of {len(todo)} made "
+        if len(todo) > BATCH:
+            log(f"chips of {dataset}: {min(first + BATCH, len(todo))} of {len(todo)} made "
                 f"({(first + len(chunk)) / (time.perf_counter() - start):.0f} photos/s)")
     if manifest is None:  # nothing usable at all: an empty store, so that readers find one
-        manifest = _publish(store, dataset, settings, manifest_key, table, parts, None)
+        manifest = _publish(store, dataset, settings, manifest_key, batches)
     _point_to(store, dataset, settings, manifest_key)  # these settings' store is the dataset's current one
-    errors = table[table["error"].notna()]
-    return ChipSummary(dataset, settings.store_id, manifest_key, manifest["table_sha256"],
-                       int(table["error"].isna().sum()), len(errors), made, len(parts),
+    table = _read_table(store, manifest)
+    errors = table[table["error"].notna() & table["sha256"].isin(set(usable["sha256"]))]
+    return ChipSummary(dataset, settings.store_id, manifest_key, manifest["fingerprint"],
+                       int(table["error"].isna().sum()), len(errors), made, len(batches),
                        time.perf_counter() - start, tuple(errors["error"].head(10)))
 
 
-def _publish(store: Storage, dataset: str, settings: ChipSettings, manifest_key: str, table: pd.DataFrame,
-             parts: list[dict], previous: dict | None) -> dict:
-    """The table (named by its content), then the manifest that names it and every part: one pointer
-    write makes the new chips part of the store; the table it replaces goes after."""
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False, compression="zstd")
-    data = buf.getvalue()
-    table_key = catalog.chips_table_key(dataset, settings.store_id, sha256_bytes(data))
-    store.write_bytes(table_key, data)
-    manifest = {**settings.as_dict(), "store_id": settings.store_id, "table_key": table_key,
-                "table_sha256": sha256_bytes(data), "parts": parts}
+def _publish(store: Storage, dataset: str, settings: ChipSettings, manifest_key: str, batches: list[dict]) -> dict:
+    """The manifest naming every batch: one pointer write makes the new batch part of the store."""
+    fingerprint = hashlib.sha256("".join(b["table_sha256"] + b.get("part_sha256", "-") for b in batches)
+                                 .encode()).hexdigest()
+    manifest = {**settings.as_dict(), "store_id": settings.store_id, "batches": batches, "fingerprint": fingerprint}
     store.write_json(manifest_key, manifest)
-    _point_to(store, dataset, settings, manifest_key)
-    if previous and previous["table_key"] != table_key:
-        store.delete(previous["table_key"])
     return manifest
 
 
@@ -194,9 +206,9 @@ def _point_to(store: Storage, dataset: str, settings: ChipSettings, manifest_key
 @dataclass(frozen=True)
 class Chips:
     tensors: np.ndarray  # uint8 (index rows, size, size, 3); all-zero where a photo has no chip
-    sha256: str  # the store table's: the fingerprint of these faces
+    sha256: str  # the store's fingerprint: of these faces
     preprocess: dict  # the ChipConfig they were made with (a model's manifest records it)
-    missing: np.ndarray  # index rows without a chip (unusable photos, no face found)
+    missing: np.ndarray  # usable index rows whose photo has no chip (no face found, unreadable)
 
 
 def read_chip_manifest(store: Storage, dataset: str) -> dict:
@@ -209,26 +221,28 @@ def read_chip_manifest(store: Storage, dataset: str) -> dict:
     return manifest
 
 
-def chips_fingerprint(store: Storage, dataset: str) -> str:
-    return read_chip_manifest(store, dataset)["table_sha256"]
-
-
 def load_chips(store: Storage, dataset: str, index: pd.DataFrame) -> Chips:
-    """The chips of ``index``'s rows, each part read once and verified against the manifest."""
+    """The chips of ``index``'s rows, each part read once and verified against the manifest; a usable
+    photo the store has never seen is refused (the data flow did not run for this index)."""
     manifest = read_chip_manifest(store, dataset)
     chip = ChipConfig(**manifest["chip"])
-    table = _read_table(store, manifest).drop_duplicates("sha256").set_index("sha256")
+    table = _read_table(store, manifest).set_index("sha256")
+    usable = index["error"].isna().to_numpy()
     found = table.reindex(index["sha256"].to_numpy())
-    has = found["error"].isna().to_numpy() & found["part"].notna().to_numpy()
+    unseen = usable & found["position"].isna().to_numpy()
+    if unseen.any():
+        raise ChipStoreError(f"the chips of {dataset} lack {int(unseen.sum())} of its photos (e.g. "
+                             f"{index.loc[unseen, 'image_id'].iloc[0]}): run the data flow for {dataset} again")
+    has = usable & found["error"].isna().to_numpy()
     tensors = np.zeros((len(index), *chip.shape), np.uint8)
-    sums = {p["key"]: p["sha256"] for p in manifest["parts"]}
+    sums = {b["part"]: b["part_sha256"] for b in manifest["batches"] if b.get("part")}
     rows = index["row"].to_numpy()
     for part_key, positions in found[has].groupby("part")["position"]:
         try:
             part = npy_to_tensors(read_verified(store, part_key, sums[part_key]))
-        except (NotFoundError, KeyError):
-            raise ChipStoreError(f"the chip store of {dataset} lost its part {part_key}: run the data flow again "
-                                 "(it makes the missing chips)") from None
+        except (NotFoundError, KeyError, IntegrityError) as err:
+            raise ChipStoreError(f"the chip store of {dataset} cannot read its part {part_key} ({err}): delete "
+                                 f"{catalog.chips_pointer_key(dataset)} and run the data flow again") from None
         chosen = has & (found["part"].to_numpy() == part_key)
         tensors[rows[chosen]] = part[positions.to_numpy(dtype=np.int64)]
-    return Chips(tensors, manifest["table_sha256"], chip.model_dump(), np.sort(rows[~has]))
+    return Chips(tensors, manifest["fingerprint"], chip.model_dump(), np.sort(rows[usable & ~has]))

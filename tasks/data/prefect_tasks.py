@@ -88,11 +88,11 @@ def index_folder(dataset: str, storage_url: str | None, preprocess: PreprocessCo
 
 @task(tags=["siamese-faces", "data"], name="chips", task_run_name="chips-{dataset}", retries=2,
       retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
-def chips(dataset: str, storage_url: str | None, index_summary: IndexSummary, detect: str, detector: str
-          ) -> ChipSummary:
-    """dlib's aligned chips of the photos the chip store lacks; a retry keeps the parts already written."""
+def chips(dataset: str, storage_url: str | None, index_summary: IndexSummary, detect: str, detector: str,
+          archive: tuple[str, str] | None = None) -> ChipSummary:
+    """dlib's aligned chips of the photos the chip store lacks; a retry keeps the batches already written."""
     log = get_run_logger()
-    result = run_chips(dataset, storage_url, index_summary, detect, detector, log=log.info)
+    result = run_chips(dataset, storage_url, index_summary, detect, detector, archive, log=log.info)
     log.info("%s chips %s: %d stored (%d made now in %.1f s), %d photos without one, %d parts", dataset,
              result.store_id, result.chips, result.made_now, result.seconds, result.errors, result.parts)
     for example in result.error_examples:

@@ -92,7 +92,7 @@ class Faces:
     tensors: np.ndarray
     sha256: str  # their fingerprint: what a model's manifest and its reports record as tensors_sha256
     preprocess: dict  # how they were cut
-    missing: np.ndarray  # index rows without a face input (undecodable, no face found)
+    missing: np.ndarray  # usable index rows without a face input (a chip store's no face found, unreadable)
 
 
 def uses_chips(preprocess: dict | None) -> bool:
@@ -105,8 +105,16 @@ def load_faces(store: Storage, summary: IndexSummary, index: pd.DataFrame, chips
 
         found = load_chips(store, summary.dataset, index)
         return Faces(found.tensors, found.sha256, found.preprocess, found.missing)
-    return Faces(load_tensors(store, summary), summary.tensors_sha256, summary.preprocess,
-                 index.loc[index["error"].notna(), "row"].to_numpy())
+    return Faces(load_tensors(store, summary), summary.tensors_sha256, summary.preprocess, np.zeros(0, np.int64))
+
+
+def with_faces(pairs: pd.DataFrame, index: pd.DataFrame, missing: np.ndarray) -> pd.DataFrame:
+    """The pairs whose two photos both have a face input: a photo the chip store found no face in is
+    its error row there, never an all-zero image that training or a threshold would learn from."""
+    if not len(missing):
+        return pairs
+    faceless = set(index.loc[index["row"].isin(missing), "image_id"])
+    return pairs[~(pairs["left_image"].isin(faceless) | pairs["right_image"].isin(faceless))]
 
 
 def faces_fingerprint(store: Storage, summary: IndexSummary, chips: bool) -> tuple[str, dict]:
@@ -115,5 +123,5 @@ def faces_fingerprint(store: Storage, summary: IndexSummary, chips: bool) -> tup
         from tasks.data.chip_store import read_chip_manifest
 
         manifest = read_chip_manifest(store, summary.dataset)
-        return manifest["table_sha256"], manifest["chip"]
+        return manifest["fingerprint"], manifest["chip"]
     return summary.tensors_sha256, summary.preprocess

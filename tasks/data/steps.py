@@ -197,24 +197,43 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
 
 
 def run_chips(dataset: str, storage_url: str | None, index: IndexSummary, detect: str = "auto",
-              detector: str = "dlib_hog", log=print) -> ChipSummary:
-    """dlib's aligned chip of every usable photo the chip store lacks: an archive's from its extracted
-    files, a folder dataset's fetched from where it lies (only the photos not chipped before)."""
+              detector: str = "haar", archive: tuple[str, str] | None = None, log=print) -> ChipSummary:
+    """dlib's aligned chip of every usable photo the chip store lacks, its face found as the index
+    found it: an archive's photos from their extraction on this machine (``archive`` = (path, sha256)
+    extracts it first where it is missing), a folder dataset's fetched from where they lie. Only the
+    photos the store lacks are read."""
     store = open_storage(storage_url)
+    read = read_photo_function(dataset, archive)
     return update_chip_store(store, dataset, load_index(store, index), chip_settings(detect=detect, detector=detector),
-                             read_photo_function(dataset), log)
+                             read, log)
 
 
-def read_photo_function(dataset: str) -> Callable[[str], bytes]:
-    """index path -> the photo's bytes: an archive's from its extraction on this machine, a folder
-    dataset's fetched from where it lies."""
+def read_photo_function(dataset: str, archive: tuple[str, str] | None = None) -> Callable[[str], bytes]:
+    """index path -> the photo's bytes: an archive's from its extraction on this machine (made from
+    ``archive`` when missing, on the first read), a folder dataset's fetched from where it lies."""
     if is_folder_dataset(dataset):
         return open_storage(dataset).fetch_bytes
-    root = extracted_images(dataset)
+    root: list[Path] = []
 
     def read(path: str) -> bytes:
-        return (root / path).read_bytes()
+        if not root:
+            root.append(extracted_images(dataset) if archive is None else ensure_extracted(dataset, *archive))
+        return (root[0] / path).read_bytes()
     return read
+
+
+def ensure_extracted(dataset: str, archive_path: str, archive_sha256: str) -> Path:
+    """The archive's photos extracted on this machine (once per archive checksum, safely)."""
+    from tasks.data.archive import Extractor, extraction_marker, iter_archive_files
+
+    root = cache_dir(dataset) / "images"
+    marker = extraction_marker(root)
+    if not (marker.is_file() and f'"{archive_sha256}"' in marker.read_text()):
+        extractor = Extractor(root)
+        for name, data in iter_archive_files(Path(archive_path)):
+            extractor.write(name, data)
+        extractor.commit(f'{{"archive_sha256": "{archive_sha256}"}}\n')
+    return root
 
 
 # --- skew ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from model.augment import AugmentConfig
 from model.scoring import PairScorer, RowEmbeddings
 from storage import Storage, catalog, open_storage
 from storage.manifests import same_inputs
+from tasks.data.chip_store import ChipStoreError
 from tasks.data.prepared import (
     faces_fingerprint,
     load_faces,
@@ -29,8 +30,9 @@ from tasks.data.prepared import (
     read_index_summary,
     read_pairs,
     uses_chips,
+    with_faces,
 )
-from tasks.data.steps import read_photo_function
+from tasks.data.steps import ExtractedImagesError, read_photo_function
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.fingerprint import check_model_data
 from tasks.evaluation.identification import identify
@@ -231,14 +233,15 @@ def validation_different_scores(emb, validation: pd.DataFrame, row_of: pd.Series
 
 
 def evaluate_untouched(store: Storage, data: EvaluationData, scorer: PairScorer, preprocess,
-                       config: EvalConfig, tensors: np.ndarray, network: dict, photos: list[bytes],
+                       config: EvalConfig, tensors: np.ndarray, manifest: dict, photos: list[bytes],
                        log: Callable[[str], None]) -> dict:
     """The pretrained network untouched by the fine-tuning on exactly the model's faces, pairs, tasks
     and people (with the model's flip), its P(same) a cosine head fitted on validation only; and the
     model's throughput against dlib-bin's own pipeline on the same photos."""
     from tasks.evaluation.untouched import UntouchedEmbeddings, throughput_against_dlib
 
-    untouched = UntouchedEmbeddings.for_rows(store, network, tensors, data.needed_rows(), scorer.flip, log)
+    untouched = UntouchedEmbeddings.for_rows(store, manifest["network"], manifest["pretrained"], tensors,
+                                             data.needed_rows(), scorer.flip, log)
     validation = data.pairs[data.pairs["split"] == "validation"]
     untouched.calibrate(validation["same"].to_numpy().astype(int), *_rows(validation, data.row_of))
     scored = score_model(untouched, untouched.head, data, config)
@@ -261,9 +264,15 @@ def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | N
     if (manifest["config"]["dataset"], manifest["config"]["protocol"]) != (dataset, protocol):
         return None, None
     pairs, summary = read_pairs(store, dataset, protocol), read_index_summary(store, dataset)
-    faces_sha256, preprocess = faces_fingerprint(store, summary, uses_chips(manifest.get("preprocess")))
-    if (report.get("data", {}).get("pairs_sha256"), report.get("data", {}).get("tensors_sha256")) == (
-            pairs.sha256, faces_sha256):
+    try:
+        faces_sha256, preprocess = faces_fingerprint(store, summary, uses_chips(manifest.get("preprocess")))
+    except ChipStoreError as err:
+        return None, str(err)
+    scored = report.get("data", {})
+    # a report that does not name its photos (made before reports did) cannot be compared with a model of
+    # other faces on the same photos: scored again, it can
+    if (scored.get("pairs_sha256"), scored.get("tensors_sha256")) == (pairs.sha256, faces_sha256) and \
+            scored.get("index_sha256"):
         return None, None
     try:
         check_model_data(version, manifest, pairs, faces_sha256, read_model_people(store, version), preprocess)
@@ -295,7 +304,9 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
     check_model_data(version, manifest, protocol_pairs, faces_sha256, learned, preprocess)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
-              "untouched_scored": bool(config.untouched and manifest.get("pretrained")),
+              # the pretrained file the untouched network is rebuilt from (None: not scored)
+              "untouched_scored": (manifest["pretrained"]["sha256"] if config.untouched and manifest.get("pretrained")
+                                   else None),
               "precision": model.precision(),
               "data": {"pairs_sha256": protocol_pairs.sha256,
                        "yardstick_pairs_sha256": (yardstick_fingerprint(store, dataset, chips) if config.official
@@ -309,9 +320,16 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         return EvalResult(version, prior, report_key, markdown, reused=True, files=prior["files"])
 
     index = load_index(store, summary)
-    tensors = load_faces(store, summary, index, chips).tensors
+    faces = load_faces(store, summary, index, chips)
+    tensors = faces.tensors
+    if len(faces.missing):  # photos the chip store found no face in: their pairs are not scored
+        pairs = with_faces(pairs, index, faces.missing)
+        official = with_faces(official, index, faces.missing) if official is not None else None
+        log(f"{len(faces.missing)} photos have no face input (the chip store's error rows say why): the pairs and "
+            "identification sets that show them are left out")
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-    data = EvaluationData(pairs, official, held_out_images(index, pairs, learned), row_of, dataset, protocol)
+    held_out = held_out_images(index[~index["row"].isin(faces.missing)], pairs, learned)
+    data = EvaluationData(pairs, official, held_out, row_of, dataset, protocol)
     for n in config.nway:
         try:
             data.tasks[n] = draw_nway_tasks(data.held_out, n, config.nway_tasks, config.seed + n)
@@ -334,9 +352,13 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                               config.far_targets, config.seed)
     untouched = None
     if wanted["untouched_scored"]:
-        photos = sample_photos(index, data.needed_rows(), read_photo_function(dataset))
-        untouched = evaluate_untouched(store, data, scorer, face_input(preprocess), config, tensors,
-                                       manifest["network"], photos, log)
+        try:
+            photos = sample_photos(index, data.needed_rows(), read_photo_function(dataset))
+        except (ExtractedImagesError, FileNotFoundError) as err:  # no photos here: no throughput, say why
+            photos = []
+            log(f"throughput not measured: {err}")
+        untouched = evaluate_untouched(store, data, scorer, face_input(preprocess), config, tensors, manifest,
+                                       photos, log)
 
     files: dict[str, bytes] = {}
     curves = scored.pop("curves")
@@ -355,7 +377,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                 for name, c in curves.items()]
     report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol,
               "config": config.model_dump(mode="json"), **scored, "one_shot_people": len(data.held_out),
-              "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
+              "embedded_images": int(len(emb.rows)), "flip": scorer.flip, "photos_without_a_face": int(len(faces.missing)),
               "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
               # where the model's knowledge comes from: pretrained weights learned from outside data, or the
               # dataset alone (a model of an earlier version may name the teacher it was distilled from)

@@ -22,12 +22,16 @@ class UntouchedEmbeddings(RowEmbeddings):
         self.summary = summary
 
     @classmethod
-    def for_rows(cls, store: Storage, network: dict, tensors: np.ndarray, rows: np.ndarray, flip: bool,
-                 log: Callable[[str], None] = print) -> "UntouchedEmbeddings":
+    def for_rows(cls, store: Storage, network: dict, started_from: dict, tensors: np.ndarray, rows: np.ndarray,
+                 flip: bool, log: Callable[[str], None] = print) -> "UntouchedEmbeddings":
         """``network``: the fine-tuned model's NetworkConfig (its manifest's), rebuilt with the pretrained
-        weights alone."""
+        weights alone; ``started_from``: its manifest's ``pretrained`` (the installed file must be that one)."""
         models = build_models(NetworkConfig(**network))
         info = load_pretrained(models.embedder, store, log=lambda _: None)
+        if info["sha256"] != started_from["sha256"]:
+            raise ValueError(f"the installed {info['file']} ({info['sha256'][:12]}) is not the one the model started "
+                             f"from ({started_from['sha256'][:12]}): install {started_from['package']}, or evaluate "
+                             "without the untouched network (untouched: false)")
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         embeddings = PairScorer(models.pair, flip=flip).embed(tensors[rows])
         log(f"the untouched {info['name']} embedded the same {len(rows)} images")
@@ -54,15 +58,22 @@ def throughput_against_dlib(scorer: PairScorer, preprocess, photos: list[bytes],
     process, from the file's bytes to the embedding (decode, face, network), each after one warm-up
     photo: the model with its flip (so twice per photo) on every core, dlib-bin on one."""
     from tasks.dlib_models import DlibPipeline
-    from tasks.images import decode
+    from tasks.images import ImageDecodeError, decode
     from tasks.matching.faces import faces_from_bytes
 
     if not photos:
         return {}
     dlib_bin = DlibPipeline()
 
+    def faces(data: bytes) -> list:
+        try:
+            return faces_from_bytes(data, preprocess=preprocess)[:1]
+        except ImageDecodeError:  # a photo the detector misses is timed all the same, as matching meets it
+            return []
+
     def run_model(batch):
-        return scorer.embed(np.stack([faces_from_bytes(b, preprocess=preprocess)[0].pixels for b in batch]))
+        found = [face.pixels for data in batch for face in faces(data)]
+        return scorer.embed(np.stack(found)) if found else None
 
     def run_dlib(batch):
         return [dlib_bin.embed(decode(b, grey=False)) for b in batch]

@@ -14,7 +14,8 @@ was (its manifest's preprocessing: crop box, size, grey or colour):
 Detectors: OpenCV's Haar cascade (the default), dlib's HOG detector or its CNN (MMOD) detector
 (with dlib-bin installed). A detected box is mapped to the crop training used by constants that
 ``bench/face_finders.py`` measures on LFW photos for each detector (see BENCHMARKS.md). A model
-that takes dlib's aligned chips (``ChipConfig``) has its faces found and aligned by ``tasks.chips``.
+that takes dlib's aligned chips (``ChipConfig``) gets each face aligned by its landmarks
+(``tasks.chips``), from the same detections.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ import cv2
 import numpy as np
 
 from tasks.images import (
+    BLANK_STD,
     LFW_CROP_BOX,
+    LFW_FACE_BOX,
     LFW_FRAME,
     ChipConfig,
     FaceInput,
@@ -103,25 +106,50 @@ def _cut(pixels: np.ndarray, x0: float, y0: float, x1: float, y1: float, size: i
     return cv2.resize(pixels[y0 + pad:y1 + pad, x0 + pad:x1 + pad], (size, size), interpolation=cv2.INTER_AREA)
 
 
-def _model_crop(pixels: np.ndarray, box: tuple[int, int, int, int], detector_name: Detector,
-                preprocess: PreprocessConfig) -> np.ndarray:
-    """A detection -> the model's own crop. The measured constants place LFWcrop's box around the
-    detection; that box fixes the LFW-style 250x250 frame around the face, and the model's crop box
-    (in that frame; none: the whole frame) is cut from it."""
+def _in_frame(box: tuple[int, int, int, int], detector_name: Detector,
+              frame_box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    """``frame_box`` (a box in LFW's 250x250 frame) placed around a detection: the measured constants
+    put LFWcrop's box around the detection, which fixes the LFW-style frame around the face."""
     x, y, w, h = box
     dx, dy, scale = CROP_FROM_DETECTION[detector_name]
     left, top, right, bottom = LFW_CROP_BOX
     k = scale * w / (right - left)  # photo pixels per LFW-frame pixel
     frame_x = x + w / 2 + dx * w - k * (left + right) / 2
     frame_y = y + h / 2 + dy * h - k * (top + bottom) / 2
-    c_left, c_top, c_right, c_bottom = preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)
-    return _cut(pixels, frame_x + k * c_left, frame_y + k * c_top, frame_x + k * c_right, frame_y + k * c_bottom,
+    f_left, f_top, f_right, f_bottom = frame_box
+    return frame_x + k * f_left, frame_y + k * f_top, frame_x + k * f_right, frame_y + k * f_bottom
+
+
+def _model_crop(pixels: np.ndarray, box: tuple[int, int, int, int], detector_name: Detector,
+                preprocess: PreprocessConfig) -> np.ndarray:
+    """A detection -> the model's own crop: its crop box (none: the whole frame) in the frame around it."""
+    return _cut(pixels, *_in_frame(box, detector_name, preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)),
                 preprocess.size)
 
 
-# A crop this flat (standard deviation in grey levels) is a blank image, not a face: no detector
-# is needed to refuse it (real LFW face crops have 30 and more).
-BLANK_STD = 2.0
+def _chips(pixels: np.ndarray, detect: str, chip: ChipConfig, detector_name: Detector) -> list[Face]:
+    """dlib's aligned chips: the landmarks start from the box dlib's HOG detector gives a face, which
+    a HOG detection is; another detector's box is placed in the LFW frame by its measured constants
+    and the frame's face box (where HOG finds LFW's face) taken from there. So a photo gets a chip
+    wherever the dataset's detector found its face."""
+    from tasks.chips import aligned_chip  # dlib: only for models of chips
+
+    if pixels.ndim != 3:
+        raise ValueError("chips are cut from colour photos (decode with grey=False)")
+    if detect == "none":
+        boxes = [crop_box_for(pixels.shape[1], pixels.shape[0], LFW_FACE_BOX)]
+    else:
+        found = detect_boxes(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), detector_name)
+        found = found[:1] if detect == "largest" else found
+        boxes = [(x, y, x + w, y + h) if detector_name == "dlib_hog" else
+                 tuple(int(round(v)) for v in _in_frame((x, y, w, h), detector_name, LFW_FACE_BOX))
+                 for x, y, w, h in found]
+    faces = []
+    for left, top, right, bottom in boxes:
+        pixels_of_face = aligned_chip(pixels, (left, top, right, bottom), chip)
+        if pixels_of_face.std() >= BLANK_STD:
+            faces.append(Face((left, top, right - left, bottom - top), pixels_of_face))
+    return faces
 
 
 def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: FaceInput = PreprocessConfig(),
@@ -136,13 +164,11 @@ def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: FaceInpu
     ``detector_name`` None: Haar for crops, dlib's HOG for chips (their landmarks need its boxes)."""
     if detect not in DETECT_MODES:
         raise ValueError(f"detect must be one of {DETECT_MODES}, got {detect!r}")
-    if isinstance(preprocess, ChipConfig):
-        from tasks.chips import find_chips
-
-        return [Face(box, chip) for box, chip in find_chips(pixels, detect, preprocess, detector_name or "dlib_hog")]
-    detector_name = detector_name or "haar"
+    detector_name = detector_name or ("dlib_hog" if isinstance(preprocess, ChipConfig) else "haar")
     if detect == "auto":
         detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
+    if isinstance(preprocess, ChipConfig):
+        return _chips(pixels, detect, preprocess, detector_name)
     if detect == "none":
         box = preprocess.crop_box or (0, 0, LFW_FRAME, LFW_FRAME)
         left, top, right, bottom = crop_box_for(pixels.shape[1], pixels.shape[0], box)

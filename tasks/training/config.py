@@ -91,6 +91,22 @@ class TrainConfig(Params):
             values = {**{k: v for k, v in recipe.items() if k not in values}, **values}
         return values
 
+    @model_validator(mode="after")
+    def _tar_needs_cosines(self) -> "TrainConfig":
+        if self.select_epoch_by == "tar_at_far" and self.head != "cosine":
+            raise ValueError("select_epoch_by tar_at_far ranks validation pairs by the cosine of unit embeddings: "
+                             f"it needs the cosine head, not {self.head}")
+        return self
+
+    def replace(self, **changes):
+        """A copy with ``changes``; another architecture also takes its recipe for every setting that
+        still has the old architecture's recipe value and is not among ``changes``."""
+        if "architecture" in changes:
+            old, new = (RECIPES["pretrained" if a in PRETRAINED else "scratch"]
+                        for a in (self.architecture, changes["architecture"]))
+            changes = {**{k: v for k, v in new.items() if k not in changes and getattr(self, k) == old[k]}, **changes}
+        return super().replace(**changes)
+
     @field_validator("dataset")
     @classmethod
     def _one_spelling(cls, value: str) -> str:
@@ -102,6 +118,6 @@ class TrainConfig(Params):
         """The log key of the validation score that keeps an epoch (and that early stopping watches)."""
         by = self.select_epoch_by
         if by == "auto":
-            by = "tar_at_far" if self.architecture in PRETRAINED else "accuracy_at_0.5"
+            by = "tar_at_far" if self.architecture in PRETRAINED and self.head == "cosine" else "accuracy_at_0.5"
         return {"best_threshold_accuracy": "val_threshold_accuracy", "tar_at_far": "val_tar_at_far"}.get(
             by, "val_pair_accuracy")

@@ -26,7 +26,7 @@ from model import keras
 from settings import siamese_home
 from storage import catalog, open_storage
 from tasks.data.pairs import split_fingerprint, split_people_of
-from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs
+from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, with_faces
 from tasks.registry import EMBEDDER, PAIR_MODEL, PEOPLE_FILE
 from model.networks import PRETRAINED
 from tasks.training.config import TrainConfig
@@ -107,8 +107,9 @@ def selection_line(metrics: dict) -> str:
     if metrics.get("selected_by") == "val_tar_at_far":
         kept = (f"epoch {metrics['best_epoch']} of {metrics['epochs_run']}" if metrics["best_epoch"] else
                 f"the pretrained weights: none of {metrics['epochs_run']} epochs beat them")
+        before = metrics.get("before_training", {}).get("val_tar_at_far")
         return (f"validation TAR {metrics['val_tar_at_far']:.4f} at FAR 1e-3 over every pair of its images (the score "
-                f"that kept {kept}; {metrics['before_training']['val_tar_at_far']:.4f} before training); accuracy "
+                f"that kept {kept}" + (f"; {before:.4f} before training" if before is not None else "") + "); accuracy "
                 f"{metrics['val_threshold_accuracy']:.4f} at its best threshold")
     if metrics.get("selected_by") == "val_threshold_accuracy":
         return (f"validation accuracy {metrics['val_threshold_accuracy']:.4f} at its best threshold (the score that "
@@ -154,7 +155,11 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     faces = load_faces(store, index_summary, index, chips=config.architecture in PRETRAINED)
     tensors = resize_images(faces.tensors, config.input_size)
     pairs = read_pairs(store, config.dataset, config.protocol)
-    train_pairs, val_pairs = split_pairs(pairs.frame, "train"), split_pairs(pairs.frame, "validation")
+    usable = with_faces(pairs.frame, index, faces.missing)
+    if len(usable) < len(pairs.frame):
+        log(f"{len(pairs.frame) - len(usable)} pairs left out: {len(faces.missing)} of their photos have no face input "
+            "(the chip store's error rows say why)")
+    train_pairs, val_pairs = split_pairs(usable, "train"), split_pairs(usable, "validation")
     val_left, val_right, val_same = pair_rows(val_pairs, index)
 
     ## Build: one network, its pair model for validation and, in in-batch mode, its P x K model with
@@ -200,7 +205,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
 
     pretrained = load_pretrained(models.embedder, store, log) if config.architecture in PRETRAINED else None
     warm_from, inherited = warm_start(store, config, net, faces.preprocess, models, pairs.frame, log)
-    if pretrained and not warm_from:
+    if pretrained and not warm_from and config.head == "cosine":
         start_head_from_embeddings(models, tensors, train_pairs, index, data if identify else None, log)
 
     ## Fit: validation accuracy at P(same) 0.5 picks the epoch. A killed run resumes from its backup
@@ -324,6 +329,9 @@ def _scores_line(scores: dict, monitor: str) -> str:
     return line + f" (epochs are kept by {monitor})"
 
 
+ALL_PAIRS_IMAGES = 3000  # at most, seeded: 4.5 million pairs (every pair of 20,000 images would take 5 GB)
+
+
 def _all_pairs_validation(models, val_pairs: pd.DataFrame, index: pd.DataFrame, monitor: str) -> dict:
     """PairValidation's every-pair TAR when it picks the epoch (a cosine head's unit embeddings)."""
     if monitor != "val_tar_at_far":
@@ -331,6 +339,8 @@ def _all_pairs_validation(models, val_pairs: pd.DataFrame, index: pd.DataFrame, 
     images = pd.concat([val_pairs[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
                         val_pairs[["right_image", "right_person"]].set_axis(["image", "person"], axis=1)]
                        ).drop_duplicates("image")
+    if len(images) > ALL_PAIRS_IMAGES:
+        images = images.sample(ALL_PAIRS_IMAGES, random_state=0)
     rows = images.merge(index[["image_id", "row"]], left_on="image", right_on="image_id")["row"].to_numpy()
     return {"embedder": models.embedder, "image_rows": rows, "image_people": pd.factorize(images["person"])[0]}
 
