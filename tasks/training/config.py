@@ -14,9 +14,9 @@ from settings import Params
 # given explicitly wins. The scratch values are those the recipe benchmark chose (BENCHMARKS.md).
 RECIPES: dict[str, dict] = {
     "pretrained": {"input_size": 150, "learning_rate": 5e-6, "time_budget_minutes": 10.0, "augment": "aligned",
-                   "identification_weight": 0.0, "early_stopping_patience": 5},
+                   "identification_weight": 0.0, "early_stopping_patience": 5, "frozen_levels": 2},
     "scratch": {"input_size": 48, "learning_rate": 2e-3, "time_budget_minutes": 45.0, "augment": "face_comparer",
-                "identification_weight": 0.2, "early_stopping_patience": 50},
+                "identification_weight": 0.2, "early_stopping_patience": 50, "frozen_levels": 0},
 }
 
 
@@ -64,8 +64,10 @@ class TrainConfig(Params):
     margin_scale: float = Field(30.0, gt=0, description="CosFace scale s")
     hard_pair_weight: float = Field(0.0, ge=0, description="in_batch mode: > 0 weighs the hardest pairs of a batch "
                                                            "more (a softmax of their logits); 0: every pair alike")
-    frozen_levels: int = Field(0, ge=0, le=6, description="dlib_resnet: its first N of 6 stages kept as pretrained "
-                                                         "(1: the stem, 2: and level 4, ...); 0: every layer learns")
+    frozen_levels: int = Field(2, ge=0, le=6, description="dlib_resnet: its first N of 6 stages kept as pretrained "
+                                                         "(1: the stem, 2: and level 4, ...; 2 learned as much as 0 "
+                                                         "at 1.2x the images/s); 0: every layer learns (from scratch: "
+                                                         "0)")
     test_time_flip: bool = Field(True, description="embed each image and its mirror image and average them, in "
                                                    "evaluation and matching (recorded in the model's manifest)")
     select_epoch_by: Literal["auto", "accuracy_at_0.5", "best_threshold_accuracy", "tar_at_far"] = Field(
