@@ -33,7 +33,7 @@ TWIN_BASE = {"architecture": "dlib_resnet", "protocol": "identity_disjoint", "ep
              "hard_pair_weight": 0.0, "frozen_levels": 0, "augment": "aligned"}
 TWIN_VARIANTS: dict[str, dict] = {
     "twin_untouched": {"learning_rate": 1e-12, "early_stopping_patience": 1},  # registers the pretrained weights
-    "twin_pairs": {},  # the default: every layer, the in-batch pair loss alone, 5e-6
+    "twin_pairs": {},  # every layer, the in-batch pair loss alone, 5e-6 (the default adds frozen_levels 2)
     "twin_pairs_cosface": {"identification_weight": 0.2},  # + CosFace over the training people
     "twin_pairs_lr2e-5": {"learning_rate": 2e-5},
     "twin_pairs_lr1e-6": {"learning_rate": 1e-6},

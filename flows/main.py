@@ -2,7 +2,7 @@
 promotion of the new model to champion when it beats the current one on the same test pairs.
 
     python -m flows.main --mirror ../shared/data/lfw [--storage s3://bucket/prefix]
-                         [--train-minutes 45 | --no-train] [--params settings.json]
+                         [--architecture dlib_resnet|resnet|...] [--train-minutes 10 | --no-train] [--params settings.json]
 
 ``--params`` takes a JSON file {"data": {...}, "train": {...}, "evaluation": {...}} with any of the
 data, training and evaluation flows' parameters; the options above override it. With no Prefect

@@ -39,9 +39,9 @@ class DataParams(Params):
     detector: Literal["haar", "dlib_hog", "dlib_cnn"] = Field("haar", description="the face detector (dlib_*: "
                                                                                   "with dlib-bin installed)")
     chips: bool = Field(True, description="also make dlib's aligned face chips (the pretrained dlib_resnet "
-                                          "twin's input; 1 ms a photo, 67.5 KB each), found as matching finds "
-                                          "them: an LFW-framed photo from the frame's face box, others by dlib's "
-                                          "detector (dlib_hog where the crops use haar)")
+                                          "twin's input; 1 ms a photo, 67.5 KB each), found as the index "
+                                          "found them: an LFW-framed photo from the frame's face box, others by "
+                                          "`detector`, its box placed in LFW's frame")
 
     @field_validator("dataset")
     @classmethod

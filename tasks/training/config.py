@@ -40,8 +40,9 @@ class TrainConfig(Params):
     pair_mode: Literal["in_batch", "pairs"] = Field(
         "in_batch", description="in_batch: P x K identities per batch, every pair scored; pairs: the Parquet "
                                 "pairs as they are")
-    epochs: int = Field(300, ge=1, description="at most; about 16 s each on 2 CPU cores at the defaults, so there "
-                                               "the time budget ends the run (and the cosine schedule with it)")
+    epochs: int = Field(300, ge=1, description="at most; about 45 s each for the twin on 2 CPU cores (16 s for "
+                                               "the scratch resnet), so the time budget or early stopping ends "
+                                               "the run (and the cosine schedule with it)")
     steps_per_epoch: int = Field(50, ge=1, description="batches per epoch (validation runs after each); pairs "
                                                       "mode draws them from a fresh shuffle of the pairs")
     batch_size: int = Field(64, ge=2, description="pairs mode")
