@@ -235,11 +235,22 @@ class PrefectServer:
         import json
         import urllib.request
 
+        import time
+        import urllib.error
+
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"},
                                      method=method or ("POST" if body is not None else "GET"))
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"null")
+        # a busy server (its SQLite behind a CPU-heavy worker on 2 cores) answers 503 for a moment; Prefect's
+        # own client retries 429/502/503 the same way
+        for attempt in range(6):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return json.loads(resp.read() or b"null")
+            except urllib.error.HTTPError as err:
+                if err.code not in (429, 502, 503) or attempt == 5:
+                    raise
+                time.sleep(2 ** attempt)
 
     def cli(self, *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 180) -> str:
         import subprocess
