@@ -51,7 +51,7 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
         raise ValueError(f"the gallery {resolved.gallery} has no usable <identity>/<image> files: nothing to "
                          "match against")
     limit = resolve_match_threshold(version, storage, params, enrolled["identities"])
-    run = list_probe_shards(resolved, storage, enrolled["sha256"])
+    run = list_probe_shards(resolved, storage, enrolled["sha256"], limit)
     progress = create_progress_artifact(progress=0.0, description=f"match run {run['run_id']}: shards done")
     futures = bounded_submit(lambda shard: match_one_shard.submit(run, shard, storage, enrolled, limit, progress),
                              range(run["shards"]), params.concurrent_shards)

@@ -116,25 +116,27 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
 
     s = s3_setup
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
-    params = run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["version"])
+    command = MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4, threshold="accuracy")
+    params = run_params(command, s["version"])
     store = open_storage(s["storage"])
-    run = list_probes(params, store, enrolled.embeddings_sha256)
+    limit = resolve_threshold("accuracy", s["report"])
+    run = list_probes(params, store, enrolled.embeddings_sha256, limit)
     assert (run["shards"], run["probes"]) == (3, 10)
     embedder = cached_embedder(s["storage"], s["version"])
     gallery = read_gallery(store, enrolled.embeddings_key)
-    limit = resolve_threshold("accuracy", s["report"])
     match_shard(run, 0, s["storage"], embedder, gallery, limit, log=lambda _: None)
     with pytest.raises(RuntimeError, match="injected failure"):
         match_shard(run, 1, s["storage"], embedder, gallery, limit, fail_after=2, log=lambda _: None)
     assert not store.exists(catalog.match_results_key(run["run_id"], 1))  # nothing half-written
 
-    summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["storage"])
+    summary = match_flow(command, s["storage"])
+    assert summary["run_id"] == run["run_id"]  # the same command resumes the same run
     assert summary["complete"] and summary["probes_with_results"] == 10 and summary["errors"] == 0
     results = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
     assert sorted(results["probe_key"]) == [f"batch/p{i:03d}.jpg" for i in range(10)]  # once each
     assert set(results["identity"]) <= set(GALLERY) | {"Person_E", "unknown"}
     assert results["top_identities"].map(len).eq(4).all()  # top 5 of 4 identities
-    again = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4), s["storage"])
+    again = match_flow(command, s["storage"])
     assert again["probes_with_results"] == 10 and again["faces"] == 10  # a finished run re-runs as a no-op
 
 
@@ -165,6 +167,25 @@ def test_a_new_person_or_new_probes_make_a_new_complete_run_that_includes_them(s
     assert rows(third).loc["batch/p999.jpg", "top_identities"][0] == "Person_Z"
     # and nothing changed since: the same run, resumed as a no-op
     assert match_flow(params, s["storage"])["run_id"] == third["run_id"]
+
+
+def test_a_threshold_calibrated_anew_makes_a_new_run_never_a_mix(s3_setup, prefect_harness):
+    """The nightly rewrites the champion's report when it re-scores it: the same command then decides at
+    another threshold, so it must be another run, not the old one's shards reported beside the new value."""
+    from flows.match import match_flow
+
+    s = s3_setup
+    store = open_storage(s["storage"])
+    command = MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4, threshold="accuracy")
+    first = match_flow(command, s["storage"])
+    report = store.read_json_or_none(catalog.report_key(s["version"]))
+    report["thresholds"]["accuracy"] = 1.0  # above every P(same): nobody is named
+    store.write_json(catalog.report_key(s["version"]), report)
+    second = match_flow(command, s["storage"])
+    assert second["run_id"] != first["run_id"] and second["threshold"] == 1.0 and second["complete"]
+    assert store.read_json_or_none(catalog.match_run_key(second["run_id"]))["threshold"] == 1.0
+    rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(second["run_id"]))])
+    assert len(rows) == 10 and (rows["identity"] == "unknown").all()
 
 
 def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harness, monkeypatch):
@@ -208,7 +229,7 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
     params = run_params(MatchParams(probes=f"s3://{s['bucket']}/bad", gallery=s["gallery"],
                                     probe_manifest=f"s3://{s['bucket']}/lists/keys.txt", shard_size=100), s["version"])
     store = open_storage(s["storage"])
-    run = list_probes(params, store, enrolled.embeddings_sha256)
+    run = list_probes(params, store, enrolled.embeddings_sha256, 0.5)
     from tasks.matching.prefect_tasks import cached_embedder
 
     match_shard(run, 0, s["storage"], cached_embedder(s["storage"], s["version"]),
@@ -349,11 +370,11 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         for i in range(9):
             open_storage(probes_url).write_bytes(f"p{i}.jpg", jpeg(400 + i))
         enrolled = enrol(gallery_url, version, storage, log=lambda _: None)
-        params = MatchParams(probes=probes_url, gallery=gallery_url, model=version, shard_size=3)
-        run = list_probes(run_params(params, version), store, enrolled.embeddings_sha256)
+        params = MatchParams(probes=probes_url, gallery=gallery_url, model=version, shard_size=3, threshold="accuracy")
+        limit = report["thresholds"]["accuracy"]
+        run = list_probes(run_params(params, version), store, enrolled.embeddings_sha256, limit)
         gallery = read_gallery(store, enrolled.embeddings_key)
         embedder = cached_embedder(local, version)
-        limit = report["thresholds"]["accuracy"]
         match_shard(run, 0, storage, embedder, gallery, limit, log=lambda _: None)
 
         server.stop()  # the endpoint goes away in the middle of the run
@@ -365,6 +386,7 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         restart.start()
         summary = match_flow(params, storage)
         restart.join()
+        assert summary["run_id"] == run["run_id"]  # the re-run resumes the run its first shard belongs to
         assert summary["complete"] and summary["shards_done"] == 3 and summary["errors"] == 0
         rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
         assert sorted(rows["probe_key"]) == [f"p{i}.jpg" for i in range(9)]  # each exactly once
@@ -383,7 +405,7 @@ def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     gallery = read_gallery(store, enrolled.embeddings_key)
     embedder = cached_embedder(s["storage"], s["version"])
     runs = [list_probes(run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=5, top_k=k),
-                                   s["version"]), store, enrolled.embeddings_sha256) for k in (1, 3)]
+                                   s["version"]), store, enrolled.embeddings_sha256, 0.5) for k in (1, 3)]
     assert runs[0]["run_id"] != runs[1]["run_id"]
 
     def run_all(run):

@@ -100,8 +100,8 @@ def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detec
 @task(tags=["siamese-faces", "match"],
       name="list-probes", cache_policy=NO_CACHE, retries=len(STORAGE_RETRY_DELAYS),
       retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
-def list_probe_shards(params: MatchParams, storage_url: str | None, gallery_sha256: str) -> dict:
-    run = list_probes(params, open_storage(storage_url), gallery_sha256)
+def list_probe_shards(params: MatchParams, storage_url: str | None, gallery_sha256: str, threshold: float) -> dict:
+    run = list_probes(params, open_storage(storage_url), gallery_sha256, threshold)
     get_run_logger().info("run %s: %d probes in %d shards", run["run_id"], run["probes"], run["shards"])
     return run
 

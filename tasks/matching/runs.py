@@ -4,10 +4,11 @@ A run lives under ``matches/<run id>/`` in our storage (keys from ``storage.cata
   run.json              the parameters and the number of shards (written once the listing is complete)
   shards/NNNNN.parquet  the probe keys (and ETags) of each shard
   results/NNNNN.parquet one row per face found, or one error row per unusable probe
-The run id is a hash of the parameters (model version resolved), the gallery's embeddings checksum
-and the probe listing: re-running with the same inputs resumes the run (finished shards are
-skipped), while a newly enrolled person or new probes make a new run; two different runs never
-share a folder. Each results file is
+The run id is a hash of the parameters (model version resolved), the threshold's value, the
+gallery's embeddings checksum and the probe listing: re-running with the same inputs resumes the
+run (finished shards are skipped), while a newly enrolled person, new probes or a threshold
+calibrated anew (a champion's report rewritten by the nightly) make a new run; two different runs
+never share a folder, and no run holds decisions made at two thresholds. Each results file is
 written atomically, so a shard is either complete or absent.
 """
 from __future__ import annotations
@@ -38,12 +39,14 @@ def run_params(params: MatchParams, version: str) -> MatchParams:
     return params.replace(model=version, gallery=params.gallery_url())
 
 
-def run_id(params: MatchParams, gallery_sha256: str, listing_sha256: str) -> str:
-    """What a run's results depend on: its parameters, the enrolled gallery (its embeddings'
-    sha256) and the probes (the listing's sha256). Enrolling someone or adding probes under the
-    same prefix gives another run, never a stale "complete"; the same inputs resume the same run."""
+def run_id(params: MatchParams, gallery_sha256: str, listing_sha256: str, threshold: float) -> str:
+    """What a run's results depend on: its parameters, the threshold's value (a named threshold
+    resolves to a number that a new evaluation report may move), the enrolled gallery (its
+    embeddings' sha256) and the probes (the listing's sha256). Enrolling someone, adding probes
+    under the same prefix or a recalibrated threshold gives another run, never a stale "complete";
+    the same inputs resume the same run."""
     text = json.dumps({"params": params.model_dump(mode="json"), "gallery": gallery_sha256,
-                       "probes": listing_sha256}, sort_keys=True)
+                       "probes": listing_sha256, "threshold": float(threshold).hex()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -58,11 +61,12 @@ def _manifest_keys(url: str) -> Iterator[str]:
         yield from (line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
 
 
-def list_probes(params: MatchParams, store: Storage, gallery_sha256: str) -> dict:
+def list_probes(params: MatchParams, store: Storage, gallery_sha256: str, threshold: float) -> dict:
     """List the probes (paginated; a manifest's keys when given), then write the run's shard
     manifests and run.json, or reuse them when a run with the same inputs exists.
 
-    ``params`` as ``run_params`` resolved them; ``gallery_sha256``: the enrolment's embeddings checksum.
+    ``params`` as ``run_params`` resolved them; ``gallery_sha256``: the enrolment's embeddings checksum;
+    ``threshold``: the value every shard decides at (in the run's identity and its run.json).
     The listing is held in memory to be hashed first (about 200 bytes a probe: 1M probes ~ 200 MB).
     With a manifest the run covers its keys, not the objects' ETags."""
     source = open_storage(params.probes)
@@ -76,7 +80,7 @@ def list_probes(params: MatchParams, store: Storage, gallery_sha256: str) -> dic
             seen.add(key)
             listing.append((key, etag))
     digest = hashlib.sha256("".join(f"{k}\t{e}\n" for k, e in sorted(listing)).encode()).hexdigest()
-    rid = run_id(params, gallery_sha256, digest)
+    rid = run_id(params, gallery_sha256, digest, threshold)
     run = store.read_json_or_none(catalog.match_run_key(rid))
     if run:
         return run
@@ -86,7 +90,8 @@ def list_probes(params: MatchParams, store: Storage, gallery_sha256: str) -> dic
                             pd.DataFrame(listing[start:start + params.shard_size], columns=["key", "etag"]))
         shards += 1
     run = {"params": params.model_dump(mode="json"), "run_id": rid, "shards": shards, "probes": len(listing),
-           "probes_url": source.url, "gallery_sha256": gallery_sha256, "listing_sha256": digest}
+           "probes_url": source.url, "gallery_sha256": gallery_sha256, "listing_sha256": digest,
+           "threshold": float(threshold)}
     store.write_json(catalog.match_run_key(rid), run)  # last: the run's listing is complete
     return run
 
@@ -147,6 +152,8 @@ def match_keys(source: Storage, keys: list[str], embedder: Embedder, gallery: Ga
 def match_shard(run: dict, shard: int, storage_url: str | None, embedder: Embedder, gallery: Gallery,
                 threshold: float, fail_after: int | None = None, log: Callable[[str], None] = print) -> dict:
     """Match one shard unless its results exist; returns its key and counts, never the rows."""
+    if "threshold" in run and float(threshold) != run["threshold"]:  # one run, one threshold for every decision
+        raise ValueError(f"run {run['run_id']} decides at threshold {run['threshold']!r}, not {threshold!r}")
     store = open_storage(storage_url)
     out_key = catalog.match_results_key(run["run_id"], shard)
     if store.exists(out_key):
