@@ -69,3 +69,14 @@ def test_an_incremental_update_equals_a_rebuild(kind):
     incremental, _ = score_against_gallery(head, probes, current, 3)
     agreement = np.mean(incremental[:, 0] == exhaustive[:, 0])
     assert agreement == 1.0 if kind == "exact" else agreement >= 0.99
+
+
+def test_an_index_holding_an_image_its_embeddings_lack_is_refused_never_a_neighbour():
+    """An index out of step with the embeddings it is read with (a person removed from the embeddings,
+    the index still holding them) must not hand the removed person's probes to the next row's person."""
+    gallery, _ = clustered_gallery(20, 2)
+    index = build_index(gallery.embeddings, gallery.ids, "exact")
+    kept = np.arange(len(gallery.keys)) >= 2  # p00000's two images removed from the embeddings only
+    stale = Gallery(gallery.identities[kept], gallery.keys[kept], gallery.embeddings[kept], index)
+    with pytest.raises(ValueError, match="(?i)index holds .*not in the gallery's embeddings"):
+        score_against_gallery(cosine_head(10.0, -5.0), gallery.embeddings[:1], stale, 3)

@@ -71,7 +71,13 @@ def _indexed_top(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: 
     order = np.argsort(gallery.ids)
     sorted_ids = gallery.ids[order]
     found = ids >= 0
-    rows = order[np.clip(np.searchsorted(sorted_ids, np.where(found, ids, 0)), 0, len(order) - 1)]
+    positions = np.clip(np.searchsorted(sorted_ids, np.where(found, ids, 0)), 0, len(order) - 1)
+    stray = found & (sorted_ids[positions] != ids)
+    if stray.any():  # never the neighbouring row's person: the index and the embeddings are out of step
+        raise ValueError(f"the gallery's search index holds {len(np.unique(ids[stray]))} image id(s) not in the "
+                         "gallery's embeddings (they were enrolled from different states of the gallery): "
+                         "enrol the gallery again")
+    rows = order[positions]
     names = identities[rows]
     probabilities = 1.0 / (1.0 + np.exp(-scorer.logits_from_cosines(cosines)))
     n = min(top_k, int(pd.Series(identities).nunique()))
