@@ -42,14 +42,12 @@ def main() -> int:
 
     import pandas as pd
 
-    from model.networks import NetworkConfig, build_models
-    from model.scoring import PairScorer
     from storage import open_storage
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips, with_faces
     from tasks.evaluation.evaluate import held_out_images
     from tasks.evaluation.identification import identification_sets
     from tasks.evaluation.metrics import accuracy_threshold  # as the evaluation chooses View 1's threshold
-    from tasks.pretrained import load_pretrained
+    from tasks.evaluation.untouched import UntouchedEmbeddings
     from tasks.registry import load_scorer, read_manifest, read_model_people, resolve_version
 
     store = open_storage(args.storage)
@@ -75,14 +73,11 @@ def main() -> int:
     at = {image: n for n, image in enumerate(images)}
 
     tuned = load_scorer(store, version)
-    untouched_models = build_models(NetworkConfig(**manifest["network"]))
-    info = load_pretrained(untouched_models.embedder, store, log=lambda _: None)
-    if info["sha256"] != manifest["pretrained"]["sha256"]:
-        raise SystemExit(f"the installed {info['file']} is not the file model {version} started from: install "
-                         f"{manifest['pretrained']['package']}")
-    untouched = PairScorer(untouched_models.pair, flip=tuned.flip)
     print(f"embedding {len(images)} chips with both networks (flip {tuned.flip})", flush=True)
-    embeddings = {"fine-tuned": tuned.embed(faces.tensors[rows]), "untouched": untouched.embed(faces.tensors[rows])}
+    # the evaluation's own untouched network: rebuilt from the installed file, checked to be the one it started from
+    untouched = UntouchedEmbeddings.for_rows(store, manifest["network"], manifest["pretrained"], faces.tensors, rows,
+                                             tuned.flip, log=lambda _: None)
+    embeddings = {"fine-tuned": tuned.embed(faces.tensors[rows]), "untouched": untouched.plain(rows)}
 
     truth = np.array([people.index(p) for _, p in known])
     trained = set((learned or {}).get("train", []))

