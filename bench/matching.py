@@ -166,7 +166,7 @@ def main() -> int:
         from tasks.matching.gallery import read_gallery
         from tasks.matching.search import score_against_gallery
 
-        enrolled_gallery = read_gallery(store, enrolled["embeddings_key"], enrolled.get("index"))
+        enrolled_gallery = read_gallery(store, enrolled["embeddings_key"], enrolled["sha256"], enrolled.get("index"))
         t0 = time.perf_counter()
         score_against_gallery(scorer, probe_embeddings, enrolled_gallery, 5)
         result["score_seconds_per_probe"] = (time.perf_counter() - t0) / len(probe_ids)

@@ -40,7 +40,7 @@ def cmd_match(args) -> int:
         print(f"error: no usable images in the gallery {args.gallery}", file=sys.stderr)
         return 2
     threshold = resolve_threshold(args.threshold, report, enrolled.identities, args.unknown_rate)
-    gallery = read_gallery(store, enrolled.embeddings_key, enrolled.index)
+    gallery = read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256, enrolled.index)
     failed = 0
     for path in args.images:
         try:

@@ -29,6 +29,10 @@ class NotFoundError(StorageError, FileNotFoundError):
     """The key does not exist at the location."""
 
 
+class PreconditionFailedError(StorageError):
+    """A conditional write found the object changed since it was read: another writer moved it first."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -36,20 +40,34 @@ class ObjectInfo:
     etag: str  # S3 ETag, or "<size>-<mtime_ns>" for local files
 
 
-def normalize_key(key: str) -> str:
+# S3 error codes that concern one object, not the endpoint: that object's error row, never a failed run.
+OBJECT_FAULT_CODES = frozenset({"AccessDenied", "InvalidObjectState", "BadKey"})
+
+
+class BadKeyError(StorageError, ValueError):
+    """A key this storage cannot address safely: one object's problem (an error row), never a run's."""
+
+    code = "BadKey"
+
+
+def normalize_key(key: str, empty_parts: bool = False) -> str:
     """Validate a key and return its canonical form.
 
-    Rejects absolute keys, empty parts and ``..`` so that no key can escape
-    its location (a local root or a bucket prefix).
+    Rejects absolute keys, NULs, and ``.``/``..`` parts, so that no key can escape its location (a
+    local root or a bucket prefix; S3-compatible servers resolve such parts differently, so one
+    could name another object). Empty parts (``a//b``) are refused unless ``empty_parts`` (S3, where
+    they are a different, legal key, kept as it is). A backslash is an ordinary character.
     """
     if not isinstance(key, str) or not key.strip():
-        raise ValueError(f"storage key must be a non-empty string, got {key!r}")
-    if key.startswith("/") or "\\" in key or "\x00" in key:
-        raise ValueError(f"storage key {key!r} must be a relative POSIX path")
+        raise BadKeyError(f"storage key must be a non-empty string, got {key!r}")
+    if key.startswith("/") or "\x00" in key:
+        raise BadKeyError(f"storage key {key!r} must be a relative path without NUL characters")
     parts = key.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"storage key {key!r} has an empty, '.' or '..' part")
-    return posixpath.join(*parts)
+    if any(p in (".", "..") for p in parts):
+        raise BadKeyError(f"storage key {key!r} has a '.' or '..' part (servers resolve it differently): refused")
+    if "" in parts and not empty_parts:
+        raise BadKeyError(f"storage key {key!r} has an empty part")
+    return key if empty_parts else posixpath.join(*parts)
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -98,12 +116,23 @@ class Storage(ABC):
     def upload_file(self, local_path: str | Path, key: str) -> None:
         """Copy a local file to ``key`` atomically (multipart for large files on S3)."""
 
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """(content, version token) of ``key``, or (None, None) when it does not exist; the token is
+        what ``write_if`` compares against."""
+
+    @abstractmethod
+    def write_if(self, key: str, data: bytes, expected: str | None) -> None:
+        """Write ``key`` only if it is still at version ``expected`` (None: only if it does not exist);
+        PreconditionFailedError otherwise. The compare and the write are one step (S3's conditional
+        PUT; a lock on the folder locally), so of two writers that read the same version one wins."""
+
     def exists(self, key: str) -> bool:
         return self.info(key) is not None
 
     def uri(self, key: str) -> str:
         """A human-readable address of ``key`` for logs and reports."""
-        return f"{self.url.rstrip('/')}/{normalize_key(key)}"
+        return f"{self.url.rstrip('/')}/{key}"  # as given: an error about an odd key must not raise again
 
     # Typed helpers built on the primitives above.
     def write_parquet(self, key: str, table: pd.DataFrame | pa.Table) -> None:

@@ -9,7 +9,7 @@
     pretrained/<name>/<source sha256>-port<N>/network.keras, manifest.json
     models/<version>/<file>, manifest.json, evaluation[-tta<N>]/<file>
     models/champion.json
-    galleries/<gallery id>/<version>/embeddings.parquet, manifest.json, index-<embeddings sha256>.faiss
+    galleries/<gallery id>/<version>/current.json -> manifest-<sha>.json -> embeddings-<sha>.parquet, index-<sha>.faiss
     matches/<run id>/run.json, shards/<NNNNN>.parquet, results/<NNNNN>.parquet
 """
 from __future__ import annotations
@@ -173,17 +173,32 @@ def gallery_prefix(gallery_id: str, version: str) -> str:
     return _join("galleries", gallery_id, version)
 
 
-def gallery_embeddings_key(gallery_id: str, version: str) -> str:
-    return _join(gallery_prefix(gallery_id, version), "embeddings.parquet")
+def gallery_pointer_key(gallery_id: str, version: str) -> str:
+    """The one object an enrolment moves: which manifest is the gallery's current state."""
+    return _join(gallery_prefix(gallery_id, version), "current.json")
 
 
-def gallery_manifest_key(gallery_id: str, version: str) -> str:
-    return _join(gallery_prefix(gallery_id, version), "manifest.json")
+# Everything a pointer leads to is named by its own checksum and never rewritten: a match that read
+# one state reads all of it, whatever enrolments publish meanwhile.
+def gallery_manifest_key(gallery_id: str, version: str, manifest_sha256: str) -> str:
+    return _join(gallery_prefix(gallery_id, version), f"manifest-{manifest_sha256[:16]}.json")
 
 
-def gallery_index_key(gallery_id: str, version: str, embeddings_sha256: str) -> str:
-    """The search index built from exactly the embeddings with this checksum."""
-    return _join(gallery_prefix(gallery_id, version), f"index-{embeddings_sha256[:16]}.faiss")
+def gallery_embeddings_key(gallery_id: str, version: str, embeddings_sha256: str) -> str:
+    return _join(gallery_prefix(gallery_id, version), f"embeddings-{embeddings_sha256[:16]}.parquet")
+
+
+def gallery_index_key(gallery_id: str, version: str, index_sha256: str) -> str:
+    return _join(gallery_prefix(gallery_id, version), f"index-{index_sha256[:16]}.faiss")
+
+
+def gallery_pending_prefix(gallery_id: str, version: str, settings_id: str) -> str:
+    """Embeddings of an enrolment still under way, saved as it goes (a killed one resumes from them)."""
+    return _join(gallery_prefix(gallery_id, version), f"pending-{settings_id}") + "/"
+
+
+def gallery_pending_key(gallery_id: str, version: str, settings_id: str, part_sha256: str) -> str:
+    return gallery_pending_prefix(gallery_id, version, settings_id) + f"part-{part_sha256[:16]}.parquet"
 
 
 # --- matching runs ---------------------------------------------------------------------------

@@ -16,12 +16,15 @@ from typing import Any, Callable, Iterator
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.base import NotFoundError, ObjectInfo, Storage, StorageError, normalize_key, normalize_prefix
+from storage.base import (NotFoundError, ObjectInfo, PreconditionFailedError, Storage, StorageError, normalize_key,
+                          normalize_prefix)
 
 # Objects above this size go up and down in parallel 16 MiB parts.
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+# A conditional PUT that lost: 412, or 409 when another conditional PUT of the key is in flight.
+_LOST_RACE = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
 _UNSET = object()
 
 
@@ -45,7 +48,7 @@ class S3Storage(Storage):
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, key: str) -> str:
-        return self.prefix + normalize_key(key)
+        return self.prefix + normalize_key(key, empty_parts=True)  # ``a//b`` is its own object in S3
 
     def _fail(self, action: str, key: str, err: Exception) -> StorageError:
         # Only the operation, the address and the service's error code: never request headers.
@@ -75,7 +78,7 @@ class S3Storage(Storage):
         if self._fs is _UNSET:  # once per storage: settings are read from the environment
             self._fs = self._fetch_fs()
         fs = self._fs
-        if fs is not None:
+        if fs is not None and "//" not in self._key(key):  # pyarrow would read a//b as a/b
             try:
                 with fs.open_input_stream(f"{self.bucket}/{self._key(key)}") as stream:
                     return stream.read()
@@ -94,6 +97,29 @@ class S3Storage(Storage):
             else:
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except (ClientError, BotoCoreError) as err:
+            raise self._fail("write", key, err) from err
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return got["Body"].read(), got["ETag"]
+        except ClientError as err:
+            if _is_missing(err):
+                return None, None
+            raise self._fail("read", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("read", key, err) from err
+
+    def write_if(self, key: str, data: bytes, expected: str | None) -> None:
+        condition = {"IfMatch": expected} if expected is not None else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in _LOST_RACE:
+                raise PreconditionFailedError(f"{self.uri(key)} changed since it was read (another writer moved "
+                                              "it)") from None
+            raise self._fail("write", key, err) from err
+        except BotoCoreError as err:
             raise self._fail("write", key, err) from err
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -153,7 +179,7 @@ class S3Storage(Storage):
             raise self._fail("head", key, err) from err
         except BotoCoreError as err:
             raise self._fail("head", key, err) from err
-        return ObjectInfo(key=normalize_key(key), size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
+        return ObjectInfo(key=normalize_key(key, empty_parts=True), size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
 
     def delete(self, key: str) -> None:
         try:

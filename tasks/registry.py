@@ -17,6 +17,7 @@ import model.losses  # noqa: F401
 from model import keras  # through the package: TensorFlow's start-up stays quiet
 from storage import NotFoundError, Storage, catalog
 from storage.manifests import IntegrityError, read_verified
+from storage.pointers import update_pointer
 
 PAIR_MODEL = "pair.keras"  # (left, right) -> P(same): verification, and the scorer's source
 EMBEDDER = "embedder.keras"  # image -> embedding
@@ -135,40 +136,56 @@ def read_champion_pointer(store: Storage) -> dict | None:
     return store.read_json_or_none(catalog.CHAMPION_KEY)
 
 
+class ChampionMovedError(RuntimeError):
+    """The champion is no longer the one a decision was made against."""
+
+
 def set_champion(store: Storage, version: str, decision: dict) -> dict:
-    """Point the champion at ``version`` (which must be registered); ``decision`` says why. The
-    champion it replaces joins the pointer's history, so it can be rolled back to."""
+    """Point the champion at ``version`` (which must be registered); ``decision`` says why. When the
+    decision names the champion it beat (``decision["champion"]``, None: there was none), the
+    pointer must still be at that one: a champion rolled back or replaced since the decision (a
+    nightly enrols for hours between the two) is never overwritten. The champion it replaces joins
+    the pointer's history, so it can be rolled back to."""
     read_manifest(store, version)  # refuses an unregistered version
-    before = read_champion_pointer(store)
-    history = list(before.get("history", [])) if before else []
-    if before and before["version"] != version:
-        history.append(before["version"])
-    return _write_champion(store, version, decision, history)
+
+    def promoted(before: dict | None) -> dict:
+        current = before["version"] if before else None
+        if "champion" in decision and decision["champion"] != current:
+            raise ChampionMovedError(
+                f"{version} was judged against champion {decision['champion']}, but the champion is now {current} "
+                f"(moved since the decision): {version} was not promoted; evaluate it again")
+        history = list(before.get("history", [])) if before else []
+        if before and before["version"] != version:
+            history.append(before["version"])
+        return _champion_pointer(version, decision, history)
+
+    return update_pointer(store, catalog.CHAMPION_KEY, promoted)
 
 
 def roll_back_champion(store: Storage, reason: str) -> dict:
     """Point the champion back at the one before it (the history's last), which leaves the history:
     rolling back twice goes two champions back, never to and fro."""
-    before = read_champion_pointer(store)
-    if before is None:
-        raise LookupError(f"no champion in {store.url}: nothing to roll back")
-    history = list(before.get("history", []))
-    if not history:
-        raise LookupError(f"champion {before['version']} has no earlier champion in {store.url} to roll back to")
-    target = history.pop()
-    read_manifest(store, target)
-    decision = {"promote": True, "rollback": True, "by_hand": True, "challenger": target,
-                "champion": before["version"], "reason": reason}
-    return _write_champion(store, target, decision, history)
+
+    def rolled_back(before: dict | None) -> dict:
+        if before is None:
+            raise LookupError(f"no champion in {store.url}: nothing to roll back")
+        history = list(before.get("history", []))
+        if not history:
+            raise LookupError(f"champion {before['version']} has no earlier champion in {store.url} to roll back to")
+        target = history.pop()
+        read_manifest(store, target)
+        decision = {"promote": True, "rollback": True, "by_hand": True, "challenger": target,
+                    "champion": before["version"], "reason": reason}
+        return _champion_pointer(target, decision, history)
+
+    return update_pointer(store, catalog.CHAMPION_KEY, rolled_back)
 
 
-def _write_champion(store: Storage, version: str, decision: dict, history: list[str]) -> dict:
+def _champion_pointer(version: str, decision: dict, history: list[str]) -> dict:
     from datetime import datetime, timezone
 
-    pointer = {"version": version, "decision": decision,
-               "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "history": history[-HISTORY_KEPT:]}
-    store.write_json(catalog.CHAMPION_KEY, pointer)
-    return pointer
+    return {"version": version, "decision": decision,
+            "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "history": history[-HISTORY_KEPT:]}
 
 
 def list_versions(store: Storage) -> list[str]:

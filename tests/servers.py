@@ -264,3 +264,62 @@ class PrefectServer:
     def stop(self) -> None:
         stop_process(self.process)
         self._log.close()
+
+
+@dataclass
+class S3Denying:
+    """An HTTP proxy in front of a real S3 server that answers 403 AccessDenied, as S3 itself does,
+    for the object keys in ``denied`` and forwards every other request unchanged."""
+    upstream: str  # http://127.0.0.1:port of the S3 server
+    denied: set[str] = field(default_factory=set)  # "<bucket>/<key>"
+    url: str = ""
+
+    def start(self) -> "S3Denying":
+        import http.client
+        from urllib.parse import unquote, urlsplit
+
+        proxy, target = self, urlsplit(self.upstream)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                if unquote(urlsplit(self.path).path).lstrip("/") in proxy.denied:
+                    error = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                             b'<Message>Access Denied</Message></Error>')
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(error) if self.command != "HEAD" else 0))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(error)
+                    return
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                upstream.request(self.command, self.path, body=body or None, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data) if self.command != "HEAD" else
+                                                       answer.getheader("Content-Length", "0")))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815 - http.server API
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()

@@ -100,7 +100,7 @@ def test_enrol_then_reenrol_embeds_only_what_changed(s3_setup):
     gallery.delete("Person_A/Person_A_0002.jpg")
     third = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
     assert (third.images, third.embedded, third.removed) == (8, 0, 1)
-    stored = read_gallery(open_storage(s["storage"]), third.embeddings_key, third.index)
+    stored = read_gallery(open_storage(s["storage"]), third.embeddings_key, third.embeddings_sha256, third.index)
     assert "Person_A/Person_A_0002.jpg" not in set(stored.keys) and stored.embeddings.shape == (8, 16)
     # the search index follows every enrolment (updated in place) and holds exactly the gallery's images
     assert first.index["key"] != second.index["key"] != third.index["key"]
@@ -123,7 +123,7 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
     run = list_probes(params, store, enrolled.embeddings_sha256, limit)
     assert (run["shards"], run["probes"]) == (3, 10)
     embedder = cached_embedder(s["storage"], s["version"])
-    gallery = read_gallery(store, enrolled.embeddings_key)
+    gallery = read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256)
     match_shard(run, 0, s["storage"], embedder, gallery, limit, log=lambda _: None)
     with pytest.raises(RuntimeError, match="injected failure"):
         match_shard(run, 1, s["storage"], embedder, gallery, limit, fail_after=2, log=lambda _: None)
@@ -233,7 +233,7 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
     from tasks.matching.prefect_tasks import cached_embedder
 
     match_shard(run, 0, s["storage"], cached_embedder(s["storage"], s["version"]),
-                read_gallery(store, enrolled.embeddings_key), 0.5, log=lambda _: None)
+                read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256), 0.5, log=lambda _: None)
     rows = store.read_parquet(catalog.match_results_key(run["run_id"], 0))
     assert sorted(rows["probe_key"]) == sorted([*corpus, "missing.jpg"])  # each exactly once
     by_key = rows.set_index("probe_key")
@@ -245,6 +245,49 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
     assert "missing" in by_key.loc["missing.jpg", "error"]
     summary = summarize_run(run, s["storage"])
     assert summary["complete"] and summary["errors"] == 6
+
+
+def test_odd_keys_and_objects_the_storage_refuses_are_error_rows_never_a_failed_shard(tiny_registry, s3_bucket,
+                                                                                     moto_endpoint, monkeypatch):
+    """Keys that are legal in S3 (moto keeps them literally, as AWS does), an archived object
+    (InvalidObjectState) and one the bucket's policy denies (AccessDenied, from a proxy in front of
+    the server): each its own row, the good probes matched, the shard complete."""
+    from tasks.matching.prefect_tasks import cached_embedder
+    from tests.servers import S3Denying
+
+    local, version, _ = tiny_registry
+    storage, probes_url = f"s3://{s3_bucket}/siamese", f"s3://{s3_bucket}/probes"
+    copy_models(local, open_storage(storage))
+    gallery = open_storage(f"s3://{s3_bucket}/gallery")
+    for i, person in enumerate("AB"):
+        gallery.write_bytes(f"Person_{person}/1.jpg", jpeg(100 + i))
+    probes = open_storage(probes_url)
+    for i, key in enumerate(["good.jpg", "Bob/a\\b.jpg", "batch//x.jpg", "batch/x.jpg", "a/./b.jpg", "denied.jpg"]):
+        probes.client.put_object(Bucket=s3_bucket, Key=f"probes/{key}", Body=jpeg(200 + i))  # the keys as they are
+    probes.client.put_object(Bucket=s3_bucket, Key="probes/cold.jpg", Body=jpeg(210), StorageClass="GLACIER")
+    proxy = S3Denying(moto_endpoint, {f"{s3_bucket}/probes/denied.jpg"}).start()
+    try:
+        monkeypatch.setenv("SIAMESE_S3_ENDPOINT_URL", proxy.url)
+        enrolled = enrol(f"s3://{s3_bucket}/gallery", version, storage, log=lambda _: None)
+        store = open_storage(storage)
+        run = list_probes(run_params(MatchParams(probes=probes_url, gallery=f"s3://{s3_bucket}/gallery"), version),
+                          store, enrolled.embeddings_sha256, 0.5)
+        match_shard(run, 0, storage, cached_embedder(storage, version),
+                    read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256, enrolled.index), 0.5,
+                    log=lambda _: None)
+        rows = store.read_parquet(catalog.match_results_key(run["run_id"], 0)).set_index("probe_key")
+    finally:
+        proxy.stop()
+    assert sorted(rows.index) == sorted(["good.jpg", "Bob/a\\b.jpg", "batch//x.jpg", "batch/x.jpg", "a/./b.jpg",
+                                         "denied.jpg", "cold.jpg"])  # each exactly once
+    for matched in ("good.jpg", "Bob/a\\b.jpg", "batch//x.jpg", "batch/x.jpg"):
+        assert pd.isna(rows.loc[matched, "error"]) and rows.loc[matched, "identity"], matched
+    # two keys, two objects: a//x is never read as a/x
+    assert rows.loc["batch//x.jpg", "score"] != rows.loc["batch/x.jpg", "score"]
+    assert "'.' or '..' part" in rows.loc["a/./b.jpg", "error"]
+    assert "AccessDenied" in rows.loc["denied.jpg", "error"]
+    assert "InvalidObjectState" in rows.loc["cold.jpg", "error"]
+    assert summarize_run(run, storage)["complete"]
 
 
 def test_face_detection_modes():
@@ -373,7 +416,7 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         params = MatchParams(probes=probes_url, gallery=gallery_url, model=version, shard_size=3, threshold="accuracy")
         limit = report["thresholds"]["accuracy"]
         run = list_probes(run_params(params, version), store, enrolled.embeddings_sha256, limit)
-        gallery = read_gallery(store, enrolled.embeddings_key)
+        gallery = read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256)
         embedder = cached_embedder(local, version)
         match_shard(run, 0, storage, embedder, gallery, limit, log=lambda _: None)
 
@@ -402,7 +445,7 @@ def test_two_concurrent_runs_never_write_into_each_other(s3_setup):
     s = s3_setup
     store = open_storage(s["storage"])
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
-    gallery = read_gallery(store, enrolled.embeddings_key)
+    gallery = read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256)
     embedder = cached_embedder(s["storage"], s["version"])
     runs = [list_probes(run_params(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=5, top_k=k),
                                    s["version"]), store, enrolled.embeddings_sha256, 0.5) for k in (1, 3)]

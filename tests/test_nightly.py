@@ -42,7 +42,7 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
     store = open_storage(storage)
 
     def enrolled(version: str) -> bool:
-        return store.exists(catalog.gallery_embeddings_key(gallery_id(str(gallery)), version))
+        return store.exists(catalog.gallery_pointer_key(gallery_id(str(gallery)), version))
 
     first = nightly_flow(**kwargs)
     v1 = first["challenger"]

@@ -1,13 +1,16 @@
 """Gallery enrolment: ``<gallery>/<identity>/<image>`` -> a versioned Parquet embedding store.
 
-The store lives in our storage at ``galleries/<gallery id>/<model version>/embeddings.parquet``
-(identity, key, etag, box, embedding) with a manifest beside it. Re-enrolling embeds only images
-that are new or whose ETag changed, and drops images that are gone. Unusable images and bad
-identity names are reported, never enrolled, and never stop the run.
+The store lives in our storage under ``galleries/<gallery id>/<model version>/``: embeddings
+(identity, key, etag, box, embedding), their search index and a manifest, each named by its
+checksum and never rewritten, and ``current.json``, the pointer to the current manifest, moved by
+one compare-and-swap when an enrolment is complete. Re-enrolling embeds only images that are new
+or whose ETag changed, and drops images that are gone. Unusable images and bad identity names are
+reported, never enrolled, and never stop the run.
 """
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -17,9 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import Storage, catalog, open_storage
+from storage import NotFoundError, Storage, StorageError, catalog, open_storage
+from storage.base import OBJECT_FAULT_CODES
 from storage.local import OutsideStorageError
-from storage.manifests import sha256_bytes
+from storage.manifests import IntegrityError, read_verified, sha256_bytes
+from storage.pointers import PointerMovedError, read_pointer, swap_pointer
 from tasks.folders import FolderListing, PeopleFolderError, is_image_key, list_people_folder, validate_identity  # noqa: F401
 from tasks.fetching import fetch_pool
 from tasks.images import ImageDecodeError
@@ -27,7 +32,7 @@ from tasks.matching.embedders import Embedder, model_embedder
 from tasks.matching.faces import faces_from_bytes
 from tasks.matching.index import GalleryIndex, build_index, key_ids, load_index, update_index
 
-GALLERY_FORMAT = 2  # 2: faces cut by tasks.images at the tensor store's size
+GALLERY_FORMAT = 3  # 3: content-named files behind one pointer (2: faces cut at the tensor store's size)
 
 
 GalleryError = PeopleFolderError  # a gallery is a people folder: a bad identity name is the same error
@@ -57,6 +62,10 @@ def fetch_faces(source: Storage, keys: Iterable[str], detect: str, embedder: Emb
             return key, [], "missing: the object no longer exists"
         except ImageDecodeError as err:
             return key, [], str(err)
+        except StorageError as err:  # one object refused (a bad key, AccessDenied, archived): its error row
+            if err.code not in OBJECT_FAULT_CODES:
+                raise
+            return key, [], f"refused by the storage: {err.code}: {err}"
         # Anything else (the endpoint unreachable after the client's own retries) fails the whole
         # call: the shard is retried or re-run, instead of a passing outage turning into error rows.
 
@@ -88,48 +97,112 @@ class Gallery:
         return key_ids(self.keys)
 
 
-def read_gallery(store: Storage, key: str, index: dict | None = None) -> Gallery:
-    """The embeddings at ``key``; with ``index`` (an enrolment's index entry) its search index too."""
-    table = pq.read_table(io.BytesIO(store.read_bytes(key)))
+def read_gallery(store: Storage, key: str, sha256: str, index: dict | None = None) -> Gallery:
+    """The embeddings at ``key``, refused unless their checksum is ``sha256``; with ``index`` (an
+    enrolment's index entry) its search index too, checked against its own checksum and the
+    embeddings it was built from."""
+    table = pq.read_table(io.BytesIO(read_verified(store, key, sha256)))
     dim = table.schema.field("embedding").type.list_size
     emb = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     gallery = Gallery(np.array(table.column("identity").to_pylist(), dtype=object),
                       np.array(table.column("key").to_pylist(), dtype=object), emb.reshape(-1, dim).astype("float32"))
     if index:
-        gallery.index = load_index(store.read_bytes(index["key"]), index["kind"], index["trained_rows"])
+        if index.get("embeddings_sha256") != sha256:
+            raise GalleryError(f"the index {index['key']} was built from other embeddings than {key}: enrol again")
+        gallery.index = _load_index(store, index)
         if gallery.index.size != len(gallery.keys):
             raise GalleryError(f"the index {index['key']} holds {gallery.index.size} images, the gallery "
                                f"{len(gallery.keys)}: enrol again to rebuild it")
     return gallery
 
 
-def gallery_index(store: Storage, key: str, embeddings: pd.DataFrame, prior: dict | None, removed_keys,
-                  added: pd.DataFrame, sha256: str, log: Callable[[str], None]) -> dict:
-    """Build or update the search index of the embeddings just written (``sha256``), from the prior
-    enrolment's index when there is one; returns the manifest's index entry."""
-    all_emb = np.stack(embeddings["embedding"].to_numpy()).astype(np.float32) if len(embeddings) else None
-    index = None
-    if prior and prior.get("index") and store.exists(prior["index"]["key"]):
-        previous = load_index(store.read_bytes(prior["index"]["key"]), prior["index"]["kind"],
-                              prior["index"]["trained_rows"])
-        new = np.stack(added["embedding"].to_numpy()).astype(np.float32) if len(added) else np.zeros((0, 1))
-        index = update_index(previous, key_ids(removed_keys), new, key_ids(added["key"]), all_emb,
-                             key_ids(embeddings["key"]))
-        how = "updated" if index is previous else "rebuilt"
+def _load_index(store: Storage, entry: dict) -> GalleryIndex:
+    """A stored index, deserialised only from the bytes its manifest entry's checksum names."""
+    return load_index(read_verified(store, entry["key"], entry["sha256"]), entry["kind"], entry["trained_rows"])
+
+
+def _pairs(frame: pd.DataFrame) -> pd.Series:
+    return frame["key"].astype(str) + "\t" + frame["etag"].astype(str)
+
+
+def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, sha256: str,
+                  published: "Published", log: Callable[[str], None]) -> dict:
+    """The search index of ``frame`` (embeddings with checksum ``sha256``): the published index
+    updated in place (less the images gone or changed since, plus the new ones) when it is intact
+    and was built from the published embeddings; built afresh otherwise. Returns its manifest entry."""
+    all_emb = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+    index, how = None, "built"
+    prior = published.index_entry()
+    if prior is not None:
+        try:
+            previous = _load_index(store, prior)
+        except (NotFoundError, IntegrityError) as err:
+            log(f"published index unusable ({err}): building it again")
+        else:
+            now, before = set(_pairs(frame)), set(_pairs(published.frame))
+            gone = published.frame.loc[~_pairs(published.frame).isin(now), "key"]
+            added = frame[~_pairs(frame).isin(before)]
+            new = np.stack(added["embedding"].to_numpy()).astype(np.float32) if len(added) else np.zeros((0, 1))
+            index = update_index(previous, key_ids(gone), new, key_ids(added["key"]), all_emb, key_ids(frame["key"]))
+            how = "updated" if index is previous else "rebuilt"
     if index is None:
-        index = build_index(all_emb, key_ids(embeddings["key"]))
-        how = "built"
-    out = {"key": catalog.gallery_index_key(*_gallery_version(key), sha256), "kind": index.kind,
-           "trained_rows": index.trained_rows, "embeddings_sha256": sha256}
-    store.write_bytes(out["key"], index.to_bytes())
+        index = build_index(all_emb, key_ids(frame["key"]))
+    data = index.to_bytes()
+    entry = {"key": catalog.gallery_index_key(gid, version, sha256_bytes(data)), "sha256": sha256_bytes(data),
+             "kind": index.kind, "trained_rows": index.trained_rows, "embeddings_sha256": sha256}
+    _write_once(store, entry["key"], data)
     log(f"index {how}: {index.kind}, {index.size} images")
-    return out
+    return entry
 
 
-def _gallery_version(embeddings_key: str) -> tuple[str, str]:
-    """(gallery id, version) of ``galleries/<id>/<version>/embeddings.parquet``."""
-    _, gid, version, _ = embeddings_key.split("/")
-    return gid, version
+def _write_once(store: Storage, key: str, data: bytes) -> None:
+    """Content-named files are never rewritten (a reader may be reading them)."""
+    if not store.exists(key):
+        store.write_bytes(key, data)
+
+
+@dataclass
+class Published:
+    """The gallery's current state as its pointer names it (empty when none, or made otherwise)."""
+    token: str | None  # the pointer's version: the enrolment publishes only if it is still this
+    manifest: dict | None
+    frame: pd.DataFrame
+
+    def index_entry(self) -> dict | None:
+        entry = (self.manifest or {}).get("index")
+        if entry and entry.get("embeddings_sha256") == self.manifest["embeddings_sha256"] and entry.get("sha256"):
+            return entry
+        return None
+
+
+EMPTY = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
+
+
+def read_published(store: Storage, gid: str, version: str, settings: dict) -> Published:
+    """The published enrolment and its embeddings, each checked against the checksum that names
+    it; reused only when made with ``settings`` (format, detect, detector)."""
+    pointer, token = read_pointer(store, catalog.gallery_pointer_key(gid, version))
+    if not pointer:
+        return Published(token, None, EMPTY)
+    manifest = json.loads(read_verified(store, pointer["manifest_key"], pointer["manifest_sha256"]))
+    if any(manifest.get(k) != v for k, v in settings.items()):
+        return Published(token, manifest, EMPTY)
+    data = read_verified(store, manifest["embeddings_key"], manifest["embeddings_sha256"])
+    return Published(token, manifest, pq.read_table(io.BytesIO(data)).to_pandas())
+
+
+CHECKPOINT_IMAGES = 2048  # an enrolment saves its embeddings this often: a killed one loses at most this many
+
+
+def _settings_id(settings: dict) -> str:
+    return sha256_bytes(json.dumps(settings, sort_keys=True).encode())[:12]
+
+
+def read_pending(store: Storage, gid: str, version: str, settings: dict) -> pd.DataFrame:
+    """Embeddings saved by unfinished enrolments with the same settings (reused by key and ETag)."""
+    parts = [store.read_parquet(i.key) for i in store.list(catalog.gallery_pending_prefix(gid, version,
+                                                                                           _settings_id(settings)))]
+    return pd.concat(parts, ignore_index=True) if parts else EMPTY
 
 
 @dataclass
@@ -141,71 +214,116 @@ class EnrolResult:
     identities: int
     images: int
     embedded: int  # embedded by this run
-    kept: int  # reused from the previous enrolment
+    kept: int  # reused from the previous enrolment (or an unfinished one's saved embeddings)
     removed: int
     errors: list[dict]
     seconds: float
     index: dict | None = None  # the search index's manifest entry (cosine-head models)
+    manifest_key: str = ""
 
 
 def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "auto",
-          embedder: Embedder | None = None, log: Callable[[str], None] = print) -> EnrolResult:
-    """Embed the gallery with ``embedder`` (default: model ``version`` itself); the embeddings are
-    stored under the embedder's name (the model version)."""
-    start = time.perf_counter()
+          embedder: Embedder | None = None, log: Callable[[str], None] = print, attempts: int = 3) -> EnrolResult:
+    """Embed the gallery with ``embedder`` (default: model ``version`` itself) and publish it: the
+    embeddings, index and manifest are written under their checksums, then the gallery's pointer is
+    moved to the manifest in one compare-and-swap. An enrolment that finds another one published
+    first starts again from it (only what changed is embedded), so concurrent enrolments, from
+    flows or the command line, never lose each other's work or pair an index with other embeddings."""
     store, source = open_storage(storage_url), open_storage(gallery_url)
     embedder = embedder or model_embedder(store, version)
-    version = embedder.name
-    key = catalog.gallery_embeddings_key(gallery_id(gallery_url), version)
-    manifest_key = catalog.gallery_manifest_key(gallery_id(gallery_url), version)
-    listing = list_gallery(source)
-    previous = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
-    prior_manifest = store.read_json_or_none(manifest_key)
-    if (prior_manifest and prior_manifest.get("format") == GALLERY_FORMAT and prior_manifest.get("detect") == detect
-            and prior_manifest.get("detector", "haar") == embedder.detector and store.exists(key)):
-        previous = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pandas()
-    current = listing.images
-    merged = current.merge(previous[["key", "etag"]], on=["key", "etag"], how="left", indicator=True)
-    todo = merged.loc[merged["_merge"] == "left_only", ["identity", "key", "etag"]]
-    kept = previous[previous["key"].isin(set(merged.loc[merged["_merge"] == "both", "key"]))]
-    removed = len(previous) - len(kept) - int(previous["key"].isin(set(todo["key"])).sum())
+    for attempt in range(attempts):
+        try:
+            return _enrol_once(store, source, gallery_id(gallery_url), embedder, detect, log)
+        except PointerMovedError:
+            if attempt == attempts - 1:
+                raise
+            log(f"another enrolment of {source.url} published first: enrolling again from its state")
+    raise AssertionError("unreachable")
 
-    fetched = fetch_faces(source, todo["key"], detect, embedder) if len(todo) else []
-    errors = list(listing.rejected)
-    new_rows = []
-    faces = []
-    etag_of = dict(zip(todo["key"], todo["etag"]))
-    identity_of = dict(zip(todo["key"], todo["identity"]))
-    for k, found, error in fetched:
-        if error:
-            errors.append({"key": k, "error": error})
-            continue
-        face = max(found, key=lambda f: f.box[2] * f.box[3])  # a gallery image shows one person
-        new_rows.append({"identity": identity_of[k], "key": k, "etag": etag_of[k], "box": face.box})
-        faces.append(face)
-    if faces:
-        embeddings = embedder.embed(faces)
-        for row, e in zip(new_rows, embeddings):
-            row["embedding"] = e
-    added = pd.DataFrame(new_rows, columns=["identity", "key", "etag", "box", "embedding"])
-    frame = pd.concat([kept, added], ignore_index=True).sort_values("key", kind="stable")
+
+def _enrol_once(store: Storage, source: Storage, gid: str, embedder: Embedder, detect: str,
+                log: Callable[[str], None]) -> EnrolResult:
+    start = time.perf_counter()
+    version = embedder.name
+    settings = {"format": GALLERY_FORMAT, "detect": detect, "detector": embedder.detector}
+    published = read_published(store, gid, version, settings)
+    listing = list_gallery(source)
+    reusable = pd.concat([published.frame, read_pending(store, gid, version, settings)], ignore_index=True)
+    reusable = reusable[_pairs(reusable).isin(set(_pairs(listing.images)))].drop_duplicates("key")
+    todo = listing.images[~_pairs(listing.images).isin(set(_pairs(reusable)))]
+    added, errors = _embed_saving(store, gid, version, settings, source, todo, detect, embedder, log)
+    errors = list(listing.rejected) + errors
+    frame = pd.concat([reusable, added], ignore_index=True).sort_values("key", kind="stable")
     buf = io.BytesIO()
     pq.write_table(embedding_table(frame, embedder.dim), buf)
-    store.write_bytes(key, buf.getvalue())
     sha256 = sha256_bytes(buf.getvalue())
+    embeddings_key = catalog.gallery_embeddings_key(gid, version, sha256)
+    _write_once(store, embeddings_key, buf.getvalue())
     index = None
     if embedder.head.kind == "cosine" and len(frame):  # the other heads score exactly, without an index
-        kept_keys = set(kept["key"])
-        gone = [k for k in previous["key"] if k not in kept_keys]  # removed, or changed and embedded again
-        index = gallery_index(store, key, frame, prior_manifest if len(previous) else None, gone, added, sha256, log)
-    result = EnrolResult(source.url, version, key, sha256, int(frame["identity"].nunique()), len(frame),
-                         len(new_rows), len(kept), max(0, removed), errors, time.perf_counter() - start, index)
-    store.write_json(manifest_key, {
-        "format": GALLERY_FORMAT, "gallery": source.url, "model_version": version, "detect": detect,
-        "detector": embedder.detector,
-        "embeddings_key": key, "embeddings_sha256": result.embeddings_sha256, "index": index,
-        "identities": result.identities, "images": result.images, "errors": errors})
+        index = gallery_index(store, gid, version, frame, sha256, published, log)
+    listed = set(listing.images["key"])
+    result = EnrolResult(source.url, version, embeddings_key, sha256, int(frame["identity"].nunique()), len(frame),
+                         len(added), len(reusable), int((~published.frame["key"].isin(listed)).sum()), errors,
+                         time.perf_counter() - start, index)
+    manifest = {**settings, "gallery": source.url, "model_version": version, "embeddings_key": embeddings_key,
+                "embeddings_sha256": sha256, "index": index, "identities": result.identities,
+                "images": result.images, "errors": errors}
+    result.manifest_key = _publish(store, gid, version, manifest, published)
+    for info in store.list(catalog.gallery_pending_prefix(gid, version, _settings_id(settings))):
+        store.delete(info.key)  # in the published embeddings now
     log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "
         f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(errors)} errors) "
         f"in {result.seconds:.1f} s")
     return result
+
+
+def _publish(store: Storage, gid: str, version: str, manifest: dict, published: Published) -> str:
+    """Write the manifest under its checksum and move the pointer to it, unless it is already there."""
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    key = catalog.gallery_manifest_key(gid, version, sha256_bytes(data))
+    if published.manifest == manifest:
+        return key
+    _write_once(store, key, data)
+    swap_pointer(store, catalog.gallery_pointer_key(gid, version),
+                 {"manifest_key": key, "manifest_sha256": sha256_bytes(data),
+                  "embeddings_sha256": manifest["embeddings_sha256"]}, published.token)
+    return key
+
+
+def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source: Storage, todo: pd.DataFrame,
+                  detect: str, embedder: Embedder, log: Callable[[str], None]) -> tuple[pd.DataFrame, list[dict]]:
+    """Embed ``todo`` in checkpoints of CHECKPOINT_IMAGES, each saved under the pending prefix as it is
+    done (a killed enrolment resumes from them); (rows, error rows)."""
+    parts, errors = [], []
+    for at in range(0, len(todo), CHECKPOINT_IMAGES):
+        chunk = todo.iloc[at:at + CHECKPOINT_IMAGES]
+        rows, failed = _embed_chunk(source, chunk, detect, embedder)
+        errors += failed
+        if len(rows):
+            part = embedding_table(rows, embedder.dim)
+            buf = io.BytesIO()
+            pq.write_table(part, buf)
+            store.write_bytes(catalog.gallery_pending_key(gid, version, _settings_id(settings),
+                                                          sha256_bytes(buf.getvalue())), buf.getvalue())
+            parts.append(part.to_pandas())
+        if len(todo) > CHECKPOINT_IMAGES:
+            log(f"enrolment: {min(at + CHECKPOINT_IMAGES, len(todo))} of {len(todo)} new images embedded and saved")
+    return (pd.concat(parts, ignore_index=True) if parts else EMPTY), errors
+
+
+def _embed_chunk(source: Storage, todo: pd.DataFrame, detect: str, embedder: Embedder
+                 ) -> tuple[pd.DataFrame, list[dict]]:
+    etag_of, identity_of = dict(zip(todo["key"], todo["etag"])), dict(zip(todo["key"], todo["identity"]))
+    rows, faces, errors = [], [], []
+    for k, found, error in fetch_faces(source, todo["key"], detect, embedder):
+        if error:
+            errors.append({"key": k, "error": error})
+            continue
+        face = max(found, key=lambda f: f.box[2] * f.box[3])  # a gallery image shows one person
+        rows.append({"identity": identity_of[k], "key": k, "etag": etag_of[k], "box": face.box})
+        faces.append(face)
+    if faces:
+        for row, e in zip(rows, embedder.embed(faces)):
+            row["embedding"] = e
+    return pd.DataFrame(rows, columns=list(EMPTY.columns)), errors

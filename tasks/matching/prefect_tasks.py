@@ -1,6 +1,7 @@
 """Prefect tasks of the enrol and match flows: thin wrappers; model and gallery cached per process."""
 from __future__ import annotations
 
+import json
 import threading
 from functools import lru_cache
 
@@ -34,18 +35,16 @@ def _embedder(storage_url: str | None, version: str, detector: str | None) -> Em
 
 
 @lru_cache(maxsize=4)
-def _gallery(storage_url: str | None, key: str, sha256: str, index_key: str | None, index_kind: str | None,
-             trained_rows: int) -> Gallery:  # sha256: a new enrolment, a new entry
-    index = {"key": index_key, "kind": index_kind, "trained_rows": trained_rows} if index_key else None
-    return read_gallery(open_storage(storage_url), key, index)
+def _gallery(storage_url: str | None, key: str, sha256: str, index_json: str) -> Gallery:
+    # every file is named and checked by its checksum: an entry never goes stale
+    return read_gallery(open_storage(storage_url), key, sha256, json.loads(index_json))
 
 
 def cached_gallery(storage_url: str | None, enrolled: dict) -> Gallery:
     """An enrolment's gallery (and its index), read once per process."""
-    index = enrolled.get("index") or {}
     with _lock:
-        return _gallery(storage_url, enrolled["embeddings_key"], enrolled["sha256"], index.get("key"),
-                        index.get("kind"), int(index.get("trained_rows", 0)))
+        return _gallery(storage_url, enrolled["embeddings_key"], enrolled["sha256"],
+                        json.dumps(enrolled.get("index"), sort_keys=True))
 
 
 def cached_embedder(storage_url: str | None, version: str, detector: str | None = None) -> Embedder:
