@@ -3,6 +3,7 @@ directory, indexed incrementally, split by name hash, and retrained on nightly a
 from __future__ import annotations
 
 import io
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,8 @@ from tasks.data.config import DataParams
 from tasks.data.folder_index import index_folder
 from tasks.data.pairs import IdentityDisjointConfig, split_people
 from tasks.data.prepared import load_index, read_index_summary, read_pairs
-from tasks.data.steps import preprocess_for, run_folder_index
+from tasks.data.steps import generate_pairs, preprocess_for, run_folder_index
+from tasks.folders import PeopleFolderError, list_people_folder, validate_identity
 from tests.fakes import TINY_TRAIN, jpeg
 
 PEOPLE = {f"Person_{c}": 3 + i % 3 for i, c in enumerate("ABCDEFGHIJKLMNOP")}  # 16 people, 3-5 photos each
@@ -131,6 +133,88 @@ def test_same_bytes_under_a_new_etag_are_not_decoded_and_an_interrupted_run_resu
     assert list(store.list(catalog.index_parts_prefix(str(photos)))) == []  # published: the chunks are gone
     assert run_folder_index(str(photos), store_url, preprocess_for(str(photos), size=32)).decoded == \
         resumed.images  # other preprocessing: every face is cut again
+
+
+def test_spellings_of_one_name_are_refused_naming_both_folders(tmp_path):
+    nfc, nfd = unicodedata.normalize("NFC", "José"), unicodedata.normalize("NFD", "José")
+    alone = unicodedata.normalize("NFD", "Zoë")  # one spelling only, decomposed: a person like any other
+    folders = [nfc, nfd, "Ann Lee", "ann lee", "Bo Chan", "Bo  Chan", alone, "Person_A"]
+    source = open_storage(str(tmp_path / "people"))
+    for i, name in enumerate(folders):
+        source.write_bytes(f"{name}/{i}.jpg", jpeg(i))
+    listing = list_people_folder(source)
+    assert sorted(listing.images["identity"]) == sorted([alone, "Person_A"])
+    errors = {r["key"].split("/")[0]: r["error"] for r in listing.rejected}
+    assert set(errors) == set(folders) - {alone, "Person_A"}
+    assert errors[nfc] == errors[nfd] and "'Jos\\xe9'" in errors[nfc] and "'Jose\\u0301'" in errors[nfc]
+    assert errors["Ann Lee"] == errors["ann lee"] and "'Ann Lee' and 'ann lee' are one person" in errors["ann lee"]
+    assert "'Bo  Chan' and 'Bo Chan' are one person" in errors["Bo Chan"]
+    assert list_people_folder(source).rejected == listing.rejected  # the same listing, the same rows
+
+
+def test_the_unknown_sentinel_is_no_ones_name(tmp_path):
+    for name in ("unknown", "Unknown", "UNKNOWN", "un\u212anown"):  # U+212A KELVIN SIGN is K once NFC
+        with pytest.raises(PeopleFolderError, match="is reserved"):
+            validate_identity(name)
+    source = open_storage(str(tmp_path / "people"))
+    source.write_bytes("UNKNOWN/a.jpg", jpeg(1))
+    source.write_bytes("Person_A/a.jpg", jpeg(2))
+    listing = list_people_folder(source)
+    assert listing.images["identity"].tolist() == ["Person_A"]
+    assert [r["key"] for r in listing.rejected] == ["UNKNOWN/a.jpg"]
+    assert "reserved" in listing.rejected[0]["error"]
+
+
+def test_one_photo_is_usable_once_so_it_never_lands_in_two_splits(tmp_path):
+    photos = tmp_path / "people"
+    source, store_url = open_storage(str(photos)), str(tmp_path / "store")
+    upload_people(source, PEOPLE)
+    groups = split_people(sorted(PEOPLE), SPLIT, auto="name_hash")
+    trainee, tested = groups["train"][0], groups["test"][0]
+    shared = source.read_bytes(f"{trainee}/{trainee}_0001.jpg")
+    source.write_bytes(f"{tested}/from_{trainee}.jpg", shared)  # one photo under two identities
+    twice = source.read_bytes(f"{tested}/{tested}_0001.jpg")
+    source.write_bytes(f"{tested}/{tested}_copy.jpg", twice)  # and one photo twice under one
+    preprocess = preprocess_for(str(photos))
+
+    index = load_index(open_storage(store_url), run_folder_index(str(photos), store_url, preprocess))
+    usable = index[index["error"].isna()]
+    pool = {split: set(usable.loc[usable["person"].isin(people), "sha256"])  # the photos each split draws from
+            for split, people in split_people(sorted(usable["person"].unique()), SPLIT, auto="name_hash").items()}
+    assert not pool["train"] & pool["test"] and not pool["train"] & pool["validation"]
+    assert usable["sha256"].is_unique
+    pairs = generate_pairs("identity_disjoint", index, SPLIT.model_dump(), {"auto_split": "name_hash"})
+    sha_of = index.set_index("image_id")["sha256"]
+    drawn = {split: set(sha_of[g["left_image"]]) | set(sha_of[g["right_image"]]) for split, g in pairs.groupby("split")}
+    assert all(drawn[s] <= pool[s] for s in drawn)
+    errors = index.set_index("image_id")["error"]
+    for key in (f"{trainee}/{trainee}_0001.jpg", f"{tested}/from_{trainee}.jpg"):
+        assert "duplicate photo: the same bytes" in errors[key] and "under 2 identities" in errors[key]
+        assert f"{trainee}/{trainee}_0001.jpg, {tested}/from_{trainee}.jpg" in errors[key]
+    assert errors[f"{tested}/{tested}_copy.jpg"].endswith(f"the same bytes as {tested}/{tested}_0001.jpg")
+    assert pd.isna(errors[f"{tested}/{tested}_0001.jpg"])
+
+    source.delete(f"{tested}/from_{trainee}.jpg")  # the stray copy goes: the original is a photo again
+    again = run_folder_index(str(photos), store_url, preprocess)
+    assert again.decoded == 0
+    assert pd.isna(load_index(open_storage(store_url), again).set_index("image_id")["error"][
+        f"{trainee}/{trainee}_0001.jpg"])
+
+
+def test_an_index_published_before_the_duplicate_check_is_checked_without_decoding_again(tmp_path, monkeypatch):
+    import tasks.data.folder_index as folder_index
+
+    photos, store_url = tmp_path / "people", str(tmp_path / "store")
+    source, store = open_storage(str(photos)), open_storage(store_url)
+    upload_people(source, {"Person_A": 2, "Person_B": 2})
+    source.write_bytes("Person_B/from_A.jpg", source.read_bytes("Person_A/Person_A_0001.jpg"))
+    with monkeypatch.context() as old_code:  # the index as the code before the check published it
+        old_code.setattr(folder_index, "_duplicate_marks", lambda index: {})
+        run_folder_index(str(photos), store_url, preprocess_for(str(photos)))
+    manifest_key = catalog.index_manifest_key(str(photos))
+    store.write_json(manifest_key, {k: v for k, v in store.read_json(manifest_key).items() if k != "duplicate_check"})
+    checked = run_folder_index(str(photos), store_url, preprocess_for(str(photos)))
+    assert not checked.reused and (checked.decoded, checked.kept, checked.errors) == (0, 5, 2)
 
 
 def test_a_folder_dataset_refuses_protocols_that_would_not_hold_out_as_it_grows(tmp_path):

@@ -8,6 +8,12 @@ aligned 250x250 LFW-framed photo keeps the training crop, any other photo goes t
 its largest face is cut). A photo that cannot be decoded or shows no face, and a key outside the
 layout, is an error row with its reason and an all-zero tensor: reported, never fatal; pair
 generation skips it. Decoded chunks are saved as they finish, so an interrupted run resumes.
+
+One photo's bytes (sha256) are usable once: under two identities every copy is an error row (which
+person it shows is unknown, and the two people may fall in different splits), under one identity
+every key but the first is (a copy would pair with itself, or fall in another split of
+image-disjoint pairs). The check runs over the whole index every run, from the sha256 the fetch
+already computed; a marked row keeps its face, so it is usable again once the other copy goes.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ FOLDER_INDEX_FORMAT = 1
 FOLDER_INDEX_COLUMNS = INDEX_COLUMNS + ["etag", "face"]
 DATASET_DETECT = ("auto", "none", "largest")  # a labelled photo shows its person: one face each
 CHUNK = 512  # photos per saved chunk of a run
+DUPLICATE = "duplicate photo"  # the error of a row whose bytes another usable row has
+DUPLICATE_CHECK = 1  # in the index manifest: an index published before the check is checked again
 
 
 @dataclass
@@ -84,6 +92,30 @@ def _saved_photos(store: Storage, prefix: str) -> dict[str, tuple[str, tuple, np
     return saved
 
 
+def _duplicate_marks(index: pd.DataFrame) -> dict[str, str]:
+    """image_id -> its duplicate-photo error, for usable rows whose sha256 another usable row has."""
+    usable = index[index["error"].isna() & (index["sha256"] != "")]
+    copies = usable[usable["sha256"].duplicated(keep=False)]
+    marks = {}
+    for digest, group in copies.groupby("sha256"):
+        keys = sorted(group["image_id"])
+        if group["person"].nunique() > 1:
+            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+            why = (f"the same bytes (sha256 {digest[:12]}) are under {group['person'].nunique()} identities: {shown}; "
+                   "keep the photo in its person's folder only")
+            marks.update({k: why for k in keys})
+        else:
+            marks.update({k: f"the same bytes as {keys[0]}" for k in keys[1:]})
+    return {k: f"{k}: {DUPLICATE}: {why}" for k, why in marks.items()}
+
+
+def _without_duplicate_marks(index: pd.DataFrame) -> pd.DataFrame:
+    """``index`` with last run's duplicate marks cleared: duplicates are judged afresh on every run."""
+    marked = [isinstance(e, str) and e.startswith(f"{k}: {DUPLICATE}: ")
+              for k, e in zip(index["image_id"], index["error"])]
+    return index.assign(error=index["error"].mask(pd.Series(marked, index=index.index, dtype=bool)))
+
+
 def _per_photo_error(err: Exception) -> str | None:
     """Why one photo cannot be read, when it is that photo's problem (gone, forbidden, archived, not a
     file); None for what may pass (an outage), which fails the run so that its retry reads the photo."""
@@ -112,7 +144,7 @@ def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "a
     shape = preprocess.shape
     prev_index, prev_tensors = previous if previous is not None else (pd.DataFrame(columns=FOLDER_INDEX_COLUMNS),
                                                                       np.zeros((0, *shape), np.uint8))
-    prev = prev_index.set_index("image_id", drop=False)
+    prev = _without_duplicate_marks(prev_index).set_index("image_id", drop=False)
     same = listed["key"].isin(prev.index)
     same[same] = prev.loc[listed.loc[same, "key"], "etag"].to_numpy() == listed.loc[same, "etag"].to_numpy()
     kept_keys = listed.loc[same, "key"]
@@ -146,8 +178,9 @@ def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "a
     # What an interrupted run of these settings saved counts wherever its photos now fall in the listing.
     parts_prefix = f"{parts[1]}{hashlib.sha256(config_id.encode()).hexdigest()[:16]}/" if parts else None
     saved = _saved_photos(parts[0], parts_prefix) if parts else {}
-    from_saved = todo["key"].map(lambda k: k in saved) & (todo["key"].map(lambda k: saved.get(k, ("",))[0])
-                                                         == todo["etag"])
+    # built as bool even when nothing is to do (only removals): an empty map is str, and str & bool raises
+    from_saved = pd.Series([saved.get(k, (None,))[0] == e for k, e in zip(todo["key"], todo["etag"])],
+                           index=todo.index, dtype=bool)
     new_rows = [saved[k][1] for k in todo.loc[from_saved, "key"]]
     new_tensors = [np.stack([saved[k][2] for k in todo.loc[from_saved, "key"]])] if from_saved.any() else []
     counts["resumed"] = int(from_saved.sum())
@@ -191,6 +224,9 @@ def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "a
         frame[column] = frame[column].astype(str)
     for column in ("error", "face"):
         frame[column] = frame[column].astype("string")
+    marks = _duplicate_marks(frame)
+    marked = frame["image_id"].isin(marks)
+    frame.loc[marked, "error"] = frame.loc[marked, "image_id"].map(marks)
     still_there = set(listed["key"]) | {r["key"] for r in listing.rejected}
     removed = int((~prev["image_id"].isin(still_there)).sum())
     return FolderIndex(frame[FOLDER_INDEX_COLUMNS], tensors, counts["decoded"], len(kept),

@@ -19,7 +19,7 @@ from storage.manifests import IntegrityError, reusable_manifest, same_inputs, sh
 from tasks.data.chip_store import ChipSummary, chip_settings, update_chip_store
 from tasks.data.datasets import get_dataset, is_folder_dataset
 from tasks.data.download import download_dataset
-from tasks.data.folder_index import FOLDER_INDEX_FORMAT, index_folder
+from tasks.data.folder_index import DUPLICATE_CHECK, FOLDER_INDEX_FORMAT, index_folder
 from tasks.data.index import INDEX_FORMAT, extract_and_index, people_counts, tensors_to_npy
 from tasks.data.lfw_protocol import parse_pairs_file, parse_people_file
 from tasks.data.pairs import (
@@ -116,7 +116,8 @@ def run_folder_index(dataset: str, storage_url: str | None, preprocess: Preproce
                          f"suffix; {listing.other_files} other files"
                          + (f"; {len(listing.rejected)} rejected, e.g. {listing.rejected[0]}" if listing.rejected else "")
                          + ")")
-    wanted = {**settings, "listing_sha256": listing.fingerprint()}
+    # not in settings: an index made before the duplicate check is still the previous index, its rows kept
+    wanted = {**settings, "listing_sha256": listing.fingerprint(), "duplicate_check": DUPLICATE_CHECK}
     prior = store.read_json_or_none(manifest_key)
     if (same_inputs(prior, wanted) and store.exists(prior["summary"]["index_key"])
             and store.exists(prior["summary"]["tensors_key"])):

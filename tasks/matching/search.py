@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 
 from model.scoring import PairHead
+from tasks.folders import UNKNOWN_IDENTITY
 from tasks.matching.gallery import Gallery
 
-UNKNOWN = "unknown"
+UNKNOWN = UNKNOWN_IDENTITY  # a reserved name: no gallery folder may be called so
 
 
 def resolve_threshold(threshold: str | float, report: dict | None, gallery_identities: int | None = None,
