@@ -228,3 +228,57 @@ def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow(t
     accuracy, loss = validation_scores(open_storage(tiny_store), result["version"])
     assert accuracy == pytest.approx(result["metrics"]["val_accuracy"])
     assert loss == pytest.approx(result["metrics"]["val_loss"], rel=1e-3)
+
+
+def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_training_again(tiny_store):
+    from pathlib import Path
+
+    config = small(epochs=4, early_stopping_patience=100)
+    registry = Path(tiny_store) / "models"
+    registry.write_text("a file where the registry's folder goes")  # publishing fails once fit has finished
+    with pytest.raises(OSError):
+        train(config, tiny_store, log=lambda _: None)
+    registry.unlink()
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
+    result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
+    assert seen == []  # not trained again
+    history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
+    assert list(history["epoch"]) == [0, 1, 2, 3]  # one run's rows, not two histories appended
+    m, best = result.metrics, int(history["val_pair_accuracy"].idxmax())
+    assert m["epochs_run"] == 4 and m["best_epoch"] == best + 1
+    assert (m["val_accuracy"], m["val_loss"]) == (history["val_pair_accuracy"][best], history["val_pair_loss"][best])
+    accuracy, loss = validation_scores(open_storage(tiny_store), result.version)  # and the weights are that epoch's
+    assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
+
+
+def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_history(tiny_store, siamese_home):
+    from pathlib import Path
+
+    config = small(epochs=3, early_stopping_patience=100)
+    registry = Path(tiny_store) / "models"
+    registry.write_text("a file where the registry's folder goes")
+    with pytest.raises(OSError):
+        train(config, tiny_store, log=lambda _: None)
+    registry.unlink()
+    (run,) = (siamese_home / "runs").iterdir()
+    (run / "fitted.json").unlink(missing_ok=True)  # killed once fit ended (Keras deletes its backup), before the record
+    result = train(config, tiny_store, log=lambda _: None)
+    history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
+    assert list(history["epoch"]) == [0, 1, 2]
+    assert result.metrics["val_accuracy"] == history["val_pair_accuracy"].max()
+
+def test_a_killed_run_is_not_resumed_on_other_faces(tiny_store, tiny_mirror):
+    """Faces cut otherwise (another preprocessing, other tensors) make another run, not a resumed one."""
+    from tasks.data.steps import preprocess_for, run_index
+
+    folder, sums = tiny_mirror
+    config = small(epochs=3, early_stopping_patience=100)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+    run_index("tiny", tiny_store, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny", size=32))
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
+    result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
+    assert seen == [0, 1, 2] and result.metrics["epochs_run"] == 3
+    assert result.manifest["preprocess"]["size"] == 32

@@ -1,11 +1,13 @@
 """Train a siamese network on a protocol's pairs and register it (plain functions, no Prefect).
 
 Load (tensor store, pairs) -> build (network, input pipeline) -> fit (best validation epoch kept,
-resumable) -> publish (registry: files, checksums, data fingerprint, metrics).
+resumable; a finished fit is recorded, so a retry after a failed publish does not train again) ->
+publish (registry: files, checksums, data fingerprint, metrics).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -34,6 +36,10 @@ from tasks.training.config import TrainConfig
 
 class TrainingDivergedError(RuntimeError):
     pass
+
+
+# A run folder's files: the selected weights, CSVLogger's rows, and the record of a finished fit.
+BEST, HISTORY, FITTED = "best.keras", "history.csv", "fitted.json"
 
 
 @dataclass
@@ -136,13 +142,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
     from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
     from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss
     from model.networks import NetworkConfig, build_models
-    from model.training_callbacks import (
-        CosineSchedule,
-        PairValidation,
-        ResumedEarlyStopping,
-        TimeBudget,
-        TrainingClock,
-    )
+    from model.training_callbacks import PairValidation
     from tasks.pretrained import load_pretrained
     from tasks.registry import publish
 
@@ -205,81 +205,27 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
 
     pretrained = load_pretrained(models.embedder, store, log) if config.architecture in PRETRAINED else None
     warm_from, inherited = warm_start(store, config, net, faces.preprocess, models, pairs.frame, log)
-    if pretrained and not warm_from and config.head == "cosine":
-        start_head_from_embeddings(models, tensors, train_pairs, index, data if identify else None, log)
 
-    ## Fit: validation accuracy at P(same) 0.5 picks the epoch. A killed run resumes from its backup
-    ## and its history: the best score so far, the patience used and the seconds already spent.
-    run_dir = siamese_home() / "runs" / (f"{catalog.dataset_prefix(config.dataset).split('/')[-1]}-{config.protocol}-"
-                                         f"{config.key()}-{pairs.sha256[:8]}" + (f"-from-{warm_from}" if warm_from else ""))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    best_path, history_csv = run_dir / "best.keras", run_dir / "history.csv"
-    monitor = config.selection_metric()
-    resumed = resume_state(history_csv, monitor) if (run_dir / "backup").exists() else {}
-    if resumed:
-        log(f"resuming {run_dir.name}: best validation accuracy so far {resumed['best']:.4f}, "
-            f"{resumed['seconds'] / 60:.1f} min of the budget spent")
-    clock = TrainingClock(resumed.get("seconds", 0.0))
-    budget = config.time_budget_minutes * 60
-    validation = PairValidation(models.pair, tensors, val_left, val_right, val_same,
-                                **_all_pairs_validation(models, val_pairs, index, monitor))
-    # A network that starts from learned weights must beat them: its starting point is the first
-    # candidate, and it is what gets registered when no epoch scores better on validation.
-    start_point = None
-    if pretrained or warm_from:
-        start_point = validation.scores()
-        start_weights = trained.get_weights()
-        log(f"before training: {_scores_line(start_point, monitor)}")
-    to_beat = [v for v in (resumed.get("best"), (start_point or {}).get(monitor)) if v is not None]
-    threshold = max(to_beat) if to_beat else None
-    callbacks = [
-        validation,
-        keras.callbacks.TerminateOnNaN(),
-        clock,
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max", save_best_only=True,
-                                        initial_value_threshold=threshold),
-        ResumedEarlyStopping(threshold, resumed.get("waited", 0), monitor=monitor, mode="max",
-                             patience=config.early_stopping_patience),
-        (CosineSchedule(config.learning_rate, config.epochs, budget, clock) if config.lr_schedule == "cosine" else
-         keras.callbacks.ReduceLROnPlateau(monitor="val_pair_loss", mode="min", factor=0.5, patience=8,
-                                           min_lr=1e-5)),
-        TimeBudget(budget, clock),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
-        # last: an epoch counts as done only once its history row and best checkpoint are written
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        *(extra_callbacks or []),
-    ]
-    history = trained.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0)
-    losses = history.history.get("loss", [])
-    if any(not math.isfinite(v) for v in losses):
-        raise TrainingDivergedError(f"the training loss became NaN/inf at epoch {len(losses)}; "
-                                    f"lower the learning rate (was {config.learning_rate})")
-    log_df = _history_columns(pd.read_csv(history_csv))
-    log_df["epoch"] = log_df["epoch"] + 1
-    selected = "val_accuracy" if monitor == "val_pair_accuracy" else monitor
-    if best_path.exists():  # the pair and embedding models share every layer with the trained one
-        trained.set_weights(keras.saving.load_model(best_path, safe_mode=True, compile=False).get_weights())
-        best = log_df.loc[log_df[selected].idxmax()]
-    elif start_point is not None:  # no epoch beat the weights it started from: those are the model
-        trained.set_weights(start_weights)
-        best = pd.Series({**_history_columns(pd.DataFrame([start_point])).iloc[0].to_dict(), "epoch": 0})
-        log(f"no epoch beat the starting weights on validation ({monitor} {start_point[monitor]:.4f}): "
-            "registering them")
+    ## Fit, unless an earlier attempt finished it and failed after (publishing): then its record stands.
+    run_dir = run_folder(config, pairs.sha256, faces, warm_from)
+    fitted = read_fitted(run_dir)
+    if fitted is None:
+        if pretrained and not warm_from and config.head == "cosine":
+            start_head_from_embeddings(models, tensors, train_pairs, index, data if identify else None, log)
+        validation = PairValidation(models.pair, tensors, val_left, val_right, val_same,
+                                    **_all_pairs_validation(models, val_pairs, index, config.selection_metric()))
+        fitted = fit(config, run_dir, trained, data, validation, bool(pretrained or warm_from), extra_callbacks, log)
     else:
-        raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
+        log(f"{run_dir.name}: an earlier attempt finished this fit ({fitted['metrics']['epochs_run']} epochs); "
+            "publishing it without training again")
+    # the pair and embedding models share every layer with the trained one
+    trained.set_weights(keras.saving.load_model(run_dir / BEST, safe_mode=True, compile=False).get_weights())
+    metrics, history_csv = fitted["metrics"], run_dir / HISTORY
+    log_df = read_history(history_csv)
 
     ## Publish: files, then the manifest with their checksums and the data fingerprint.
     wall = time.perf_counter() - start
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
-    metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
-               "val_threshold_accuracy": float(best["val_threshold_accuracy"]), "selected_by": monitor,
-               "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max()),  # counts resumed runs
-               "training_seconds": float(log_df["training_seconds"].iloc[-1])}
-    if "val_tar_at_far" in best:
-        metrics["val_tar_at_far"] = float(best["val_tar_at_far"])
-    if start_point is not None:
-        metrics["before_training"] = {k: float(v) for k, v in start_point.items()}
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
         tmp = Path(tmp)
         models.pair.save(tmp / PAIR_MODEL)
@@ -308,6 +254,136 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
         f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
 
+
+
+def run_folder(config: TrainConfig, pairs_sha256: str, faces, warm_from: str | None) -> Path:
+    """Where a training keeps what lets it resume or publish again: named after everything it learns
+    from (settings, pairs, the faces' preprocessing and checksum, the warm-start source), so a run on
+    other data never picks up this one's backup, history or weights."""
+    from tasks.images import face_input
+
+    dataset = catalog.dataset_prefix(config.dataset).split("/")[-1]
+    name = (f"{dataset}-{config.protocol}-{config.key()}-{pairs_sha256[:8]}-{face_input(faces.preprocess).id}-"
+            f"{faces.sha256[:8]}" + (f"-from-{warm_from}" if warm_from else ""))
+    return siamese_home() / "runs" / name
+
+
+def read_history(history_csv: Path) -> pd.DataFrame:
+    """CSVLogger's rows with this module's column names and 1-based epochs."""
+    history = _history_columns(pd.read_csv(history_csv))
+    history["epoch"] = history["epoch"] + 1
+    return history
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_fitted(run_dir: Path) -> dict | None:
+    """The record of a fit an earlier attempt finished in ``run_dir`` (its best.keras then holds the
+    selected weights), or None. Keras deletes the backup when fit ends, so without this record a retry
+    after a failed publish would look like a fresh run and train again."""
+    marker, history_csv = run_dir / FITTED, run_dir / HISTORY
+    if not (marker.is_file() and (run_dir / BEST).is_file() and history_csv.is_file()):
+        return None
+    fitted = json.loads(marker.read_text())
+    return fitted if fitted.get("history_sha256") == _sha256_file(history_csv) else None
+
+
+def _record_fitted(run_dir: Path, metrics: dict) -> dict:
+    """Written last and atomically: its presence means best.keras and history.csv are final."""
+    fitted = {"metrics": metrics, "history_sha256": _sha256_file(run_dir / HISTORY)}
+    tmp = run_dir / f".{FITTED}.tmp"
+    tmp.write_text(json.dumps(fitted, indent=1, sort_keys=True))
+    os.replace(tmp, run_dir / FITTED)
+    return fitted
+
+
+def _clear_run(run_dir: Path) -> None:
+    """A fresh fit starts from an empty folder: CSVLogger appends, and rows or a checkpoint an earlier
+    attempt left without a backup would mix into this run's history and selection."""
+    for name in (FITTED, HISTORY, BEST):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
+def fit(config: TrainConfig, run_dir: Path, trained, data, validation, learned_start: bool,
+        extra_callbacks: list | None, log: Callable[[str], None]) -> dict:
+    """Fit in ``run_dir``, resuming the backup a killed attempt left (its best score so far, the
+    patience used and the seconds already spent); leave the selected weights in best.keras and record
+    the fit as finished with its metrics, from this run's history only. Returns that record."""
+    from model.training_callbacks import CosineSchedule, ResumedEarlyStopping, TimeBudget, TrainingClock
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best_path, history_csv = run_dir / BEST, run_dir / HISTORY
+    monitor = config.selection_metric()
+    if (run_dir / "backup").exists():
+        resumed = resume_state(history_csv, monitor)
+    else:
+        _clear_run(run_dir)
+        resumed = {}
+    if resumed:
+        log(f"resuming {run_dir.name}: best validation accuracy so far {resumed['best']:.4f}, "
+            f"{resumed['seconds'] / 60:.1f} min of the budget spent")
+    clock = TrainingClock(resumed.get("seconds", 0.0))
+    budget = config.time_budget_minutes * 60
+    # A network that starts from learned weights must beat them: its starting point is the first
+    # candidate, and it is what gets registered when no epoch scores better on validation.
+    start_point = None
+    if learned_start:
+        start_point = validation.scores()
+        start_weights = trained.get_weights()
+        log(f"before training: {_scores_line(start_point, monitor)}")
+    to_beat = [v for v in (resumed.get("best"), (start_point or {}).get(monitor)) if v is not None]
+    threshold = max(to_beat) if to_beat else None
+    callbacks = [
+        validation,
+        keras.callbacks.TerminateOnNaN(),
+        clock,
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max", save_best_only=True,
+                                        initial_value_threshold=threshold),
+        ResumedEarlyStopping(threshold, resumed.get("waited", 0), monitor=monitor, mode="max",
+                             patience=config.early_stopping_patience),
+        (CosineSchedule(config.learning_rate, config.epochs, budget, clock) if config.lr_schedule == "cosine" else
+         keras.callbacks.ReduceLROnPlateau(monitor="val_pair_loss", mode="min", factor=0.5, patience=8,
+                                           min_lr=1e-5)),
+        TimeBudget(budget, clock),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        # last: an epoch counts as done only once its history row and best checkpoint are written
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        *(extra_callbacks or []),
+    ]
+    history = trained.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    losses = history.history.get("loss", [])
+    if any(not math.isfinite(v) for v in losses):
+        raise TrainingDivergedError(f"the training loss became NaN/inf at epoch {len(losses)}; "
+                                    f"lower the learning rate (was {config.learning_rate})")
+    log_df = read_history(history_csv)
+    selected = "val_accuracy" if monitor == "val_pair_accuracy" else monitor
+    if best_path.exists():
+        best = log_df.loc[log_df[selected].idxmax()]
+    elif start_point is not None:  # no epoch beat the weights it started from: those are the model
+        trained.set_weights(start_weights)
+        trained.save(best_path)
+        best = pd.Series({**_history_columns(pd.DataFrame([start_point])).iloc[0].to_dict(), "epoch": 0})
+        log(f"no epoch beat the starting weights on validation ({monitor} {start_point[monitor]:.4f}): "
+            "registering them")
+    else:
+        raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
+    return _record_fitted(run_dir, _fit_metrics(best, log_df, monitor, start_point))
+
+
+def _fit_metrics(best: pd.Series, log_df: pd.DataFrame, monitor: str, start_point: dict | None) -> dict:
+    metrics = {"val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
+               "val_threshold_accuracy": float(best["val_threshold_accuracy"]), "selected_by": monitor,
+               "best_epoch": int(best["epoch"]), "epochs_run": int(log_df["epoch"].max()),  # counts resumed runs
+               "training_seconds": float(log_df["training_seconds"].iloc[-1])}
+    if "val_tar_at_far" in best:
+        metrics["val_tar_at_far"] = float(best["val_tar_at_far"])
+    if start_point is not None:
+        metrics["before_training"] = {k: float(v) for k, v in start_point.items()}
+    return metrics
 
 
 def _freeze(models, config: TrainConfig, log: Callable[[str], None]) -> None:
