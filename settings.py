@@ -10,6 +10,9 @@ Settings (environment variables):
   SIAMESE_MIRROR                where datasets download from; default: the official sources
   SIAMESE_DATASET               the main job's command-line default dataset (lfw)
   SIAMESE_GALLERY               the gallery a match or enrol run uses when it names none
+  SIAMESE_ALLOWED_ROOTS         comma-separated directories and s3://bucket/prefix roots that location parameters
+                                may name (see storage/location.py); default: the working directory and temp dir,
+                                any S3 bucket; HOME, storage, gallery, mirror and the command line's own always
   SIAMESE_S3_ENDPOINT_URL       S3 endpoint (MinIO, SeaweedFS, moto); AWS_ENDPOINT_URL also works
   AWS_REGION                    or AWS_DEFAULT_REGION
   SIAMESE_AWS_CREDENTIALS_BLOCK a prefect-aws AwsCredentials block to take S3 credentials from
@@ -63,6 +66,7 @@ class Settings(BaseSettings):
     mirror: str | None = None
     dataset: str = "lfw"
     gallery: str | None = None
+    allowed_roots: str | None = None
     s3_endpoint_url: str | None = Field(
         None, validation_alias=AliasChoices("SIAMESE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"))
     aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))

@@ -46,6 +46,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from bench.matching import start_seaweedfs
+    from storage.location import allow_command_line
+
+    allow_command_line(args.mirror)
 
     seaweed = start_seaweedfs("bench")
     try:

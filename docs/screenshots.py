@@ -64,7 +64,7 @@ def main() -> int:
     args.home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(args.home / "prefect-home"), "PREFECT_API_URL": url,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
-           "SIAMESE_REPO_DIR": str(REPO)}
+           "SIAMESE_REPO_DIR": str(REPO), "SIAMESE_ALLOWED_ROOTS": f"{storage},{gallery},{Path(args.mirror).resolve()}"}
     for name in ("SIAMESE_STORAGE", "SIAMESE_GALLERY", "SIAMESE_MIRROR"):
         env.pop(name, None)
     prefect = str(Path(sys.executable).with_name("prefect"))

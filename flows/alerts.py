@@ -8,7 +8,8 @@ crashes or passes its time limit.
 
 Against the server in PREFECT_API_URL (`prefect server start`): automations run on the server, so
 a run whose process died (Crashed) is reported as well as one that raised. Running it again
-replaces the automation and updates the webhook; nothing else is touched. The webhook receives
+replaces the automation and updates the webhook; nothing else is touched. The webhook's user:password@,
+path and query (where its token is) are kept in the block's secrets, not its plain url field. The webhook receives
 JSON {"subject": ..., "body": ...}: the flow, the run, its final state and message, and the run's
 address in the UI.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 from flows.time_limits import DEFAULT_MINUTES
 
@@ -32,11 +34,26 @@ BODY = ("Flow {{ flow.name }}, run {{ flow_run.name }} ({{ flow_run.id }}) ended
         "Parameters and logs: {{ flow_run|ui_url }}")
 
 
+def webhook_template(url: str) -> tuple[str, dict[str, str]]:
+    """(the block's url, its secrets): only scheme://host:port in plain text; the user:password@ and
+    the path and query, where webhooks carry their tokens (Slack's path, ?token=), as secrets."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("--webhook must be an http(s) URL")
+    userinfo, _, host = parts.netloc.rpartition("@")
+    secrets = {"webhook_path": urlunsplit(("", "", parts.path, parts.query, parts.fragment))}
+    if userinfo:
+        secrets["webhook_userinfo"] = userinfo
+    return f"{parts.scheme}://{'{{webhook_userinfo}}@' if userinfo else ''}{host}{{{{webhook_path}}}}", secrets
+
+
 def save_webhook_block(url: str, name: str = WEBHOOK_BLOCK):
-    """A Custom Webhook notification block that POSTs the alert's subject and body as JSON."""
+    """A Custom Webhook notification block that POSTs the alert's subject and body as JSON; the
+    URL's token-bearing parts go in the block's secret field, never its plain ``url``."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    block = CustomWebhookNotificationBlock(name=name, url=url, method="POST",
+    template, secrets = webhook_template(url)
+    block = CustomWebhookNotificationBlock(name=name, url=template, secrets=secrets, method="POST",
                                            json_data={"subject": "{{subject}}", "body": "{{body}}"})
     block.save(name, overwrite=True)
     return CustomWebhookNotificationBlock.load(name)

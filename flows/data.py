@@ -7,6 +7,7 @@ from prefect import flow
 
 from flows.runtime import run_mirror, run_storage
 from flows.time_limits import limited
+from storage.location import check_allowed
 from tasks.data import prefect_tasks as data_tasks
 from tasks.data.chip_store import ChipSummary
 from tasks.data.config import DataParams
@@ -32,6 +33,7 @@ def data_flow(params: DataParams = DataParams(), storage: str | None = None) -> 
     storage = run_storage(storage)
     preprocess = preprocess_for(params.dataset, params.image_size, params.grey)
     if params.folder:  # your own photos, <identity>/<image>: indexed where they are, nothing downloaded
+        check_allowed("dataset", params.dataset)
         files, transferred, archive = {}, 0, None
         index = data_tasks.index_folder(params.dataset, storage, preprocess, params.detect, params.detector)
     else:

@@ -25,11 +25,12 @@ from pydantic import ValidationError
 from flows.args import validation_message
 from flows.data import DataResult, data_flow
 from flows.evaluate import evaluate_flow
-from flows.runtime import run_storage
+from flows.runtime import mirror_parameter, run_storage
 from flows.time_limits import check_fits, limited
 from flows.train import train_flow
 from settings import settings
 from storage import catalog, open_storage
+from storage.location import allow_command_line
 from tasks.data.config import DataParams
 from tasks.data.pairs import PROTOCOLS, TRAINABLE_PROTOCOLS
 from tasks.evaluation.champion import PROMOTION_METRIC
@@ -243,7 +244,7 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
     data = {**given.get("data", {})}
     train = {**given.get("train", {})}
     data["dataset"] = args.dataset or data.get("dataset") or env.dataset
-    data["mirror"] = args.mirror or data.get("mirror") or env.mirror
+    data["mirror"] = mirror_parameter(args.mirror or data.get("mirror") or env.mirror)  # no credentials in it
     if args.trust_mirror_checksums:
         data["trust_mirror_checksums"] = True
     if args.protocols:
@@ -271,6 +272,7 @@ def parse_args(argv: list[str]) -> tuple[DataParams, TrainConfig | None, EvalCon
 
 def main(argv: list[str] | None = None) -> int:
     data, train, evaluation, storage, as_json = parse_args(sys.argv[1:] if argv is None else argv)
+    allow_command_line(data.mirror, data.dataset if data.folder else None, storage)
     start = time.perf_counter()
     if not as_json:
         print(f"compute: {device_summary()}; {precision_summary()}", flush=True)

@@ -15,6 +15,7 @@ from prefect.artifacts import create_progress_artifact
 from flows.args import add_model_arguments, model_from_arguments
 from flows.runtime import run_gallery, run_storage
 from flows.time_limits import limited
+from storage.location import allow_command_line
 from tasks.matching.config import EnrolParams, MatchParams
 from tasks.matching.prefect_tasks import (
     enrol_gallery,
@@ -24,7 +25,7 @@ from tasks.matching.prefect_tasks import (
     resolve_model,
     summarize,
 )
-from tasks.matching.runs import run_params
+from tasks.matching.runs import check_probe_locations, run_params
 
 
 @flow(**limited("enrol"), flow_run_name="enrol-{params.model}", log_prints=True)
@@ -44,6 +45,7 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     face: the top identities with scores, or ``unknown`` below the threshold."""
     storage = run_storage(storage)
     params = params.replace(gallery=run_gallery(params.gallery, "match"))
+    check_probe_locations(params)  # before anything is read
     version = resolve_model(params.model, storage)
     resolved = run_params(params, version)
     enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.detector)
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     params, storage, dask = parse_args(sys.argv[1:] if argv is None else argv)
+    allow_command_line(params.probes, params.probe_manifest, params.gallery, storage)
     run = match_flow
     if dask:
         from prefect_dask import DaskTaskRunner

@@ -4,14 +4,16 @@ For storage, gallery and mirror a run takes, in order: its own parameter; the en
 process that runs it (``SIAMESE_STORAGE`` / ``SIAMESE_GALLERY`` / ``SIAMESE_MIRROR``, set on the
 worker or in the work pool's job variables, ``env``); the Prefect Variable ``siamese_storage`` /
 ``siamese_gallery`` / ``siamese_mirror`` (editable in the UI). Storage falls back to ./var/store;
-a gallery that a run needs and cannot find is an error naming all three places.
+a gallery that a run needs and cannot find is an error naming all three places. Each must lie
+under an allowed storage root (``storage.location.check_allowed``), checked before it is read.
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from settings import settings
-from tasks.data.download import redact_url
+from storage.location import check_allowed, redact_url
 
 Name = Literal["storage", "gallery", "mirror"]
 
@@ -52,6 +54,7 @@ def run_storage(given: str | None) -> str:
     value, source = run_setting("storage", given)
     if value is None:
         value, source = default_storage_url(), "the default (SIAMESE_HOME/store)"
+    check_allowed("storage", value)
     get_run_logger().info("storage %s (from %s)", redact_url(value), source)
     return value
 
@@ -65,10 +68,26 @@ def run_gallery(given: str | None, why: str) -> str:
         raise ValueError(f"{why} needs a gallery and none is set: pass the gallery parameter, set SIAMESE_GALLERY "
                          f"where the flow runs (the work pool's job variables: env), or the Prefect Variable "
                          f"{variable_name('gallery')}")
+    check_allowed("gallery", value)
     get_run_logger().info("gallery %s (from %s)", redact_url(value), source)
     return value
 
 
 def run_mirror(given: str | None) -> str | None:
-    """Where datasets download from; None: the official sources."""
-    return run_setting("mirror", given)[0]
+    """Where datasets download from; None: the official sources. A parameter that is the redacted
+    form of SIAMESE_MIRROR (see ``mirror_parameter``) downloads from SIAMESE_MIRROR itself."""
+    value = run_setting("mirror", given)[0]
+    env = settings().mirror
+    if value and env and value == redact_url(env):
+        value = env
+    check_allowed("mirror", value)
+    return value
+
+
+def mirror_parameter(value: str | None) -> str | None:
+    """A mirror as a flow parameter: one carrying credentials (user:pass@, a query) becomes its
+    redacted form, the real address kept in this process's SIAMESE_MIRROR for ``run_mirror``."""
+    if not value or redact_url(value) == value:
+        return value
+    os.environ["SIAMESE_MIRROR"] = value
+    return redact_url(value)

@@ -9,14 +9,20 @@ Addresses:
                             prefect-aws AwsCredentials block named in SIAMESE_AWS_CREDENTIALS_BLOCK
                             (all read by ``settings``)
   s3-block://name[/prefix]  the prefect-aws S3Bucket block ``name`` (bucket, folder, credentials)
+
+A location that a flow takes as a parameter must lie under an allowed root (``check_allowed``):
+SIAMESE_ALLOWED_ROOTS, else the working directory (unless it is / or holds the home directory), the
+temp directory and every S3 bucket or block; always SIAMESE_HOME, the storage, SIAMESE_GALLERY,
+SIAMESE_MIRROR and what this process's command line named (``allow_command_line``).
 """
 from __future__ import annotations
 
+import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 from settings import settings, siamese_home
 from storage.base import Storage
@@ -178,6 +184,70 @@ def open_storage(url: str | Path | None = None) -> Storage:
     if parsed.scheme and len(parsed.scheme) > 1:  # "C:" style drive letters are paths
         raise ValueError(f"storage address {url!r}: unsupported scheme {parsed.scheme!r} (use a path, file://, s3://)")
     return LocalStorage(url)
+
+
+def redact_url(url: str) -> str:
+    """Drop user:password@ and the query (presigned URLs carry credentials there)."""
+    p = urlparse(url)
+    netloc = p.hostname or ""
+    if p.port:
+        netloc += f":{p.port}"
+    return urlunparse((p.scheme, netloc, p.path, "", "", ""))
+
+
+class NotAllowedError(ValueError):
+    """A location parameter lies outside the allowed storage roots; nothing was read from it."""
+
+
+_command_line: list[str] = []
+
+
+def allow_command_line(*urls: str | Path | None) -> None:
+    """Locations typed on this process's command line are the operator's own: allowed in this process."""
+    _command_line.extend(str(u) for u in urls if u)
+
+
+def _parts(url: str | Path) -> tuple[str, tuple[str, ...]] | None:
+    """(kind, parts) of a storage location, symbolic links and .. resolved; None for http(s)."""
+    url = str(url)
+    p = urlparse(url)
+    if p.scheme in ("s3", "s3-block"):
+        return p.scheme, tuple(x for x in (p.netloc, *p.path.split("/")) if x)
+    if p.scheme and len(p.scheme) > 1 and p.scheme != "file":
+        return None
+    path = unquote(p.path) if p.scheme == "file" else url
+    return "file", Path(path).expanduser().resolve().parts
+
+
+def _default_roots() -> list[str]:
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    roots = [tempfile.gettempdir(), "s3://", "s3-block://"]
+    if cwd != Path(cwd.anchor) and not home.is_relative_to(cwd):
+        roots.append(str(cwd))
+    return roots
+
+
+def allowed_roots() -> list[str]:
+    s = settings()
+    given = [r.strip() for r in (s.allowed_roots or "").split(",") if r.strip()]
+    own = [str(siamese_home()), default_storage_url(), s.gallery, s.mirror, *_command_line]
+    return [r for r in [*(given or _default_roots()), *own] if r and _parts(r)]
+
+
+def check_allowed(name: str, url: str | Path | None) -> None:
+    """Refuse the parameter ``name`` unless its location lies under an allowed root (http(s) is no
+    storage location: not checked). The message names the parameter and the roots, never content."""
+    where = _parts(url) if url else None
+    if where is None:
+        return
+    roots = allowed_roots()
+    for root in roots:
+        kind, parts = _parts(root)
+        if kind == where[0] and where[1][:len(parts)] == parts:
+            return
+    raise NotAllowedError(f"{name} {redact_url(str(url))} is outside the allowed storage roots "
+                          f"({', '.join(roots)}): refused, nothing was read; an operator "
+                          "allows more with SIAMESE_ALLOWED_ROOTS")
 
 
 def split_object_url(url: str | Path) -> tuple[Storage, str]:

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
-from urllib.parse import unquote, urlparse, urlunparse
+from urllib.parse import unquote, urlparse
 
+from storage.location import redact_url  # noqa: F401 - its home for this module's callers
 from tasks.data.datasets import DatasetSpec, RemoteFile
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,6 @@ class FetchResult:
     sha256: str
     bytes_transferred: int  # 0 when the cached file was already verified
     resumed_from: int  # bytes kept from an earlier interrupted attempt (0 if none)
-
-
-def redact_url(url: str) -> str:
-    """Drop user:password@ and the query (presigned URLs carry credentials there)."""
-    p = urlparse(url)
-    netloc = p.hostname or ""
-    if p.port:
-        netloc += f":{p.port}"
-    return urlunparse((p.scheme, netloc, p.path, "", "", ""))
 
 
 def file_sha256(path: Path) -> str:

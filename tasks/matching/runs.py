@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import Storage, catalog, open_storage
-from storage.location import split_object_url
+from storage.base import normalize_key
+from storage.location import check_allowed, split_object_url
 from tasks.matching.config import MatchParams
 from tasks.matching.embedders import Embedder
 from tasks.matching.gallery import Gallery, fetch_faces, is_image_key
@@ -50,15 +51,60 @@ def run_id(params: MatchParams, gallery_sha256: str, listing_sha256: str, thresh
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _manifest_keys(url: str) -> Iterator[str]:
-    """Keys from a Parquet file (column ``key``) or a text file (one per line)."""
+def check_probe_locations(params: MatchParams) -> None:
+    """``probes`` and ``probe_manifest`` under the allowed storage roots, before either is read."""
+    check_allowed("probes", params.probes)
+    check_allowed("probe_manifest", params.probe_manifest)
+
+
+class ManifestError(ValueError):
+    """A probe manifest that is not a list of probe image keys; the message gives line numbers only."""
+
+
+def _is_probe_key(entry: object) -> bool:
+    if not isinstance(entry, str) or not entry.isprintable() or not is_image_key(entry):
+        return False
+    try:
+        return normalize_key(entry) == entry
+    except ValueError:
+        return False
+
+
+def _parquet_entries(data: bytes) -> list | None:
+    try:
+        return pq.read_table(io.BytesIO(data), columns=["key"]).column("key").to_pylist()
+    except (pa.ArrowException, KeyError, OSError):
+        return None  # raised by the caller: outside this block, no error holding content is chained
+
+
+def _utf8(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def _text_entries(data: bytes) -> list[str]:
+    lines = [_utf8(line) for line in data.splitlines()]
+    if None in lines:
+        raise ManifestError(f"probe_manifest line {lines.index(None) + 1} is not UTF-8 text: refused")
+    return lines
+
+
+def _manifest_keys(url: str) -> list[str]:
+    """Keys from a Parquet file (column ``key``) or a text file (one per line). A line that is not a
+    probe image key refuses the manifest by its number: nothing else of the file reaches a message."""
     store, key = split_object_url(url)
     data = store.read_bytes(key)
-    if key.endswith(".parquet"):
-        table = pq.read_table(io.BytesIO(data), columns=["key"])
-        yield from (k for k in table.column("key").to_pylist() if k)
-    else:
-        yield from (line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
+    parquet = key.endswith(".parquet")
+    entries = _parquet_entries(data) if parquet else _text_entries(data)
+    if entries is None:
+        raise ManifestError("probe_manifest is not a Parquet file with a key column")
+    for number, entry in enumerate(entries, 1):
+        if entry and not _is_probe_key(entry):
+            raise ManifestError(f"probe_manifest {'row' if parquet else 'line'} {number} is not a probe image key "
+                                "(a relative path such as person/photo.jpg): refused")
+    return [e for e in entries if e]
 
 
 def list_probes(params: MatchParams, store: Storage, gallery_sha256: str, threshold: float) -> dict:
@@ -69,6 +115,7 @@ def list_probes(params: MatchParams, store: Storage, gallery_sha256: str, thresh
     ``threshold``: the value every shard decides at (in the run's identity and its run.json).
     The listing is held in memory to be hashed first (about 200 bytes a probe: 1M probes ~ 200 MB).
     With a manifest the run covers its keys, not the objects' ETags."""
+    check_probe_locations(params)
     source = open_storage(params.probes)
     if params.probe_manifest:
         entries: Iterator[tuple[str, str]] = ((k, "") for k in _manifest_keys(params.probe_manifest))
