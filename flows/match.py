@@ -57,11 +57,16 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     progress = create_progress_artifact(progress=0.0, description=f"match run {run['run_id']}: shards done")
     futures = bounded_submit(lambda shard: match_one_shard.submit(run, shard, storage, enrolled, limit, progress),
                              range(run["shards"]), params.concurrent_shards)
-    failed = [f for f in futures if f.state.is_failed()]
+    # Any end but Completed (Failed, Crashed when a Dask worker dies, Cancelled) is a shard without
+    # results, and a run missing any probe's results is Failed: the alert fires, a re-run resumes.
+    unfinished = sorted(f"{f.state.name}" for f in futures if not f.state.is_completed())
     summary = summarize(run, storage)
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {run['shards']} shards failed; re-run the same command to resume "
-                           f"(finished shards are kept)")
+    if unfinished or not summary["complete"]:
+        counts = {name: unfinished.count(name) for name in dict.fromkeys(unfinished)}
+        raise RuntimeError(f"run {run['run_id']} is incomplete: {summary['shards_done']} of {run['shards']} shards "
+                           f"have results, {summary['probes_with_results']} of {run['probes']} probes"
+                           + (f" (shards ended {counts})" if counts else "")
+                           + "; re-run the same command to resume (finished shards are kept)")
     return {**summary, "threshold": limit, "model_version": version, "gallery": enrolled}
 
 

@@ -169,6 +169,36 @@ def test_a_new_person_or_new_probes_make_a_new_complete_run_that_includes_them(s
     assert match_flow(params, s["storage"])["run_id"] == third["run_id"]
 
 
+def test_a_run_whose_shards_crashed_or_were_cancelled_ends_failed_then_resumes(s3_setup, prefect_harness,
+                                                                                monkeypatch):
+    """A Dask worker killed mid-shard ends that task Crashed, a cancelled one Cancelled: neither is
+    Failed, and the run must still end Failed (the alert fires) until every probe has its result."""
+    from prefect.states import Cancelled, Crashed
+
+    from flows.match import match_flow
+    from tasks.matching import prefect_tasks
+
+    s = s3_setup
+    params = MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4, threshold="accuracy")
+    real = prefect_tasks.match_shard
+
+    def some_shards_die(run, shard, *args, **kwargs):
+        if shard == 1:
+            return Crashed(message="the Dask worker running it was killed")
+        if shard == 2:
+            return Cancelled(message="cancelled")
+        return real(run, shard, *args, **kwargs)
+
+    monkeypatch.setattr(prefect_tasks, "match_shard", some_shards_die)
+    state = match_flow(params, s["storage"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match=r"incomplete: 1 of 3 shards have results.*Cancelled.*Crashed"):
+        state.result()
+    monkeypatch.setattr(prefect_tasks, "match_shard", real)
+    resumed = match_flow(params, s["storage"])
+    assert resumed["complete"] and resumed["probes_with_results"] == 10
+
+
 def test_a_threshold_calibrated_anew_makes_a_new_run_never_a_mix(s3_setup, prefect_harness):
     """The nightly rewrites the champion's report when it re-scores it: the same command then decides at
     another threshold, so it must be another run, not the old one's shards reported beside the new value."""

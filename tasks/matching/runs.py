@@ -65,7 +65,7 @@ def _is_probe_key(entry: object) -> bool:
     if not isinstance(entry, str) or not entry.isprintable() or not is_image_key(entry):
         return False
     try:
-        return normalize_key(entry) == entry
+        return normalize_key(entry, empty_parts=True) == entry  # a//b is an S3 key of its own
     except ValueError:
         return False
 
