@@ -183,3 +183,26 @@ def test_a_champion_rolled_back_after_the_nightly_decided_is_not_overwritten(tin
     assert pointer["version"] == old and pointer["decision"]["by_hand"] and pointer["history"] == []
     decision["champion"] = old  # decided again against the champion as it is now
     assert set_champion(store, v, decision)["history"] == [old]
+
+
+def test_a_large_first_enrolment_killed_midway_keeps_what_it_had_embedded(local_setup, monkeypatch):
+    s = local_setup
+    monkeypatch.setattr(gallery_module, "CHECKPOINT_IMAGES", 3)  # 8 photos: saved after 3 and 6
+    real, chunks = gallery_module._embed_chunk, []
+
+    def killed_in_the_third_chunk(*args, **kwargs):
+        chunks.append(1)
+        if len(chunks) == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gallery_module, "_embed_chunk", killed_in_the_third_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        enrol(str(s["gallery"]), s["version"], s["storage"], log=quiet)
+    monkeypatch.setattr(gallery_module, "_embed_chunk", real)
+    resumed = enrol(str(s["gallery"]), s["version"], s["storage"], log=quiet)
+    assert (resumed.embedded, resumed.kept, resumed.images) == (2, 6, 8)
+    store = open_storage(s["storage"])
+    prefix = catalog.gallery_prefix(gallery_id(str(s["gallery"])), s["version"])
+    assert not [i.key for i in store.list(prefix + "/") if "/pending-" in i.key]  # published: nothing pending
+    assert_index_matches_embeddings(stored(s["storage"], resumed))
