@@ -246,7 +246,7 @@ def check_allowed(name: str, url: str | Path | None) -> None:
         if kind == where[0] and where[1][:len(parts)] == parts:
             return
     raise NotAllowedError(f"{name} {redact_url(str(url))} is outside the allowed storage roots "
-                          f"({', '.join(roots)}): refused, nothing was read; an operator "
+                          f"({', '.join(r if r.endswith('://') else redact_url(r) for r in roots)}): refused, nothing was read; an operator "
                           "allows more with SIAMESE_ALLOWED_ROOTS")
 
 

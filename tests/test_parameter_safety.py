@@ -93,6 +93,18 @@ def test_system_files_and_home_dotfiles_are_refused_by_default(tmp_path, monkeyp
         check_allowed("dataset", url)
 
 
+def test_a_refusal_lists_the_allowed_roots_without_the_mirrors_credentials(monkeypatch):
+    from settings import settings
+    from storage.location import check_allowed
+
+    secret = _secret()
+    monkeypatch.setenv("SIAMESE_MIRROR", f"file://mirror-user:{secret}@/srv/lfw?token={secret}")
+    settings.cache_clear() if hasattr(settings, "cache_clear") else None
+    with pytest.raises(NotAllowedError) as err:
+        check_allowed("probe_manifest", "/proc/self/environ")
+    assert secret not in str(err.value) and "/srv/lfw" in str(err.value)
+
+
 @pytest.mark.parametrize("manifest,refusal", [
     (b"batch/p000.jpg\nSIAMESE_FAKE_WORKER_TOKEN={secret}\n", "line 2 is not a probe image key"),
     (b"SIAMESE_FAKE_WORKER_TOKEN={secret}\0PATH=/bin/x.jpg\0", "line 1 is not a probe image key"),
