@@ -91,3 +91,32 @@ def test_bad_parameters_fail_at_submission_with_the_field_named(prefect_harness,
     with pytest.raises(ParameterTypeError, match="image_size"):
         data_flow({**tiny_params.model_dump(), "image_size": 4}, str(tmp_path / "store"))
     assert not (tmp_path / "store").exists()
+
+
+def test_replaced_pairs_are_drawn_again_not_reused(tiny_mirror, tmp_path, monkeypatch):
+    """pairs.parquet swapped for another valid Parquet (or damaged) no longer has the sha256 its
+    manifest records: the data step draws the pairs again instead of handing the swapped file on."""
+    import io
+
+    import pandas as pd
+
+    from storage import catalog
+    from storage.manifests import sha256_bytes
+    from tasks.data.steps import preprocess_for, run_index, run_pairs
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage, config = str(tmp_path / "store"), TINY_FACE_COMPARER.model_dump()
+    store, key = open_storage(storage), catalog.pairs_key("tiny", "face_comparer")
+    index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
+    first = run_pairs("tiny", storage, index, "face_comparer", config, {})
+    swapped = io.BytesIO()
+    pd.read_parquet(io.BytesIO(store.read_bytes(key))).iloc[:4].to_parquet(swapped, index=False)
+    store.write_bytes(key, swapped.getvalue())
+
+    said: list[str] = []
+    again = run_pairs("tiny", storage, index, "face_comparer", config, {}, log=said.append)
+    assert not again.reused and len(said) == 1 and "does not match the recorded" in said[0]
+    manifest = store.read_json(catalog.pairs_manifest_key("tiny", "face_comparer"))
+    assert sha256_bytes(store.read_bytes(key)) == manifest["summary"]["pairs_sha256"] == first.pairs_sha256
+    assert run_pairs("tiny", storage, index, "face_comparer", config, {}).reused  # intact again: reused

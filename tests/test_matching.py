@@ -510,6 +510,40 @@ def test_the_demo_is_scored_against_the_truth():
     assert scored["never_enrolled_called_unknown"] == 0.5 and scored["errors"] == 1
 
 
+def test_demo_photos_sharing_a_file_name_stay_apart_and_an_earlier_demo_is_pruned(tmp_path):
+    """A folder dataset's people may each have an IMG_0001.jpg: each probe keeps its own object and
+    truth, and the next demo holds exactly its own held-out people (none left from an earlier one)."""
+    from tasks.matching.demo import score_demo, write_demo
+
+    photos, store = open_storage(str(tmp_path / "photos")), open_storage(str(tmp_path / "store"))
+    people = ("Ann", "Bob", "Cat", "Dan")
+    for seed, person in enumerate(people):
+        for k in (1, 2):
+            photos.write_bytes(f"{person}/IMG_000{k}.jpg", jpeg(10 * seed + k))
+    index = pd.DataFrame({"image_id": [f"{p}/IMG_000{k}.jpg" for p in people for k in (1, 2)]})
+    index["path"] = index["image_id"]
+
+    def demo(held: tuple[str, ...]):
+        held_out = {p: [f"{p}/IMG_0001.jpg", f"{p}/IMG_0002.jpg"] for p in held}
+        batch = write_demo(store, "/data/people", index, held_out, photos)
+        probes = open_storage(batch.probes_url)
+        owner = {photos.read_bytes(f"{p}/IMG_0002.jpg"): p for p in held}
+        # what a perfect matcher says: each stored probe named as the person its bytes show
+        results = pd.DataFrame([{"probe_key": k, "identity": owner[probes.read_bytes(k)],
+                                 "top_identities": [owner[probes.read_bytes(k)]], "error": None}
+                                for k in batch.truth])
+        return batch, score_demo(results, batch.truth)
+
+    batch, scored = demo(("Ann", "Bob"))
+    assert sorted(batch.truth.values()) == ["Ann", "Bob"]  # both IMG_0002.jpg probes, not one
+    assert scored["known_probes"] == 2 and scored["rank1"] == 1.0
+    batch, scored = demo(("Cat", "Dan"))
+    gallery, probes = open_storage(batch.gallery_url), open_storage(batch.probes_url)
+    assert {i.key.split("/")[0] for i in gallery.list("")} == {"Cat", "Dan"}  # Ann and Bob are gone
+    assert sorted(i.key for i in probes.list("")) == sorted(batch.truth)
+    assert scored["known_probes"] == 2 and scored["rank1"] == 1.0
+
+
 def test_a_model_is_matched_with_its_own_preprocessing(tiny_mirror, tmp_path, monkeypatch):
     """A model trained on whole frames (a dataset without a crop box, like AT&T's) is fed whole
     frames by matching, not LFW's crop: the manifest says how its faces were cut."""

@@ -123,7 +123,7 @@ def dataset_skew(dataset: str, storage_url: str | None, index_summary: IndexSumm
 def pairs(dataset: str, storage_url: str | None, index_summary: IndexSummary, protocol: str, config: dict,
           files: dict[str, str]) -> PairsSummary:
     log = get_run_logger()
-    result = run_pairs(dataset, storage_url, index_summary, protocol, config, files)
+    result = run_pairs(dataset, storage_url, index_summary, protocol, config, files, log=log.warning)
     store = open_storage(storage_url)
     for split, c in result.counts.items():
         log.info("%s/%s %s: %d pairs (%d same), %d people, %d images", dataset, protocol, split, c["pairs"],

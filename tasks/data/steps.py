@@ -15,7 +15,7 @@ import pandas as pd
 
 from settings import siamese_home
 from storage import NotFoundError, catalog, open_storage
-from storage.manifests import IntegrityError, reusable_manifest, same_inputs, sha256_bytes
+from storage.manifests import IntegrityError, read_verified, reusable_manifest, same_inputs, sha256_bytes
 from tasks.data.chip_store import ChipSummary, chip_settings, update_chip_store
 from tasks.data.datasets import get_dataset, is_folder_dataset
 from tasks.data.download import download_dataset
@@ -308,14 +308,26 @@ def pair_counts(pairs: pd.DataFrame, per_split: dict[str, pd.Series]) -> dict[st
     }
 
 
+def _pairs_intact(store, key: str, manifest: dict, log) -> bool:
+    """Whether the pairs file still has the sha256 its manifest records: training and evaluation
+    read whatever lies there, so a replaced or damaged file is drawn again, never reused."""
+    try:
+        read_verified(store, key, manifest["summary"]["pairs_sha256"])
+        return True
+    except (NotFoundError, IntegrityError) as err:
+        log(f"the stored pairs are unusable ({err}): drawing them again")
+        return False
+
+
 def run_pairs(dataset: str, storage_url: str | None, index: IndexSummary, protocol: str, config: dict,
-              files: dict[str, str]) -> PairsSummary:
-    """Generate one protocol's pairs into Parquet, with its per-split skew tables and plots beside it."""
+              files: dict[str, str], log=print) -> PairsSummary:
+    """Generate one protocol's pairs into Parquet, with its per-split skew tables and plots beside it;
+    the stored pairs are reused when made from the same inputs and still the bytes their manifest records."""
     store = open_storage(storage_url)
     pairs_key, manifest_key = catalog.pairs_key(dataset, protocol), catalog.pairs_manifest_key(dataset, protocol)
     wanted = {"index_sha256": index.index_sha256, "config": config, "format": PAIRS_FORMAT}
     prior = reusable_manifest(store, manifest_key, wanted, pairs_key)
-    if prior:
+    if prior and _pairs_intact(store, pairs_key, prior, log):
         return PairsSummary(**{**prior["summary"], "reused": True, "seconds": 0.0})
 
     start = time.perf_counter()

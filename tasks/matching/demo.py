@@ -7,6 +7,7 @@ held-out people with a single one, who are never enrolled. Nobody the model trai
 """
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from dataclasses import dataclass
 
@@ -27,29 +28,50 @@ class DemoBatch:
 def write_demo(store: Storage, dataset: str, index: pd.DataFrame, held_out: dict[str, list[str]],
                image_root) -> DemoBatch | None:
     """``image_root``: the photos' directory (an archive's extraction) or storage (a folder dataset).
-    Copy the photos into ``demo/<dataset>/gallery/<person>/<file>`` and ``demo/<dataset>/probes/``
-    of the storage (an existing object is kept: a re-run copies nothing); None when fewer than two
-    held-out people could be enrolled."""
+    Copy the photos into ``demo/<dataset>/gallery/<person>/<file>`` and
+    ``demo/<dataset>/probes/<person>/<hash>-<file>`` of the storage (an existing object is kept: a
+    re-run copies nothing), then remove what an earlier run left there, so the demo holds exactly
+    this run's held-out people; None when fewer than two held-out people could be enrolled."""
     enrolled, known, never = identification_sets(held_out)
     if len(enrolled) < 2 or not known:
         return None
     path_of = dict(zip(index["image_id"], index["path"]))
+    person_of = {image: person for person, images in held_out.items() for image in images}
     gallery, probes = catalog.demo_gallery_prefix(dataset), catalog.demo_probes_prefix(dataset)
+    written: set[str] = set()
 
     def put(key: str, image_id: str) -> None:
+        written.add(key)
         if not store.exists(key):
             path = path_of[image_id]
             store.write_bytes(key, image_root.read_bytes(path) if isinstance(image_root, Storage)
                               else (image_root / path).read_bytes())
 
     for person, image in enrolled.items():
-        put(posixpath.join(gallery, person, posixpath.basename(image)), image)
+        put(posixpath.join(gallery, person, posixpath.basename(image)), image)  # one photo a person
     truth: dict[str, str | None] = {}
     for image, person in [*known, *((image, None) for image in never)]:
-        key = posixpath.basename(image)  # Name_0002.jpg: unique in LFW's layout
+        key = probe_key(person_of[image], image)
         put(posixpath.join(probes, key), image)
         truth[key] = person
+    _remove_stale(store, (gallery, probes), written)
     return DemoBatch(store.uri(gallery), store.uri(probes), truth)
+
+
+def probe_key(person: str, image_id: str) -> str:
+    """A probe's key under the demo's probes: a folder dataset's people may each have an
+    ``IMG_0001.jpg``, so the basename alone collides; the image id's hash keeps them apart."""
+    digest = hashlib.sha256(image_id.encode()).hexdigest()[:8]
+    return posixpath.join(person, f"{digest}-{posixpath.basename(image_id)}")
+
+
+def _remove_stale(store: Storage, prefixes: tuple[str, ...], keep: set[str]) -> None:
+    """Delete what earlier demo runs left under ``prefixes``: people no longer held out would stay
+    enrolled in the demo gallery, and old probes would be matched and scored with no truth."""
+    for prefix in prefixes:
+        for info in store.list_all(prefix + "/"):
+            if info.key not in keep:
+                store.delete(info.key)
 
 
 def score_demo(results: pd.DataFrame, truth: dict[str, str | None]) -> dict:
