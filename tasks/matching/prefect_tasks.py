@@ -24,9 +24,10 @@ from tasks.slots import enrolment_limit, hold
 
 _lock = threading.Lock()
 # Storage outages: botocore's own retries (SIAMESE_S3_MAX_ATTEMPTS) give up within seconds when the
-# endpoint refuses connections, so every storage-facing task waits 5, 15, 30 and 60 s between tries:
-# an outage of a minute and more is ridden out before a shard fails (a re-run resumes it anyway).
-STORAGE_RETRY_DELAYS = [5, 15, 30, 60]
+# endpoint refuses connections, so every storage-facing task waits 5, 15, 30, 60 and 120 s between
+# tries: a server down for three minutes (killed, then restarted) is ridden out before a shard
+# fails (a re-run resumes it anyway; bench/fault_run.py).
+STORAGE_RETRY_DELAYS = [5, 15, 30, 60, 120]
 
 
 @lru_cache(maxsize=4)
