@@ -80,3 +80,35 @@ def test_an_index_holding_an_image_its_embeddings_lack_is_refused_never_a_neighb
     stale = Gallery(gallery.identities[kept], gallery.keys[kept], gallery.embeddings[kept], index)
     with pytest.raises(ValueError, match="(?i)index holds .*not in the gallery's embeddings"):
         score_against_gallery(cosine_head(10.0, -5.0), gallery.embeddings[:1], stale, 3)
+
+
+def test_a_refined_ivf_index_returns_the_exact_top_1_among_near_ties():
+    """SQ8 codes move a cosine by ~1e-3: near ties (pairs of images 1e-4 apart in cosine) would swap
+    without the float32 re-rank of the candidates."""
+    from tasks.matching.index import load_index
+
+    gallery, probes = clustered_gallery(3_000, 2)
+    twins = gallery.embeddings[::7] + 1e-4 * np.random.default_rng(1).standard_normal(
+        gallery.embeddings[::7].shape).astype(np.float32)
+    emb = _unit(np.concatenate([gallery.embeddings, twins]))
+    ids = np.arange(len(emb), dtype=np.int64)
+    exact = build_index(emb, ids, "exact").search(probes, 1)[1][:, 0]
+    refined = build_index(emb, ids, "ivf_refine")
+    refined.configure(nprobe=refined.settings["nlist"])  # every cell: only the codes' error is left
+    assert (refined.search(probes, 1)[1][:, 0] == exact).all()
+    again = load_index(refined.to_bytes(), "ivf_refine", refined.trained_rows, refined.settings)
+    assert (again.search(probes, 1)[1][:, 0] == exact).all()
+
+
+def test_an_index_stored_with_other_settings_than_it_was_built_with_is_refused():
+    from tasks.matching.index import IndexSettingsError, load_index
+
+    gallery, _ = clustered_gallery(1_000, 2)
+    index = build_index(gallery.embeddings, gallery.ids, "ivf_refine")
+    for wrong in ({**index.settings, "nlist": index.settings["nlist"] * 2}, {**index.settings, "codes": "fp16"},
+                  {k: v for k, v in index.settings.items() if k != "k_factor"}):
+        with pytest.raises(IndexSettingsError, match="refused"):
+            load_index(index.to_bytes(), "ivf_refine", index.trained_rows, wrong)
+    exact = build_index(gallery.embeddings, gallery.ids, "exact")
+    with pytest.raises(IndexSettingsError):
+        load_index(exact.to_bytes(), "ivf_refine", 0, index.settings)

@@ -30,7 +30,7 @@ from tasks.fetching import fetch_pool
 from tasks.images import ImageDecodeError
 from tasks.matching.embedders import Embedder, model_embedder
 from tasks.matching.faces import faces_from_bytes
-from tasks.matching.index import GalleryIndex, build_index, key_ids, load_index, update_index
+from tasks.matching.index import GalleryIndex, IndexSettingsError, build_index, key_ids, load_index, update_index
 
 GALLERY_FORMAT = 3  # 3: content-named files behind one pointer (2: faces cut at the tensor store's size)
 
@@ -118,7 +118,8 @@ def read_gallery(store: Storage, key: str, sha256: str, index: dict | None = Non
 
 def _load_index(store: Storage, entry: dict) -> GalleryIndex:
     """A stored index, deserialised only from the bytes its manifest entry's checksum names."""
-    return load_index(read_verified(store, entry["key"], entry["sha256"]), entry["kind"], entry["trained_rows"])
+    return load_index(read_verified(store, entry["key"], entry["sha256"]), entry["kind"], entry["trained_rows"],
+                      entry.get("settings"))
 
 
 def _pairs(frame: pd.DataFrame) -> pd.Series:
@@ -136,7 +137,7 @@ def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, s
     if prior is not None:
         try:
             previous = _load_index(store, prior)
-        except (NotFoundError, IntegrityError) as err:
+        except (NotFoundError, IntegrityError, IndexSettingsError) as err:
             log(f"published index unusable ({err}): building it again")
         else:
             now, before = set(_pairs(frame)), set(_pairs(published.frame))
@@ -149,7 +150,8 @@ def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, s
         index = build_index(all_emb, key_ids(frame["key"]))
     data = index.to_bytes()
     entry = {"key": catalog.gallery_index_key(gid, version, sha256_bytes(data)), "sha256": sha256_bytes(data),
-             "kind": index.kind, "trained_rows": index.trained_rows, "embeddings_sha256": sha256}
+             "kind": index.kind, "trained_rows": index.trained_rows, "embeddings_sha256": sha256,
+             "settings": index.settings}
     _write_once(store, entry["key"], data)
     log(f"index {how}: {index.kind}, {index.size} images")
     return entry

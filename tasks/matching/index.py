@@ -15,7 +15,7 @@ gallery has doubled since. The index is stored beside the embeddings it was buil
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,9 +32,19 @@ def key_ids(keys) -> np.ndarray:
 
 @dataclass
 class GalleryIndex:
-    index: object  # a faiss index with ids (IndexIDMap2 over Flat, or IVFFlat)
-    kind: str  # "exact" or "ivf"
+    index: object  # a faiss index with ids (IndexIDMap2 over Flat, HNSW or a refined IVF; or IVFFlat)
+    kind: str  # "exact", "ivf", "hnsw" or "ivf_refine"
     trained_rows: int  # gallery size the IVF centroids were trained on (0 for exact)
+    settings: dict = field(default_factory=dict)  # ivf_refine: nlist, codes, nprobe, k_factor (stored beside it)
+
+    def configure(self, nprobe: int | None = None, k_factor: int | None = None) -> None:
+        """Search settings of a refined IVF index: cells searched and candidates re-ranked per result."""
+        import faiss
+
+        if nprobe is not None:
+            faiss.extract_index_ivf(self.index).nprobe = self.settings["nprobe"] = int(nprobe)
+        if k_factor is not None:
+            faiss.downcast_index(self.index.index).k_factor = self.settings["k_factor"] = int(k_factor)
 
     def search(self, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosines (P, k), ids (P, k); -1 where fewer than k were found) of the nearest images."""
@@ -53,6 +63,30 @@ class GalleryIndex:
 
 
 HNSW_LINKS, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+
+
+def refine_settings(rows: int) -> dict:
+    """A refined IVF's settings for a gallery of ``rows`` images: nlist = 4 sqrt(rows); the cells
+    searched and candidates re-ranked chosen by measurement (BENCHMARKS.md, gallery search)."""
+    return {"nlist": max(1, int(4 * np.sqrt(rows))), "codes": "SQ8", "nprobe": 32, "k_factor": 16}
+
+
+def _refined_ivf(dim: int, train: np.ndarray, settings: dict):
+    """IVF over 8-bit scalar-quantised codes (a quarter of float32's memory), its k x k_factor best
+    candidates re-ranked exactly against the float32 vectors (IndexRefineFlat)."""
+    import faiss
+
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, settings["nlist"], faiss.ScalarQuantizer.QT_8bit,
+                                        faiss.METRIC_INNER_PRODUCT)
+    nlist = settings["nlist"]
+    sample = train if len(train) <= 64 * nlist else train[np.random.default_rng(0).choice(len(train), 64 * nlist,
+                                                                                         replace=False)]
+    ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+    ivf.nprobe = min(settings["nprobe"], nlist)
+    refined = faiss.IndexRefineFlat(ivf)
+    refined.k_factor = settings["k_factor"]
+    return faiss.IndexIDMap2(refined)
 
 
 def _new(kind: str, dim: int, train: np.ndarray | None):
@@ -78,6 +112,11 @@ def _new(kind: str, dim: int, train: np.ndarray | None):
 def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str | None = None) -> GalleryIndex:
     """An index of unit ``embeddings`` with ``ids``; ``kind`` None: exact up to EXACT_LIMIT rows."""
     kind = kind or ("exact" if len(embeddings) <= EXACT_LIMIT else "ivf")
+    if kind == "ivf_refine":
+        settings = refine_settings(len(embeddings))
+        index = _refined_ivf(embeddings.shape[1], embeddings, settings)
+        index.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), ids)
+        return GalleryIndex(index, kind, len(embeddings), settings)
     index = _new(kind, embeddings.shape[1], embeddings if kind == "ivf" else None)
     index.add_with_ids(np.ascontiguousarray(embeddings, dtype=np.float32), ids)
     return GalleryIndex(index, kind, len(embeddings) if kind == "ivf" else 0)
@@ -91,8 +130,10 @@ def update_index(previous: GalleryIndex, removed_ids: np.ndarray, added: np.ndar
     size = previous.size - len(removed_ids) + len(added)
     if (previous.kind == "exact" and size > EXACT_LIMIT) or (previous.kind == "ivf" and size > 2 * previous.trained_rows):
         return build_index(all_embeddings, all_ids, "ivf")
-    if previous.kind == "hnsw" and len(removed_ids):  # a graph cannot drop a node: built again
-        return build_index(all_embeddings, all_ids, "hnsw")
+    if previous.kind == "ivf_refine" and size > 2 * previous.trained_rows:
+        return build_index(all_embeddings, all_ids, "ivf_refine")
+    if previous.kind in ("hnsw", "ivf_refine") and len(removed_ids):  # neither drops a vector: built again
+        return build_index(all_embeddings, all_ids, previous.kind)
     if len(removed_ids):
         previous.index.remove_ids(np.asarray(removed_ids, dtype=np.int64))
     if len(added):
@@ -100,7 +141,11 @@ def update_index(previous: GalleryIndex, removed_ids: np.ndarray, added: np.ndar
     return previous
 
 
-def load_index(data: bytes, kind: str, trained_rows: int) -> GalleryIndex:
+class IndexSettingsError(ValueError):
+    """A stored index whose structure differs from the settings stored beside it."""
+
+
+def load_index(data: bytes, kind: str, trained_rows: int, settings: dict | None = None) -> GalleryIndex:
     import faiss
 
     index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -108,4 +153,26 @@ def load_index(data: bytes, kind: str, trained_rows: int) -> GalleryIndex:
         faiss.extract_index_ivf(index).nprobe = min(NPROBE, faiss.extract_index_ivf(index).nlist)
     if kind == "hnsw":
         faiss.downcast_index(index.index).hnsw.efSearch = HNSW_EF_SEARCH
-    return GalleryIndex(index, kind, trained_rows)
+    loaded = GalleryIndex(index, kind, trained_rows, dict(settings or {}))
+    if kind == "ivf_refine":
+        _check_refined(index, loaded.settings)
+        loaded.configure(loaded.settings["nprobe"], loaded.settings["k_factor"])
+    return loaded
+
+
+def _check_refined(index, settings: dict) -> None:
+    """The settings stored with a refined IVF index must be the ones it was built with."""
+    import faiss
+
+    refined = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:  # not an IVF index at all
+        ivf = None
+    built = {"nlist": int(ivf.nlist) if ivf is not None else None,
+             "codes": "SQ8" if isinstance(ivf, faiss.IndexIVFScalarQuantizer) else type(ivf).__name__,
+             "refined": isinstance(refined, faiss.IndexRefine)}
+    stored = {"nlist": settings.get("nlist"), "codes": settings.get("codes"), "refined": True}
+    if built != stored or not {"nprobe", "k_factor"} <= set(settings):
+        raise IndexSettingsError(f"the stored index was built as {built}, but its settings say {settings}: "
+                                 "refused; enrol the gallery again to rebuild it")
