@@ -30,6 +30,25 @@ def key_ids(keys) -> np.ndarray:
                     dtype=np.int64)
 
 
+def identity_top(names: np.ndarray, scores: np.ndarray, found: np.ndarray, n: int, fill: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` distinct identities of each probe's image neighbours (``names``, ``scores``,
+    ``found``: (P, k), best first) with the score of their best image; ``fill`` (score 0) where
+    fewer than ``n`` were found."""
+    top_names = np.full((len(names), n), fill, dtype=object)
+    top_scores = np.zeros((len(names), n), dtype=np.float64)
+    for p in range(len(names)):
+        seen: dict = {}
+        for name, score, ok in zip(names[p], scores[p], found[p]):
+            if ok and name not in seen:
+                seen[name] = score
+                if len(seen) == n:
+                    break
+        top_names[p, :len(seen)] = list(seen)
+        top_scores[p, :len(seen)] = list(seen.values())
+    return top_names, top_scores
+
+
 @dataclass
 class GalleryIndex:
     index: object  # a faiss index with ids (IndexIDMap2 over Flat, HNSW or a refined IVF; or IVFFlat)

@@ -7,6 +7,7 @@ import pandas as pd
 from model.scoring import PairHead
 from tasks.folders import UNKNOWN_IDENTITY
 from tasks.matching.gallery import Gallery
+from tasks.matching.index import identity_top
 
 UNKNOWN = UNKNOWN_IDENTITY  # a reserved name: no gallery folder may be called so
 
@@ -81,19 +82,7 @@ def _indexed_top(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: 
     rows = order[positions]
     names = identities[rows]
     probabilities = 1.0 / (1.0 + np.exp(-scorer.logits_from_cosines(cosines)))
-    n = min(top_k, int(pd.Series(identities).nunique()))
-    top_names = np.full((len(probes), n), UNKNOWN, dtype=object)
-    top_scores = np.zeros((len(probes), n), dtype=np.float64)
-    for p in range(len(probes)):
-        seen: dict = {}
-        for name, score, ok in zip(names[p], probabilities[p], found[p]):
-            if ok and name not in seen:
-                seen[name] = score
-                if len(seen) == n:
-                    break
-        top_names[p, :len(seen)] = list(seen)
-        top_scores[p, :len(seen)] = list(seen.values())
-    return top_names, top_scores
+    return identity_top(names, probabilities, found, min(top_k, int(pd.Series(identities).nunique())), UNKNOWN)
 
 
 def score_against_gallery(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: int,
