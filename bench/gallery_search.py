@@ -79,7 +79,8 @@ def child(kind: str, size: int, probes: int, model_path: str, cosine_threshold: 
     del scan
 
     t0 = time.perf_counter()
-    index = build_index(gallery, ids, "ivf_refine")
+    index = build_index(gallery, ids, "ivf_refine",
+                        {"nlist": int(sweep["nlist_factor"] * np.sqrt(size))} if sweep["nlist_factor"] else None)
     build = time.perf_counter() - t0
     for nprobe in sweep["nprobe"]:
         for k_factor in sweep["k_factor"]:
@@ -89,6 +90,19 @@ def child(kind: str, size: int, probes: int, model_path: str, cosine_threshold: 
             rows.append({**base, "method": "ivf_refine", "nlist": index.settings["nlist"], "nprobe": nprobe,
                          "k_factor": k_factor, "build_s": build, "probes_per_s": rate, "recall_at_1": r,
                          "recall_at_1_shown": r_shown})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if sweep["ef_search"]:  # a graph over the float32 vectors: exact distances, no re-rank needed
+        t0 = time.perf_counter()
+        graph = faiss.IndexHNSWFlat(gallery.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = 80
+        graph.add(gallery)
+        build = time.perf_counter() - t0
+        for ef in sweep["ef_search"]:
+            graph.hnsw.efSearch = ef
+            found, rate = timed_search(lambda q: graph.search(q, 1)[1][:, 0], queries)
+            r, r_shown = recall(found)
+            rows.append({**base, "method": "hnsw", "ef_search": ef, "build_s": build, "probes_per_s": rate,
+                         "recall_at_1": r, "recall_at_1_shown": r_shown})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return [{**row, "peak_rss_mb": peak} for row in rows]
@@ -116,11 +130,14 @@ def main() -> int:
     ap.add_argument("--kinds", nargs="+", default=["fitted", "isotropic"])
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--k-factor", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--ef-search", type=int, nargs="*", default=[], help="also an HNSW graph, at these efSearch")
+    ap.add_argument("--nlist-factor", type=float, default=None, help="nlist = this x sqrt(N) (default: the index's own)")
     ap.add_argument("--storage", default="var/store")
     ap.add_argument("--model", default="champion")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    sweep = {"nprobe": args.nprobe, "k_factor": args.k_factor}
+    sweep = {"nprobe": args.nprobe, "k_factor": args.k_factor, "nlist_factor": args.nlist_factor,
+             "ef_search": args.ef_search}
     if args.child:
         kind, size, path, threshold = json.loads(args.child)
         print(json.dumps(child(kind, size, args.probes, path, threshold, sweep)))
@@ -132,6 +149,8 @@ def main() -> int:
         for kind in args.kinds:
             out = subprocess.run([sys.executable, "-m", "bench.gallery_search", "--probes", str(args.probes),
                                   "--nprobe", *map(str, args.nprobe), "--k-factor", *map(str, args.k_factor),
+                                  *(["--nlist-factor", str(args.nlist_factor)] if args.nlist_factor else []),
+                                  *(["--ef-search", *map(str, args.ef_search)] if args.ef_search else []),
                                   "--child", json.dumps([kind, size, path, threshold])],
                                  capture_output=True, text=True, check=True)
             rows = json.loads(out.stdout.strip().splitlines()[-1])

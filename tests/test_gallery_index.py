@@ -112,3 +112,25 @@ def test_an_index_stored_with_other_settings_than_it_was_built_with_is_refused()
     exact = build_index(gallery.embeddings, gallery.ids, "exact")
     with pytest.raises(IndexSettingsError):
         load_index(exact.to_bytes(), "ivf_refine", 0, index.settings)
+
+
+def test_the_bfloat16_scan_returns_the_float32_scans_top_3_even_among_near_ties():
+    """Hundreds of images within 1e-5 of each other in cosine to each probe, far closer than
+    bfloat16 can tell apart (~4e-3), spread over many groups: the scan must still return the
+    float32 order."""
+    from tasks.matching.scan import Bf16Scan
+
+    rng = np.random.default_rng(3)
+    dim, probes = 64, _unit(rng.standard_normal((8, 64)))
+    rows = [_unit(rng.standard_normal((4_000, dim)))]  # fillers, cosines near 0
+    for probe in probes:
+        cos = 0.95 - 1e-5 * rng.permutation(300)
+        side = rng.standard_normal((300, dim))
+        side -= np.outer(side @ probe, probe)
+        side /= np.linalg.norm(side, axis=1, keepdims=True)
+        rows.append((cos[:, None] * probe + np.sqrt(1 - cos[:, None] ** 2) * side).astype(np.float32))
+    emb = np.concatenate(rows)
+    emb = emb[rng.permutation(len(emb))]
+    exact = build_index(emb, np.arange(len(emb), dtype=np.int64), "exact").search(probes, 3)[1]
+    found = Bf16Scan(emb, block=2_048, groups=4).search(probes, 3)[1]
+    assert (found == exact).all()

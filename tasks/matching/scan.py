@@ -1,18 +1,20 @@
 """Exact nearest-neighbour search by a bfloat16 scan: the gallery held in bfloat16, each block of
 it multiplied with the probes by oneDNN's bfloat16 matmul (AMX or AVX512-BF16 where the CPU has
 them), reduced to the best image of each group of ``GROUP`` consecutive images, the best groups
-kept across blocks, and their images re-ranked in float32. bfloat16 moves a cosine by at most
-~0.004, so a group holding the true top image is kept unless more than ``groups`` groups beat it
-within that error; the float32 re-rank then returns exactly the float32 scan's order."""
+kept across blocks, and their images re-ranked in float32. Rounding both unit vectors to bfloat16
+moves a cosine by less than ``MARGIN``; a probe for which any group left out scored within
+``MARGIN`` of the best kept one might have lost its true top image, so that probe alone is scored
+exactly in float32: the result is always the float32 scan's."""
 from __future__ import annotations
 
 import numpy as np
 
 GROUP = 16  # images per group: the scan keeps groups, the re-rank opens them
+MARGIN = 2 * 2.0 ** -8  # > the bfloat16 error of a cosine of unit vectors (2 x 2^-9, float32 accumulation)
 
 
 class Bf16Scan:
-    def __init__(self, gallery: np.ndarray, block: int = 1 << 17, groups: int = 8):
+    def __init__(self, gallery: np.ndarray, block: int = 1 << 17, groups: int = 32):
         import tensorflow as tf
 
         self.tf, self.groups = tf, groups
@@ -38,10 +40,28 @@ class Bf16Scan:
             best_scores.append(values.numpy())
             best_groups.append(groups.numpy() + start // GROUP)
         scores, groups = np.concatenate(best_scores, axis=1), np.concatenate(best_groups, axis=1)
-        keep = np.argpartition(-scores, min(self.groups, scores.shape[1]) - 1, axis=1)[:, :self.groups]
-        groups = np.take_along_axis(groups, keep, axis=1)
-        rows = (groups[:, :, None] * GROUP + np.arange(GROUP)).reshape(len(queries), -1)  # (P, groups * GROUP)
-        exact = np.einsum("pd,pcd->pc", queries.astype(np.float32), self.gallery[rows])
+        # a block's last kept group, or the last one kept overall, within MARGIN of the best: unsure
+        block_floor = np.stack([s[:, -1] for s in best_scores], axis=1).max(axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        scores, groups = np.take_along_axis(scores, order, axis=1), np.take_along_axis(groups, order, axis=1)
+        kept = min(self.groups, scores.shape[1])
+        left_out = np.maximum(block_floor, scores[:, kept] if scores.shape[1] > kept else -np.inf)
+        unsure = left_out >= scores[:, 0] - MARGIN
+        groups = groups[:, :kept]
+        rows = (groups[:, :, None] * GROUP + np.arange(GROUP)).reshape(len(queries), -1)  # (P, kept * GROUP)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        exact = np.einsum("pd,pcd->pc", queries, self.gallery[rows])
         exact[~self.valid[rows]] = -np.inf
         top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(exact, top, axis=1), np.take_along_axis(rows, top, axis=1)
+        cosines, ids = np.take_along_axis(exact, top, axis=1), np.take_along_axis(rows, top, axis=1)
+        unsure_rows = np.flatnonzero(unsure)
+        for at in range(0, len(unsure_rows), 64):  # scored against every image, 64 probes at a time
+            chunk = unsure_rows[at:at + 64]
+            full = queries[chunk] @ self.gallery.T
+            full[:, ~self.valid] = -np.inf
+            best = np.argpartition(-full, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(full, best, axis=1), axis=1, kind="stable")
+            ids[chunk] = np.take_along_axis(best, order, axis=1)
+            cosines[chunk] = np.take_along_axis(full, ids[chunk], axis=1)
+        self.unsure_probes = int(unsure.sum())
+        return cosines, ids
