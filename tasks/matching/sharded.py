@@ -8,7 +8,7 @@ checksum: a changed gallery is a new key (new shards); a worker that dies loses 
 Dask loads them again on another worker from the task (its lineage), and reruns the searches that
 needed them; a shard whose search still fails fails the whole batch, never a merge without it.
 
-At 100M identities (BENCHMARKS.md, sharded search): 20-50 shards of 2-5M x 128 float32 (1-2.5 GB,
+At 100M identities (BENCHMARKS.md, "a Dask-sharded gallery"): 20-50 shards of 2-5M x 128 float32 (1-2.5 GB,
 a half with float16, a quarter with SQ8), one or two per worker; the merge is S x P x k per batch,
 on the client; each load task then names the shard's content-addressed file in storage, not arrays.
 """
