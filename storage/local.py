@@ -88,7 +88,11 @@ class LocalStorage(Storage):
         path.parent.mkdir(parents=True, exist_ok=True)
         folder = os.open(path.parent, os.O_RDONLY)
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX)  # writers of this folder's pointers take turns
+            try:  # writers of this folder's pointers take turns (a local filesystem's flock)
+                fcntl.flock(folder, fcntl.LOCK_EX)
+            except OSError as err:
+                raise StorageError(f"cannot lock {self.uri(key)}'s folder for a compare-and-swap ({err}): "
+                                   "pointers need a local filesystem with flock") from err
             _, current = self.read_versioned(key)
             if current != expected:
                 raise PreconditionFailedError(f"{self.uri(key)} changed since it was read (another writer moved it)")

@@ -150,6 +150,8 @@ def set_champion(store: Storage, version: str, decision: dict) -> dict:
 
     def promoted(before: dict | None) -> dict:
         current = before["version"] if before else None
+        if current == version and before.get("decision") == decision:
+            return before  # already done by this decision (a write whose answer was lost, then retried)
         if "champion" in decision and decision["champion"] != current:
             raise ChampionMovedError(
                 f"{version} was judged against champion {decision['champion']}, but the champion is now {current} "

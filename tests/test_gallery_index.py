@@ -134,3 +134,25 @@ def test_the_bfloat16_scan_returns_the_float32_scans_top_3_even_among_near_ties(
     exact = build_index(emb, np.arange(len(emb), dtype=np.int64), "exact").search(probes, 3)[1]
     found = Bf16Scan(emb, block=2_048, groups=4).search(probes, 3)[1]
     assert (found == exact).all()
+
+
+def test_the_bfloat16_scan_is_exact_below_the_top_1_too():
+    """The second and third best tie among many groups far below the first: the check must be
+    against the k-th result, not the first."""
+    from tasks.matching.scan import GROUP, Bf16Scan
+
+    rng = np.random.default_rng(4)
+    dim = 64
+    probe = _unit(rng.standard_normal((1, dim)))[0]
+
+    def at(cosines):
+        side = rng.standard_normal((len(cosines), dim))
+        side -= np.outer(side @ probe, probe)
+        side /= np.linalg.norm(side, axis=1, keepdims=True)
+        return (cosines[:, None] * probe + np.sqrt(1 - cosines[:, None] ** 2) * side).astype(np.float32)
+
+    emb = at(np.full(64 * GROUP, 0.1))
+    emb[0] = at(np.array([0.99]))[0]
+    emb[GROUP::GROUP] = at(0.50005 + 0.002 * rng.random(63))  # one near-tie per group, 63 groups
+    exact = build_index(emb, np.arange(len(emb), dtype=np.int64), "exact").search(probe[None], 3)[1]
+    assert (Bf16Scan(emb, block=len(emb), groups=4).search(probe[None], 3)[1] == exact).all()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from storage import catalog, open_storage
+from storage.manifests import IntegrityError
 from storage.pointers import PointerMovedError, read_pointer, swap_pointer
 from tasks.matching import gallery as gallery_module
 from tasks.matching.gallery import enrol, gallery_id, read_gallery
@@ -124,6 +125,27 @@ def test_two_enrolments_at_once_publish_one_after_the_other_never_over_each_othe
     assert_index_matches_embeddings(g)
 
 
+def test_enrolling_with_other_face_finding_replaces_the_gallery_and_its_index(local_setup):
+    s = local_setup
+    first = enrol(str(s["gallery"]), s["version"], s["storage"], detect="auto", log=quiet)
+    again = enrol(str(s["gallery"]), s["version"], s["storage"], detect="none", log=quiet)
+    assert (again.embedded, again.kept) == (8, 0)  # nothing reused from other settings
+    g = stored(s["storage"], again)
+    assert len(g.keys) == 8
+    assert_index_matches_embeddings(g)  # not the old index with every image added twice
+    assert enrol(str(s["gallery"]), s["version"], s["storage"], detect="none", log=quiet).embedded == 0
+
+
+def test_a_published_enrolment_whose_files_are_gone_is_enrolled_again_not_stuck(local_setup):
+    s = local_setup
+    first = enrol(str(s["gallery"]), s["version"], s["storage"], log=quiet)
+    open_storage(s["storage"]).delete(first.embeddings_key)
+    said = []
+    again = enrol(str(s["gallery"]), s["version"], s["storage"], log=said.append)
+    assert again.embedded == 8 and any("unusable" in line for line in said)
+    assert_index_matches_embeddings(stored(s["storage"], again))
+
+
 def test_a_stored_index_whose_bytes_changed_is_refused_never_deserialised(local_setup):
     s = local_setup
     result = enrol(str(s["gallery"]), s["version"], s["storage"], log=quiet)
@@ -131,7 +153,7 @@ def test_a_stored_index_whose_bytes_changed_is_refused_never_deserialised(local_
     data = bytearray(store.read_bytes(result.index["key"]))
     data[-1] ^= 0xFF
     store.write_bytes(result.index["key"], bytes(data))
-    with pytest.raises(Exception, match="sha256"):
+    with pytest.raises(IntegrityError, match="sha256"):
         stored(s["storage"], result)
 
 

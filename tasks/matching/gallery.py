@@ -148,6 +148,9 @@ def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, s
             how = "updated" if index is previous else "rebuilt"
     if index is None:
         index = build_index(all_emb, key_ids(frame["key"]))
+    if index.size != len(frame):  # never publish an index out of step with its embeddings
+        log(f"index {how} holds {index.size} images, the gallery {len(frame)}: building it afresh")
+        index, how = build_index(all_emb, key_ids(frame["key"])), "built"
     data = index.to_bytes()
     entry = {"key": catalog.gallery_index_key(gid, version, sha256_bytes(data)), "sha256": sha256_bytes(data),
              "kind": index.kind, "trained_rows": index.trained_rows, "embeddings_sha256": sha256,
@@ -158,8 +161,10 @@ def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, s
 
 
 def _write_once(store: Storage, key: str, data: bytes) -> None:
-    """Content-named files are never rewritten (a reader may be reading them)."""
-    if not store.exists(key):
+    """A content-named file is written unless it is already there whole (same size; its name is its
+    checksum, checked on every read). Rewriting the same bytes is atomic, so a reader never minds."""
+    info = store.info(key)
+    if info is None or info.size != len(data):
         store.write_bytes(key, data)
 
 
@@ -180,16 +185,22 @@ class Published:
 EMPTY = pd.DataFrame(columns=["identity", "key", "etag", "box", "embedding"])
 
 
-def read_published(store: Storage, gid: str, version: str, settings: dict) -> Published:
+def read_published(store: Storage, gid: str, version: str, settings: dict,
+                   log: Callable[[str], None] = print) -> Published:
     """The published enrolment and its embeddings, each checked against the checksum that names
-    it; reused only when made with ``settings`` (format, detect, detector)."""
+    it; reused only when made with ``settings`` (format, detect, detector). Otherwise (or when its
+    files are missing or damaged) nothing is reused and the next publication replaces it."""
     pointer, token = read_pointer(store, catalog.gallery_pointer_key(gid, version))
     if not pointer:
         return Published(token, None, EMPTY)
-    manifest = json.loads(read_verified(store, pointer["manifest_key"], pointer["manifest_sha256"]))
-    if any(manifest.get(k) != v for k, v in settings.items()):
-        return Published(token, manifest, EMPTY)
-    data = read_verified(store, manifest["embeddings_key"], manifest["embeddings_sha256"])
+    try:
+        manifest = json.loads(read_verified(store, pointer["manifest_key"], pointer["manifest_sha256"]))
+        if any(manifest.get(k) != v for k, v in settings.items()):
+            return Published(token, None, EMPTY)  # made otherwise: neither its rows nor its index apply
+        data = read_verified(store, manifest["embeddings_key"], manifest["embeddings_sha256"])
+    except (NotFoundError, IntegrityError) as err:
+        log(f"the published enrolment is unusable ({err}): enrolling from scratch")
+        return Published(token, None, EMPTY)
     return Published(token, manifest, pq.read_table(io.BytesIO(data)).to_pandas())
 
 
@@ -200,11 +211,17 @@ def _settings_id(settings: dict) -> str:
     return sha256_bytes(json.dumps(settings, sort_keys=True).encode())[:12]
 
 
-def read_pending(store: Storage, gid: str, version: str, settings: dict) -> pd.DataFrame:
-    """Embeddings saved by unfinished enrolments with the same settings (reused by key and ETag)."""
-    parts = [store.read_parquet(i.key) for i in store.list(catalog.gallery_pending_prefix(gid, version,
-                                                                                           _settings_id(settings)))]
-    return pd.concat(parts, ignore_index=True) if parts else EMPTY
+def read_pending(store: Storage, gid: str, version: str, settings: dict) -> tuple[pd.DataFrame, list[str]]:
+    """Embeddings saved by unfinished enrolments with the same settings (reused by key and ETag),
+    and their keys; a part another enrolment removed meanwhile is skipped."""
+    parts, keys = [], []
+    for info in store.list(catalog.gallery_pending_prefix(gid, version, _settings_id(settings))):
+        try:
+            parts.append(store.read_parquet(info.key))
+            keys.append(info.key)
+        except NotFoundError:
+            continue
+    return (pd.concat(parts, ignore_index=True) if parts else EMPTY), keys
 
 
 @dataclass
@@ -248,12 +265,13 @@ def _enrol_once(store: Storage, source: Storage, gid: str, embedder: Embedder, d
     start = time.perf_counter()
     version = embedder.name
     settings = {"format": GALLERY_FORMAT, "detect": detect, "detector": embedder.detector}
-    published = read_published(store, gid, version, settings)
+    published = read_published(store, gid, version, settings, log)
     listing = list_gallery(source)
-    reusable = pd.concat([published.frame, read_pending(store, gid, version, settings)], ignore_index=True)
+    pending, pending_keys = read_pending(store, gid, version, settings)
+    reusable = pd.concat([published.frame, pending], ignore_index=True)
     reusable = reusable[_pairs(reusable).isin(set(_pairs(listing.images)))].drop_duplicates("key")
     todo = listing.images[~_pairs(listing.images).isin(set(_pairs(reusable)))]
-    added, errors = _embed_saving(store, gid, version, settings, source, todo, detect, embedder, log)
+    added, errors, saved_keys = _embed_saving(store, gid, version, settings, source, todo, detect, embedder, log)
     errors = list(listing.rejected) + errors
     frame = pd.concat([reusable, added], ignore_index=True).sort_values("key", kind="stable")
     buf = io.BytesIO()
@@ -272,8 +290,8 @@ def _enrol_once(store: Storage, source: Storage, gid: str, embedder: Embedder, d
                 "embeddings_sha256": sha256, "index": index, "identities": result.identities,
                 "images": result.images, "errors": errors}
     result.manifest_key = _publish(store, gid, version, manifest, published)
-    for info in store.list(catalog.gallery_pending_prefix(gid, version, _settings_id(settings))):
-        store.delete(info.key)  # in the published embeddings now
+    for key in pending_keys + saved_keys:  # in the published embeddings now; others' parts are theirs
+        store.delete(key)
     log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "
         f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(errors)} errors) "
         f"in {result.seconds:.1f} s")
@@ -294,10 +312,11 @@ def _publish(store: Storage, gid: str, version: str, manifest: dict, published: 
 
 
 def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source: Storage, todo: pd.DataFrame,
-                  detect: str, embedder: Embedder, log: Callable[[str], None]) -> tuple[pd.DataFrame, list[dict]]:
+                  detect: str, embedder: Embedder, log: Callable[[str], None]
+                  ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """Embed ``todo`` in checkpoints of CHECKPOINT_IMAGES, each saved under the pending prefix as it is
-    done (a killed enrolment resumes from them); (rows, error rows)."""
-    parts, errors = [], []
+    done (a killed enrolment resumes from them); (rows, error rows, the saved parts' keys)."""
+    parts, errors, saved = [], [], []
     for at in range(0, len(todo), CHECKPOINT_IMAGES):
         chunk = todo.iloc[at:at + CHECKPOINT_IMAGES]
         rows, failed = _embed_chunk(source, chunk, detect, embedder)
@@ -306,12 +325,13 @@ def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source
             part = embedding_table(rows, embedder.dim)
             buf = io.BytesIO()
             pq.write_table(part, buf)
-            store.write_bytes(catalog.gallery_pending_key(gid, version, _settings_id(settings),
-                                                          sha256_bytes(buf.getvalue())), buf.getvalue())
+            key = catalog.gallery_pending_key(gid, version, _settings_id(settings), sha256_bytes(buf.getvalue()))
+            store.write_bytes(key, buf.getvalue())
+            saved.append(key)
             parts.append(part.to_pandas())
         if len(todo) > CHECKPOINT_IMAGES:
             log(f"enrolment: {min(at + CHECKPOINT_IMAGES, len(todo))} of {len(todo)} new images embedded and saved")
-    return (pd.concat(parts, ignore_index=True) if parts else EMPTY), errors
+    return (pd.concat(parts, ignore_index=True) if parts else EMPTY), errors, saved
 
 
 def _embed_chunk(source: Storage, todo: pd.DataFrame, detect: str, embedder: Embedder

@@ -90,7 +90,7 @@ def refine_settings(rows: int) -> dict:
     15x longer to build and found less at equal speed); an eighth of the cells searched holds the
     exact top-1 for >= 0.99 of probes from 10k to 1M images; the re-rank of 4 x k candidates
     already returns the exact order among them (16 x k found nothing more)."""
-    nlist = max(1, int(4 * np.sqrt(rows)))
+    nlist = max(1, min(int(4 * np.sqrt(rows)), rows // 8))  # k-means needs points for every cell
     return {"nlist": nlist, "codes": "SQ8", "nprobe": max(1, -(-nlist // 8)), "k_factor": 4}
 
 
@@ -149,16 +149,15 @@ def build_index(embeddings: np.ndarray, ids: np.ndarray, kind: str | None = None
 
 def update_index(previous: GalleryIndex, removed_ids: np.ndarray, added: np.ndarray, added_ids: np.ndarray,
                  all_embeddings: np.ndarray, all_ids: np.ndarray) -> GalleryIndex:
-    """``previous`` less ``removed_ids`` plus ``added``; rebuilt from ``all_*`` as an IVF index when
-    an exact one grew past EXACT_LIMIT, or with new centroids when an IVF gallery has doubled since
-    they were trained (an IVF index that shrank keeps working as it is)."""
+    """``previous`` less ``removed_ids`` plus ``added``; rebuilt from ``all_*`` as the kind its size
+    calls for when an exact one grew past EXACT_LIMIT or a refined one shrank below it, with new
+    centroids when an IVF gallery has doubled since they were trained, and whenever a refined IVF
+    or a graph loses a vector."""
     size = previous.size - len(removed_ids) + len(added)
-    if previous.kind == "exact" and size > EXACT_LIMIT:
-        return build_index(all_embeddings, all_ids)
-    if previous.kind == "ivf" and size > 2 * previous.trained_rows:
-        return build_index(all_embeddings, all_ids, "ivf")
-    if previous.kind == "ivf_refine" and size > 2 * previous.trained_rows:
-        return build_index(all_embeddings, all_ids, "ivf_refine")
+    if (previous.kind == "exact") != (size <= EXACT_LIMIT) and previous.kind in ("exact", "ivf_refine"):
+        return build_index(all_embeddings, all_ids)  # grown past, or shrunk below, EXACT_LIMIT
+    if previous.kind in ("ivf", "ivf_refine") and size > 2 * previous.trained_rows:
+        return build_index(all_embeddings, all_ids)  # new centroids (an old plain IVF becomes refined)
     if previous.kind in ("hnsw", "ivf_refine") and len(removed_ids):  # neither drops a vector: built again
         return build_index(all_embeddings, all_ids, previous.kind)
     if len(removed_ids):

@@ -85,7 +85,7 @@ def _utf8(line: bytes) -> str | None:
 
 
 def _text_entries(data: bytes) -> list[str]:
-    lines = [_utf8(line) for line in data.splitlines()]
+    lines = [_utf8(line) for line in data.removeprefix(b"\xef\xbb\xbf").splitlines()]  # a BOM is no key
     if None in lines:
         raise ManifestError(f"probe_manifest line {lines.index(None) + 1} is not UTF-8 text: refused")
     return lines

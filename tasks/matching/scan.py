@@ -1,16 +1,19 @@
 """Exact nearest-neighbour search by a bfloat16 scan: the gallery held in bfloat16, each block of
 it multiplied with the probes by oneDNN's bfloat16 matmul (AMX or AVX512-BF16 where the CPU has
 them), reduced to the best image of each group of ``GROUP`` consecutive images, the best groups
-kept across blocks, and their images re-ranked in float32. Rounding both unit vectors to bfloat16
-moves a cosine by less than ``MARGIN``; a probe for which any group left out scored within
-``MARGIN`` of the best kept one might have lost its true top image, so that probe alone is scored
-exactly in float32: the result is always the float32 scan's."""
+kept across blocks, and their images re-ranked in float32. The bfloat16 score of a cosine of unit
+vectors is off by less than ``MARGIN``; a probe for which any group left out scored within
+``MARGIN`` of its k-th float32 result (or that needs more than the kept groups hold) might have
+lost one of its true top k, so that probe alone is scored exactly in float32: the result is
+always the float32 scan's."""
 from __future__ import annotations
 
 import numpy as np
 
 GROUP = 16  # images per group: the scan keeps groups, the re-rank opens them
-MARGIN = 2 * 2.0 ** -8  # > the bfloat16 error of a cosine of unit vectors (2 x 2^-9, float32 accumulation)
+# bfloat16 keeps 8 significant bits (relative error <= 2^-8 per number): rounding both unit vectors
+# moves their dot product by <= 2 x 2^-8 (Cauchy-Schwarz), the bfloat16 result by <= 2^-8 more
+MARGIN = 2.0 ** -6  # > 3 x 2^-8
 
 
 class Bf16Scan:
@@ -46,7 +49,6 @@ class Bf16Scan:
         scores, groups = np.take_along_axis(scores, order, axis=1), np.take_along_axis(groups, order, axis=1)
         kept = min(self.groups, scores.shape[1])
         left_out = np.maximum(block_floor, scores[:, kept] if scores.shape[1] > kept else -np.inf)
-        unsure = left_out >= scores[:, 0] - MARGIN
         groups = groups[:, :kept]
         rows = (groups[:, :, None] * GROUP + np.arange(GROUP)).reshape(len(queries), -1)  # (P, kept * GROUP)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -54,12 +56,17 @@ class Bf16Scan:
         exact[~self.valid[rows]] = -np.inf
         top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         cosines, ids = np.take_along_axis(exact, top, axis=1), np.take_along_axis(rows, top, axis=1)
+        if rows.shape[1] < k:  # fewer candidates than asked for: every probe scored in full
+            cosines, ids = np.full((len(queries), k), -np.inf, np.float32), np.zeros((len(queries), k), np.int64)
+            unsure = np.ones(len(queries), bool)
+        else:
+            unsure = left_out >= cosines[:, k - 1] - MARGIN
         unsure_rows = np.flatnonzero(unsure)
         for at in range(0, len(unsure_rows), 64):  # scored against every image, 64 probes at a time
             chunk = unsure_rows[at:at + 64]
             full = queries[chunk] @ self.gallery.T
             full[:, ~self.valid] = -np.inf
-            best = np.argpartition(-full, k - 1, axis=1)[:, :k]
+            best = np.argpartition(-full, min(k, full.shape[1]) - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(full, best, axis=1), axis=1, kind="stable")
             ids[chunk] = np.take_along_axis(best, order, axis=1)
             cosines[chunk] = np.take_along_axis(full, ids[chunk], axis=1)
