@@ -59,6 +59,8 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
                              range(run["shards"]), params.concurrent_shards)
     # Any end but Completed (Failed, Crashed when a Dask worker dies, Cancelled) is a shard without
     # results, and a run missing any probe's results is Failed: the alert fires, a re-run resumes.
+    for future in futures:
+        future.wait()  # its final state from the task itself: the API's copy may not have caught up
     unfinished = sorted(f"{f.state.name}" for f in futures if not f.state.is_completed())
     summary = summarize(run, storage)
     if unfinished or not summary["complete"]:
