@@ -99,7 +99,7 @@ def results_of(store, run_id: str):
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def check_run(store, run: dict, version: str, listing: set[str], gallery_people) -> dict:
+def check_run(store, run: dict, version: str, listing: set[str]) -> dict:
     """Every probe exactly once, every row from this run's gallery checksum (its people only)."""
     from storage import catalog
     from tasks.matching.gallery import gallery_id, read_gallery
@@ -271,14 +271,14 @@ def main() -> int:
         if len(runs) != 1 or result["match_exit"] != 0:
             log(f"the first match run did not end cleanly (exit {result['match_exit']}, {len(runs)} runs)")
         listing = set(chosen["probes"])
-        first = check_run(store, runs[0], version, listing, chosen["gallery"])
+        first = check_run(store, runs[0], version, listing)
 
         # 2. the same command after the enrolment: a new run against the new gallery state
         again = Subprocess("match-again", match_args, env, out)
         result["match_again_exit"] = again.wait(7200)
         runs = [store.read_json(i.key) for i in store.list("matches/") if i.key.endswith("/run.json")]
         second_run = next(r for r in runs if r["run_id"] != first["run_id"])
-        second = check_run(store, second_run, version, listing, None)
+        second = check_run(store, second_run, version, listing)
         removed, added = set(chosen["removed"]), set(chosen["added"])
         second["named_a_removed_person"] = len(second.pop("_named") & removed)
         second["ranked_a_removed_person"] = len(second.pop("_ranked") & removed)

@@ -170,6 +170,13 @@ def _distinct_free_ports(count: int, below: int) -> list[int]:
     return ports
 
 
+def serve(handler) -> tuple[ThreadingHTTPServer, str]:
+    """``handler`` served on a free port of 127.0.0.1 from a daemon thread: (server, its URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
 @dataclass
 class WebhookReceiver:
     """An HTTP endpoint on 127.0.0.1 that keeps the JSON bodies POSTed to it (alerts)."""
@@ -192,9 +199,7 @@ class WebhookReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server, self.url = serve(Handler)
         return self
 
     def stop(self) -> None:
@@ -332,9 +337,7 @@ class S3Denying:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815 - http.server API
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server, self.url = serve(Handler)
         return self
 
     def stop(self) -> None:

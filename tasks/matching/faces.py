@@ -159,13 +159,18 @@ def _chips(pixels: np.ndarray, detect: str, chip: ChipConfig, detector_name: Det
 PHOTO_MIN_NEIGHBOUR_CORRELATION = 0.5
 
 
-def looks_like_a_photo(pixels: np.ndarray) -> bool:
+def neighbour_correlation(pixels: np.ndarray) -> float:
+    """Correlation of horizontally neighbouring pixels in the face region (0 for a flat image)."""
     grey = pixels if pixels.ndim == 2 else pixels.mean(axis=2)
     region = grey[50:200, 50:200].astype(np.float32)
     left, right = region[:, :-1].ravel(), region[:, 1:].ravel()
     left, right = left - left.mean(), right - right.mean()
     spread = float(np.sqrt((left @ left) * (right @ right)))
-    return spread > 0 and float(left @ right) / spread >= PHOTO_MIN_NEIGHBOUR_CORRELATION
+    return float(left @ right) / spread if spread > 0 else 0.0
+
+
+def looks_like_a_photo(pixels: np.ndarray) -> bool:
+    return neighbour_correlation(pixels) >= PHOTO_MIN_NEIGHBOUR_CORRELATION
 
 
 def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: FaceInput = PreprocessConfig(),
