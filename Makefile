@@ -26,6 +26,7 @@ run: venv
 	$(PY) -m flows.main $(if $(MIRROR),--mirror $(MIRROR)) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
 
 test: venv
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: venv

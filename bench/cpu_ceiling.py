@@ -40,8 +40,9 @@ def network_gflop_per_chip() -> float:
 def main() -> int:
     import os
 
-    import settings  # noqa: F401  (process defaults before TensorFlow)
     import tensorflow as tf
+
+    import settings  # noqa: F401  (process defaults before TensorFlow)
 
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     print(f"cores: {os.cpu_count()}; amx_bf16: {'amx_bf16' in flags}; avx512_bf16: {'avx512_bf16' in flags}")

@@ -20,17 +20,16 @@ LFW's index, chip store and View 2 pairs from there and the photos from the extr
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-import multiprocessing
-
-import settings  # noqa: F401 - first: process defaults
 
 import numpy as np
 import pandas as pd
 
 import model
+import settings  # noqa: F401 - first: process defaults
 from model import keras
 
 

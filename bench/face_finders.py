@@ -21,11 +21,10 @@ import random
 import tarfile
 import time
 
-import settings  # noqa: F401 - first: process defaults
-
 import cv2
 import numpy as np
 
+import settings  # noqa: F401 - first: process defaults
 from tasks.data.steps import cache_dir
 from tasks.images import LFW_CROP_BOX, cut_face
 from tasks.matching.faces import CROP_FROM_DETECTION, DETECTORS, detect_boxes, find_faces

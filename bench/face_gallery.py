@@ -30,7 +30,7 @@ class FaceGalleryModel:
     within: np.ndarray  # (D, D) root of the within-identity covariance
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, identities: np.ndarray) -> "FaceGalleryModel":
+    def fit(cls, embeddings: np.ndarray, identities: np.ndarray) -> FaceGalleryModel:
         """From real embeddings of people with at least two photos each (the others are skipped)."""
         names, inverse, counts = np.unique(identities, return_inverse=True, return_counts=True)
         keep = counts[inverse] >= 2

@@ -19,9 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-import settings  # noqa: F401 - first: process defaults
-
 import numpy as np
+
+import settings  # noqa: F401 - first: process defaults
 
 NPROBES = [1, 2, 4, 8, 16, 32]
 EF_SEARCHES = [8, 16, 32, 64]

@@ -30,9 +30,9 @@ import subprocess
 import sys
 import time
 
-import settings  # noqa: F401 - first: process defaults
-
 import numpy as np
+
+import settings  # noqa: F401 - first: process defaults
 
 
 def data(size: int, probes: int, dim: int, seed: int = 0):

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-import settings  # noqa: F401 - first: process defaults
-
 import numpy as np
+
+import settings  # noqa: F401 - first: process defaults
 
 BATCH = 1024
 
@@ -63,7 +63,7 @@ def child(kind: str, size: int, probes: int, model_path: str, cosine_threshold: 
     shown = exact_cos >= cosine_threshold
     rows.append({**base, "method": "exact_f32", "probes_per_s": rate, "recall_at_1": 1.0,
                  "shown_share": float(shown.mean())})
-    del flat
+    flat = None  # free its 512 MB before the next method
 
     def recall(top: np.ndarray) -> tuple[float, float]:
         hit = top == exact_top
@@ -76,7 +76,7 @@ def child(kind: str, size: int, probes: int, model_path: str, cosine_threshold: 
     r, r_shown = recall(found)
     rows.append({**base, "method": "exact_bf16", "build_s": build, "probes_per_s": rate, "recall_at_1": r,
                  "recall_at_1_shown": r_shown})
-    del scan
+    scan = None
 
     t0 = time.perf_counter()
     index = build_index(gallery, ids, "ivf_refine",

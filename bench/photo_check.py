@@ -13,9 +13,9 @@ import json
 import random
 import time
 
-import settings  # noqa: F401 - first: process defaults
-
 import numpy as np
+
+import settings  # noqa: F401 - first: process defaults
 
 
 def main() -> None:

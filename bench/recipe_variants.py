@@ -101,7 +101,7 @@ def validation_scores(storage: str, version: str, protocol: str) -> dict:
         emb = scorer.embed(tensors[rows])
         scores = scorer.score_pairs(emb, [position[r] for r in left], [position[r] for r in right])
         threshold = accuracy_threshold(same, scores)
-        ident = identify(scorer, lambda images: scorer.embed(tensors[[row_of[i] for i in images]]), people_images,
+        ident = identify(scorer, lambda images, scorer=scorer: scorer.embed(tensors[[row_of[i] for i in images]]), people_images,
                          {"accuracy": threshold, "far": threshold})
         validation["flip" if flip else "plain"] = {
             "auc": float(roc_auc_score(same, scores)),
@@ -170,7 +170,7 @@ def main() -> None:
     path = OUT / f"{args.out}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if args.rescore:
-        for name, r in results.items():
+        for r in results.values():
             r["validation"] = validation_scores(args.storage, r["version"], r["config"]["protocol"])
     elif not args.replot:
         for name in args.only:

@@ -21,9 +21,9 @@ import time
 import warnings
 from pathlib import Path
 
-import settings  # noqa: F401 - first: process defaults
-
 import numpy as np
+
+import settings  # noqa: F401 - first: process defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -92,7 +92,7 @@ def main() -> int:
         gallery = emb[[at[enrolled[p]] for p in people]]
         ranks = ranks_of_truth(gallery, emb[[at[i] for i, _ in known]], truth)
 
-        def cosines(frame):
+        def cosines(frame, emb=emb):
             return np.einsum("nd,nd->n", emb[[at[i] for i in frame["left_image"]]],
                              emb[[at[i] for i in frame["right_image"]]])
 

@@ -28,6 +28,8 @@ from flows.evaluate import evaluate_flow
 from flows.runtime import mirror_parameter, run_storage
 from flows.time_limits import check_fits, limited
 from flows.train import train_flow
+from model import device_summary, precision_summary
+from model.networks import ARCHITECTURES
 from settings import settings
 from storage import catalog, open_storage
 from storage.location import allow_command_line
@@ -39,8 +41,6 @@ from tasks.evaluation.evaluate import stale_champion
 from tasks.evaluation.prefect_tasks import decide_promotion, promote
 from tasks.evaluation.report import fmt, learned_from_line, report_value
 from tasks.registry import read_champion, read_manifest
-from model import device_summary, precision_summary
-from model.networks import ARCHITECTURES
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainResult, selection_line
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from prefect import flow
-from prefect.futures import as_completed, wait
 from prefect.artifacts import create_progress_artifact
+from prefect.futures import as_completed, wait
 
 from flows.args import add_model_arguments, model_from_arguments
 from flows.runtime import run_gallery, run_storage

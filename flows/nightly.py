@@ -20,6 +20,7 @@ from flows.match import enrol_flow
 from flows.runtime import run_gallery, run_storage
 from flows.time_limits import check_fits, limited
 from flows.train import train_flow
+from model.networks import PRETRAINED
 from storage import open_storage
 from tasks.data.config import DataParams
 from tasks.evaluation.champion import PROMOTION_METRIC
@@ -27,7 +28,6 @@ from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.prefect_tasks import promote
 from tasks.matching.config import EnrolParams
 from tasks.matching.faces import Detect
-from model.networks import PRETRAINED
 from tasks.training.config import TrainConfig
 from tasks.training.train import trained_on
 

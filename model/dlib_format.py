@@ -141,7 +141,8 @@ def _con(b: _Bytes, name: str) -> Record:
     filters, rows, cols = (b.integer(w) for w in ("filters", "rows", "cols"))
     stride = (b.integer("stride"), b.integer("stride"))
     padding = (b.integer("padding"), b.integer("padding"))
-    kernel, bias = b.alias("filter view"), b.alias("bias view")
+    kernel = b.alias("filter view")
+    b.alias("bias view")  # read past; the bias comes from the parameters
     multipliers = [b.real("learning-rate multiplier") for _ in range(4)]
     use_bias = b.boolean("use_bias") if name in ("con_5", "con_6") else True
     use_relu = b.boolean("use_relu") if name == "con_6" else False
@@ -189,7 +190,8 @@ def _add_prev(b: _Bytes, name: str) -> Record:
 def _fc(b: _Bytes, name: str) -> Record:
     outputs, inputs = b.integer("outputs"), b.integer("inputs")
     params = b.tensor("parameters")
-    weights_view, bias_view = b.alias("weight view"), b.alias("bias view")
+    weights_view = b.alias("weight view")
+    b.alias("bias view")  # read past; the bias comes from the parameters
     bias_mode = b.integer("bias mode")  # 0: with a bias row, 1: without
     multipliers = [b.real("learning-rate multiplier") for _ in range(4)]
     if name == "fc_3":

@@ -6,11 +6,18 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from storage.base import (NotFoundError, ObjectInfo, PreconditionFailedError, Storage, StorageError, normalize_key,
-                          normalize_prefix)
+from storage.base import (
+    NotFoundError,
+    ObjectInfo,
+    PreconditionFailedError,
+    Storage,
+    StorageError,
+    normalize_key,
+    normalize_prefix,
+)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -5,7 +5,8 @@ a champion rolled back since) is refused instead of overwriting what happened me
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from storage.base import PreconditionFailedError, Storage
 

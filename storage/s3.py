@@ -9,15 +9,23 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.base import (NotFoundError, ObjectInfo, PreconditionFailedError, Storage, StorageError, normalize_key,
-                          normalize_prefix)
+from storage.base import (
+    NotFoundError,
+    ObjectInfo,
+    PreconditionFailedError,
+    Storage,
+    StorageError,
+    normalize_key,
+    normalize_prefix,
+)
 
 # Objects above this size go up and down in parallel 16 MiB parts.
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from datetime import UTC
 from pathlib import Path
 
 import model.layers  # noqa: F401 - registers the custom layers before any load
@@ -184,10 +185,10 @@ def roll_back_champion(store: Storage, reason: str) -> dict:
 
 
 def _champion_pointer(version: str, decision: dict, history: list[str]) -> dict:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     return {"version": version, "decision": decision,
-            "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "history": history[-HISTORY_KEPT:]}
+            "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "history": history[-HISTORY_KEPT:]}
 
 
 def list_versions(store: Storage) -> list[str]:

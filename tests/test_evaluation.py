@@ -59,12 +59,11 @@ def test_models_saved_before_the_cosine_head_still_load_and_score(tmp_path):
     """The ancestors' head as registered models up to now stored it: |a - b| -> Dense(1, sigmoid)."""
     import keras
 
+    import model
     from model.layers import AbsDiff, SqueezeLast
     from model.networks import build_embedder
     from storage import open_storage
     from tasks.registry import load_scorer, publish
-
-    import model
 
     with model.policy("float32"):  # as every model was saved before bfloat16
         embedder = build_embedder(NetworkConfig(head="weighted_l1", input_size=16, width=8, embedding_dim=16))
@@ -144,8 +143,8 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.evaluate import evaluate_flow
-    from tasks.evaluation.prefect_tasks import decide_promotion, promote
     from tasks.artifacts import artifact_key
+    from tasks.evaluation.prefect_tasks import decide_promotion, promote
 
     storage, version = tiny_model
     result = evaluate_flow("latest", storage, SMALL_EVAL)

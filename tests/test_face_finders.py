@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.images import ImageDecodeError, LFW_CROP_BOX, cut_face
+from tasks.images import LFW_CROP_BOX, ImageDecodeError, cut_face
 from tasks.matching.faces import DETECTORS, faces_from_bytes, find_faces
 from tests.conftest import LFW_DIR, requires_lfw
 

@@ -226,13 +226,12 @@ def test_a_folder_dataset_refuses_protocols_that_would_not_hold_out_as_it_grows(
 
 def test_the_main_job_then_nightly_retrain_on_the_grown_folder_deciding_on_the_same_pairs(seaweed_bucket, tmp_path,
                                                                                   prefect_harness):
+    from flows.data import data_flow
     from flows.main import main_flow
     from flows.nightly import nightly_flow
     from tasks.evaluation.config import EvalConfig
     from tasks.evaluation.evaluate import read_report
     from tasks.registry import read_champion, read_manifest
-
-    from flows.data import data_flow
     from tests.fakes import make_tiny_lfw
 
     photos, storage = f"s3://{seaweed_bucket}/people", f"s3://{seaweed_bucket}/store"

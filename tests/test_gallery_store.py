@@ -127,7 +127,7 @@ def test_two_enrolments_at_once_publish_one_after_the_other_never_over_each_othe
 
 def test_enrolling_with_other_face_finding_replaces_the_gallery_and_its_index(local_setup):
     s = local_setup
-    first = enrol(str(s["gallery"]), s["version"], s["storage"], detect="auto", log=quiet)
+    enrol(str(s["gallery"]), s["version"], s["storage"], detect="auto", log=quiet)
     again = enrol(str(s["gallery"]), s["version"], s["storage"], detect="none", log=quiet)
     assert (again.embedded, again.kept) == (8, 0)  # nothing reused from other settings
     g = stored(s["storage"], again)

@@ -42,7 +42,7 @@ def bad_input_corpus() -> dict[str, tuple[bytes, str | None]]:
     frames = [grey, Image.fromarray(255 - np.asarray(grey))]  # the first frame is the one decoded
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    wide = Image.fromarray((np.asarray(good.convert("L"), np.uint16) * 257))
+    wide = Image.fromarray(np.asarray(good.convert("L"), np.uint16) * 257)
     return {
         "truncated.jpg": (jpeg(8)[:3000], "corrupt or truncated"),
         "empty.jpg": (b"", "empty file"),

@@ -57,9 +57,9 @@ def test_far_threshold_bounds_false_accepts_even_with_ties():
     labels = [0] * 10 + [1] * 2
     scores = [0.9, 0.9, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.0, 0.95, 0.6]
     t = far_threshold(labels, scores, 0.1)  # one false accept allowed, but the top two tie at 0.9
-    assert np.sum((np.array(scores[:10]) >= t)) == 0
+    assert np.sum(np.array(scores[:10]) >= t) == 0
     t = far_threshold(labels, scores, 0.3)  # three allowed: 0.9, 0.9, 0.8
-    assert np.sum((np.array(scores[:10]) >= t)) == 3 and t <= 0.8 + 1e-9
+    assert np.sum(np.array(scores[:10]) >= t) == 3 and t <= 0.8 + 1e-9
 
 
 def test_view2_folds_choose_each_threshold_on_the_other_nine():

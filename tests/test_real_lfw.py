@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data.steps import generate_pairs
 from tasks.data.datasets import LFW
 from tasks.data.index import extract_and_index, people_counts
 from tasks.data.lfw_protocol import parse_pairs_file, parse_people_file
-from tasks.images import PreprocessConfig
 from tasks.data.skew import skew_table
+from tasks.data.steps import generate_pairs
+from tasks.images import PreprocessConfig
 from tests.conftest import LFW_DIR, requires_lfw
 from tests.pair_checks import assert_valid_pairs, images_of, people_of
 

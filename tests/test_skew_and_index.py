@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from tasks.data.index import extract_and_index, npy_to_tensors, tensors_to_npy
-from tasks.images import ImageDecodeError, PreprocessConfig, preprocess_image
 from tasks.data.skew import format_skew_lines, same_pair_images_per_person, skew_table
+from tasks.images import ImageDecodeError, PreprocessConfig, preprocess_image
 from tests.fakes import TINY_PEOPLE, jpeg, make_tiny_lfw, tiny_spec
 
 

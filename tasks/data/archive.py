@@ -17,9 +17,9 @@ import shutil
 import tarfile
 import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 BLOCK = 512
 _READ = 1 << 20

@@ -49,7 +49,7 @@ class DataParams(Params):
         return folder_or_name(value)
 
     @model_validator(mode="after")
-    def _protocols_it_can_make(self) -> "DataParams":
+    def _protocols_it_can_make(self) -> DataParams:
         self.protocol_list  # noqa: B018 - refuses a folder dataset's impossible protocols at submission
         return self
 

@@ -17,10 +17,11 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from storage.location import redact_url  # noqa: F401 - its home for this module's callers

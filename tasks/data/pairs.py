@@ -19,7 +19,8 @@ no pair appears twice in either order; a fixed seed gives identical rows.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Literal, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import pandas as pd
 from pydantic import Field

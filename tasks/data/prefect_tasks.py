@@ -7,9 +7,9 @@ from prefect.cache_policies import NO_CACHE
 
 from storage import open_storage
 from tasks.artifacts import artifact_key, png_markdown
+from tasks.data.chip_store import ChipSummary
 from tasks.data.download import redact_url
 from tasks.data.prepared import IndexSummary
-from tasks.data.chip_store import ChipSummary
 from tasks.data.steps import (
     Downloaded,
     PairsSummary,
@@ -17,8 +17,8 @@ from tasks.data.steps import (
     run_chips,
     run_dataset_skew,
     run_download,
-    run_index,
     run_folder_index,
+    run_index,
     run_pairs,
 )
 from tasks.images import PreprocessConfig

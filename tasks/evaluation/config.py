@@ -1,7 +1,7 @@
 """The evaluation flow's parameters (rendered as a form in the Prefect UI)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field
 

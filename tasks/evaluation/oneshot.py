@@ -5,8 +5,8 @@ its support image. The model picks the support with the highest P(same); chance 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -5,7 +5,7 @@ dlib-bin's own pipeline on the same photos."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ class UntouchedEmbeddings(RowEmbeddings):
 
     @classmethod
     def for_rows(cls, store: Storage, network: dict, started_from: dict, tensors: np.ndarray, rows: np.ndarray,
-                 flip: bool, log: Callable[[str], None] = print) -> "UntouchedEmbeddings":
+                 flip: bool, log: Callable[[str], None] = print) -> UntouchedEmbeddings:
         """``network``: the fine-tuned model's NetworkConfig (its manifest's), rebuilt with the pretrained
         weights alone; ``started_from``: its manifest's ``pretrained`` (the installed file must be that one)."""
         models = build_models(NetworkConfig(**network))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,8 @@ from storage.base import OBJECT_FAULT_CODES
 from storage.local import OutsideStorageError
 from storage.manifests import IntegrityError, read_verified, sha256_bytes
 from storage.pointers import PointerMovedError, read_pointer, swap_pointer
-from tasks.folders import FolderListing, PeopleFolderError, is_image_key, list_people_folder, validate_identity  # noqa: F401
 from tasks.fetching import fetch_pool
+from tasks.folders import FolderListing, PeopleFolderError, is_image_key, list_people_folder, validate_identity  # noqa: F401
 from tasks.images import ImageDecodeError
 from tasks.matching.embedders import Embedder, model_embedder
 from tasks.matching.faces import faces_from_bytes
@@ -127,7 +127,7 @@ def _pairs(frame: pd.DataFrame) -> pd.Series:
 
 
 def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, sha256: str,
-                  published: "Published", log: Callable[[str], None]) -> dict:
+                  published: Published, log: Callable[[str], None]) -> dict:
     """The search index of ``frame`` (embeddings with checksum ``sha256``): the published index
     updated in place (less the images gone or changed since, plus the new ones) when it is intact
     and was built from the published embeddings; built afresh otherwise. Returns its manifest entry."""

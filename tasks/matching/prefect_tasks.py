@@ -6,7 +6,6 @@ import threading
 from functools import lru_cache
 
 import pandas as pd
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -141,8 +140,8 @@ def summarize(run: dict, storage_url: str | None) -> dict:
       retry_condition_fn=_transient)
 def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
     """The held-out people of model ``version``'s protocol as a gallery and a probe batch in the storage."""
-    from tasks.data.prepared import load_index, read_index_summary, read_pairs
     from tasks.data.datasets import is_folder_dataset
+    from tasks.data.prepared import load_index, read_index_summary, read_pairs
     from tasks.data.steps import extracted_images
     from tasks.evaluation.evaluate import held_out_images
     from tasks.registry import read_manifest, read_model_people

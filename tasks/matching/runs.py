@@ -17,8 +17,8 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa

@@ -9,7 +9,6 @@ from model.augment import Augmentation
 from model.networks import PRETRAINED, Architecture, Head
 from settings import Params
 
-
 # What differs between fine-tuning the pretrained twin and learning a network from scratch; a setting
 # given explicitly wins. The scratch values are those the recipe benchmark chose (BENCHMARKS.md).
 RECIPES: dict[str, dict] = {
@@ -95,7 +94,7 @@ class TrainConfig(Params):
         return values
 
     @model_validator(mode="after")
-    def _tar_needs_cosines(self) -> "TrainConfig":
+    def _tar_needs_cosines(self) -> TrainConfig:
         if self.select_epoch_by == "tar_at_far" and self.head != "cosine":
             raise ValueError("select_epoch_by tar_at_far ranks validation pairs by the cosine of unit embeddings: "
                              f"it needs the cosine head, not {self.head}")

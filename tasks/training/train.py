@@ -16,21 +16,21 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 import model
 from model import keras
+from model.networks import PRETRAINED
 from settings import siamese_home
 from storage import catalog, open_storage
 from tasks.data.pairs import split_fingerprint, split_people_of
 from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, with_faces
 from tasks.registry import EMBEDDER, PAIR_MODEL, PEOPLE_FILE
-from model.networks import PRETRAINED
 from tasks.training.config import TrainConfig
 
 
@@ -225,7 +225,7 @@ def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | 
 
     ## Publish: files, then the manifest with their checksums and the data fingerprint.
     wall = time.perf_counter() - start
-    version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
         tmp = Path(tmp)
         models.pair.save(tmp / PAIR_MODEL)
