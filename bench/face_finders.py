@@ -11,7 +11,8 @@ one photo at a time in this process. On LFW every photo holds a face at its cent
 with no detection is a miss. Prints, per detector: photos with a face, misses, ms per photo, and
 the median and standard deviation of (crop centre - box centre) / box width and height and of
 crop side / box width over the photos whose largest face is the central one; for dlib's HOG also
-its median box on the 250x250 frame (the box dlib's aligned chips of LFW-framed photos start from). With ``--att`` the same on the
+its median box on the 250x250 frame (the box dlib's aligned chips of LFW-framed photos start from).
+With ``--att`` the same on the
 first N AT&T faces (92x112 grey, one face filling the frame).
 """
 from __future__ import annotations

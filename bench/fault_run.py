@@ -192,7 +192,8 @@ def main() -> int:
                       "--storage", STORAGE, "--shard-size", str(args.shard_size)]
         nightly_code = ("import json, sys; from flows.nightly import nightly_flow; "
                         "from tasks.training.config import TrainConfig; "
-                        "print(json.dumps(nightly_flow(train=TrainConfig(**json.loads(sys.argv[1])), gallery=sys.argv[2], "
+                        "print(json.dumps(nightly_flow(train=TrainConfig(**json.loads(sys.argv[1])), "
+                        "gallery=sys.argv[2], "
                         "storage=sys.argv[3]), default=str))")
         t_start = time.monotonic()
         match = Subprocess("match", match_args, env, out)

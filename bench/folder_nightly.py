@@ -122,7 +122,8 @@ def run(args, seaweed) -> int:
     warm_report, scratch_report = read_report(store, warm), read_report(store, scratch)
     gain, noise = gain_and_noise(warm_report, scratch_report, "splits.test.accuracy")
     result["warm_vs_scratch"] = {
-        "warm": {**summary_of(warm_report), "training_seconds": read_manifest(store, warm)["metrics"]["training_seconds"]},
+        "warm": {**summary_of(warm_report),
+                 "training_seconds": read_manifest(store, warm)["metrics"]["training_seconds"]},
         "scratch": {**summary_of(scratch_report),
                     "training_seconds": read_manifest(store, scratch)["metrics"]["training_seconds"],
                     "epochs": read_manifest(store, scratch)["metrics"]["epochs_run"]},

@@ -131,7 +131,8 @@ def main() -> int:
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
     ap.add_argument("--k-factor", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--ef-search", type=int, nargs="*", default=[], help="also an HNSW graph, at these efSearch")
-    ap.add_argument("--nlist-factor", type=float, default=None, help="nlist = this x sqrt(N) (default: the index's own)")
+    ap.add_argument("--nlist-factor", type=float, default=None,
+                    help="nlist = this x sqrt(N) (default: the index's own)")
     ap.add_argument("--storage", default="var/store")
     ap.add_argument("--model", default="champion")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -101,7 +101,8 @@ def validation_scores(storage: str, version: str, protocol: str) -> dict:
         emb = scorer.embed(tensors[rows])
         scores = scorer.score_pairs(emb, [position[r] for r in left], [position[r] for r in right])
         threshold = accuracy_threshold(same, scores)
-        ident = identify(scorer, lambda images, scorer=scorer: scorer.embed(tensors[[row_of[i] for i in images]]), people_images,
+        ident = identify(scorer, lambda images, scorer=scorer: scorer.embed(tensors[[row_of[i] for i in images]]),
+                         people_images,
                          {"accuracy": threshold, "far": threshold})
         validation["flip" if flip else "plain"] = {
             "auc": float(roc_auc_score(same, scores)),
@@ -147,7 +148,8 @@ def report(results: dict, name: str = "recipe_variants") -> None:
         at5 = max([c["val_accuracy"] for c in r["curve"] if c["minutes"] <= 5] or [float("nan")])
         v, f = r["validation"]["plain"], r["validation"]["flip"]
         kept = r["metrics"]["best_epoch"]
-        print(f"{name} | {r['metrics']['val_accuracy']:.4f} (epoch {kept}) | {at5:.4f} | {r['images_per_second']:.0f} | "
+        print(f"{name} | {r['metrics']['val_accuracy']:.4f} (epoch {kept}) | {at5:.4f} | "
+              f"{r['images_per_second']:.0f} | "
               f"{r['metrics']['epochs_run']} | {v['auc']:.4f} | {v['best_threshold_accuracy']:.4f} | "
               f"{v.get('rank1', float('nan')):.4f} | {f['auc']:.4f}, {f['best_threshold_accuracy']:.4f}, "
               f"{f.get('rank1', float('nan')):.4f}")

@@ -60,7 +60,8 @@ def main() -> None:
     result = {"identities": args.identities, "dim": args.dim, "probes": args.probes, "shards": args.shards,
               "batch": args.batch, "top_k": args.top_k, "cpus": os.cpu_count(),
               "one_process": {"seconds": round(one, 2), "probes_per_second": round(args.probes / one, 1),
-                              "cpu_seconds": round(cpu, 2), "probes_per_second_on_an_idle_core": round(args.probes / cpu, 1)},
+                              "cpu_seconds": round(cpu, 2),
+                              "probes_per_second_on_an_idle_core": round(args.probes / cpu, 1)},
               "dask": []}
     # The shards' arrays travel in their load tasks (25 MB each here): known, see ShardedGallery
     warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
@@ -84,7 +85,8 @@ def main() -> None:
                 "workers": workers, "load_seconds": round(load, 2), "seconds": round(seconds, 2),
                 "probes_per_second": round(args.probes / seconds, 1),
                 "worker_cpu_seconds": [round(t, 2) for t in cpu.values()],
-                "probes_per_second_on_idle_cores": round(args.probes / max(cpu.values()), 1), "same_ranking_share": float(same.mean()),
+                "probes_per_second_on_idle_cores": round(args.probes / max(cpu.values()), 1),
+                "same_ranking_share": float(same.mean()),
                 "max_score_difference": float(np.abs(probabilities(head, cosines) - expected_scores).max())})
             print(json.dumps(result["dask"][-1]), flush=True)
     out = ROOT / "bench" / "out" / "sharded_search.json"

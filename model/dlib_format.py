@@ -110,7 +110,8 @@ class _Bytes:
         try:
             return raw.decode("ascii")
         except UnicodeDecodeError:
-            raise DlibFormatError(f"{self.where}: its {what} at byte {self.pos - length} is not text ({raw!r})") from None
+            raise DlibFormatError(
+                f"{self.where}: its {what} at byte {self.pos - length} is not text ({raw!r})") from None
 
     def real(self, what: str) -> float:
         mantissa, exponent = self.integer(what), self.integer(what)

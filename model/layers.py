@@ -100,8 +100,8 @@ class SameLogit(keras.layers.Layer):
     def build(self, input_shape):
         import math
 
-        self.log_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(math.log(self.initial_scale)),
-                                         name="log_scale")
+        scale = keras.initializers.Constant(math.log(self.initial_scale))
+        self.log_scale = self.add_weight(shape=(), initializer=scale, name="log_scale")
         self.bias = self.add_weight(shape=(), initializer=keras.initializers.Constant(self.initial_bias), name="bias")
 
     def call(self, cosines):

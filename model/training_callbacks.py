@@ -122,8 +122,8 @@ class CosineSchedule(keras.callbacks.Callback):
         self.peak, self.epochs, self.budget, self.clock = peak, epochs, budget_seconds, clock
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.optimizer.learning_rate.assign(cosine_learning_rate(epoch, self.epochs, self.peak,
-                                                                       elapsed_fraction=self.clock.elapsed / self.budget))
+        rate = cosine_learning_rate(epoch, self.epochs, self.peak, elapsed_fraction=self.clock.elapsed / self.budget)
+        self.model.optimizer.learning_rate.assign(rate)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -245,8 +245,9 @@ def check_allowed(name: str, url: str | Path | None) -> None:
         kind, parts = _parts(root)
         if kind == where[0] and where[1][:len(parts)] == parts:
             return
+    shown = ", ".join(r if r.endswith("://") else redact_url(r) for r in roots)
     raise NotAllowedError(f"{name} {redact_url(str(url))} is outside the allowed storage roots "
-                          f"({', '.join(r if r.endswith('://') else redact_url(r) for r in roots)}): refused, nothing was read; an operator "
+                          f"({shown}): refused, nothing was read; an operator "
                           "allows more with SIAMESE_ALLOWED_ROOTS")
 
 

@@ -187,7 +187,8 @@ class S3Storage(Storage):
             raise self._fail("head", key, err) from err
         except BotoCoreError as err:
             raise self._fail("head", key, err) from err
-        return ObjectInfo(key=normalize_key(key, empty_parts=True), size=int(head["ContentLength"]), etag=head["ETag"].strip('"'))
+        return ObjectInfo(key=normalize_key(key, empty_parts=True), size=int(head["ContentLength"]),
+                          etag=head["ETag"].strip('"'))
 
     def delete(self, key: str) -> None:
         try:

@@ -24,7 +24,8 @@ def dlib():
     try:
         import dlib as module
     except ImportError:
-        raise DlibUnavailableError(f"dlib's face finding and alignment need the package dlib-bin: {INSTALL_HINT}") from None
+        raise DlibUnavailableError(
+            f"dlib's face finding and alignment need the package dlib-bin: {INSTALL_HINT}") from None
     return module
 
 
