@@ -173,8 +173,8 @@ def main() -> None:
         print(f"  {precision}: {twin / rates['dlib-bin, one core']:.1f}x dlib-bin on one core, "
               f"{twin / rates['dlib-bin, two processes']:.1f}x dlib-bin on two processes")
 
+    from tasks.faces import find_faces
     from tasks.images import ChipConfig, decode
-    from tasks.matching.faces import find_faces
 
     def twin_photo_to_vector(network):
         made = np.stack([find_faces(decode(open(p, "rb").read(), grey=False), "auto", ChipConfig())[0].pixels

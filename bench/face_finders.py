@@ -6,7 +6,7 @@ onto the training crop with).
     python -m bench.face_finders [--photos 300] [--att 100]
 
 Needs the extracted LFW images (``make run MIRROR=../shared/data/lfw ARGS=--no-train``) and
-dlib-bin. Each detector runs exactly as matching runs it (``tasks.matching.faces.detect_boxes``),
+dlib-bin. Each detector runs exactly as matching runs it (``tasks.faces.detect_boxes``),
 one photo at a time in this process. On LFW every photo holds a face at its centre, so a photo
 with no detection is a miss. Prints, per detector: photos with a face, misses, ms per photo, and
 the median and standard deviation of (crop centre - box centre) / box width and height and of
@@ -27,8 +27,8 @@ import numpy as np
 
 import settings  # noqa: F401 - first: process defaults
 from tasks.data.steps import cache_dir
+from tasks.faces import CROP_FROM_DETECTION, DETECTORS, detect_boxes, find_faces
 from tasks.images import LFW_CROP_BOX, cut_face
-from tasks.matching.faces import CROP_FROM_DETECTION, DETECTORS, detect_boxes, find_faces
 
 
 def _central(boxes, width: int, height: int):

@@ -103,7 +103,7 @@ def check_run(store, run: dict, version: str, listing: set[str]) -> dict:
     """Every probe exactly once, every row from this run's gallery checksum (its people only)."""
     from storage import catalog
     from tasks.matching.gallery import gallery_id, read_gallery
-    from tasks.matching.search import UNKNOWN
+    from tasks.search.ranking import UNKNOWN
 
     rows = results_of(store, run["run_id"])
     shards_per_probe = rows.groupby("probe_key")["shard_file"].nunique()

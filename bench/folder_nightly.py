@@ -68,8 +68,7 @@ def run(args, seaweed) -> int:
     from tasks.data.datasets import parse_lfw_member
     from tasks.evaluation.champion import gain_and_noise
     from tasks.evaluation.config import EvalConfig
-    from tasks.evaluation.evaluate import read_report
-    from tasks.registry import read_champion, read_manifest
+    from tasks.registry import read_champion, read_manifest, read_report
     from tasks.training.config import TrainConfig
 
     photos: dict[str, bytes] = {}

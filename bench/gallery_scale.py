@@ -51,9 +51,8 @@ def child(method: str, size: int, probes: int, dim: int, sweep: list[int]) -> li
     """One method at one size; an approximate index is built once and searched at every ``sweep``
     setting (IVF: cells searched, nprobe; HNSW: candidates kept, efSearch)."""
     from model.scoring import PairHead, cosine_head
-    from tasks.matching.gallery import Gallery
-    from tasks.matching.index import build_index, key_ids
-    from tasks.matching.search import score_against_gallery
+    from tasks.search.index import build_index, key_ids
+    from tasks.search.ranking import Gallery, score_against_gallery
 
     gallery_emb, queries, truth = data(size, probes, dim)
     names = np.array([f"id{i:07d}" for i in range(size)], dtype=object)

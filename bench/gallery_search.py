@@ -9,7 +9,7 @@ runs in a fresh process (its own peak memory). Methods:
   exact_f32     faiss IndexFlatIP, probes in batches of 1,024 (faiss's BLAS path): the reference
   exact_bf16    tasks.matching.scan: the gallery in bfloat16, blocks of it scanned with a top-k per
                 block, the candidates re-ranked in float32
-  ivf_refine    tasks.matching.index "ivf_refine": IVF (nlist = 4 sqrt(N)) over SQ8 codes, the
+  ivf_refine    tasks.search.index "ivf_refine": IVF (nlist = 4 sqrt(N)) over SQ8 codes, the
                 k x k_factor nearest re-ranked exactly in float32 (faiss IndexRefineFlat)
 recall@1: the share of probes whose top image equals the float32 exact one's; at the operating
 point: among probes whose exact top-1 clears the model's open-set threshold for a gallery of
@@ -44,8 +44,8 @@ def child(kind: str, size: int, probes: int, model_path: str, cosine_threshold: 
     import faiss
 
     from bench.face_gallery import FaceGalleryModel, synthetic_gallery
-    from tasks.matching.index import build_index
     from tasks.matching.scan import Bf16Scan
+    from tasks.search.index import build_index
 
     model = None
     if kind == "fitted":
@@ -111,9 +111,8 @@ def child(kind: str, size: int, probes: int, model_path: str, cosine_threshold: 
 def open_set_cosine(storage: str, model: str, size: int) -> tuple[str, float]:
     """The model's open-set threshold for a gallery of ``size`` identities, as a cosine."""
     from storage import open_storage
-    from tasks.evaluation.evaluate import read_report
-    from tasks.matching.search import resolve_threshold
-    from tasks.registry import load_scorer, resolve_version
+    from tasks.matching.thresholds import resolve_threshold
+    from tasks.registry import load_scorer, read_report, resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)

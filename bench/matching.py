@@ -60,12 +60,12 @@ def cpu_seconds(pid: int) -> float:
 def identification(scorer, tensors, index, pairs, thresholds: dict) -> dict:
     """Rank-1/5 and rejection of never-enrolled people on the model's held-out identities (the
     evaluation's own measure, on these embeddings)."""
-    from tasks.evaluation.evaluate import held_out_images
     from tasks.evaluation.identification import identify
+    from tasks.held_out import images_of_held_out_people
 
     row_of = dict(zip(index["image_id"], index["row"]))
     return identify(scorer, lambda images: scorer.embed(tensors[[row_of[i] for i in images]]),
-                    held_out_images(index, pairs), thresholds)
+                    images_of_held_out_people(index, pairs), thresholds)
 
 
 def main() -> int:
@@ -84,10 +84,9 @@ def main() -> int:
     from storage import open_storage
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips
     from tasks.data.steps import cache_dir
-    from tasks.evaluation.evaluate import read_report
     from tasks.matching.config import EnrolParams, MatchParams
-    from tasks.matching.gallery import Gallery
-    from tasks.registry import load_model, load_scorer, read_manifest, resolve_version
+    from tasks.registry import load_model, load_scorer, read_manifest, read_report, resolve_version
+    from tasks.search.ranking import Gallery
 
     local = open_storage(args.storage)
     version = resolve_version(local, args.model)
@@ -164,7 +163,7 @@ def main() -> int:
         probe_embeddings = scorer.embed(probe_tensors)
         embed_s = time.perf_counter() - t0
         from tasks.matching.gallery import read_gallery
-        from tasks.matching.search import score_against_gallery
+        from tasks.search.ranking import score_against_gallery
 
         enrolled_gallery = read_gallery(store, enrolled["embeddings_key"], enrolled["sha256"], enrolled.get("index"))
         t0 = time.perf_counter()

@@ -22,8 +22,8 @@ def main() -> None:
     from PIL import Image
 
     from tasks.data.steps import cache_dir
+    from tasks.faces import PHOTO_MIN_NEIGHBOUR_CORRELATION, looks_like_a_photo, neighbour_correlation
     from tasks.images import decode
-    from tasks.matching.faces import PHOTO_MIN_NEIGHBOUR_CORRELATION, looks_like_a_photo, neighbour_correlation
     from tests.fakes import jpeg
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

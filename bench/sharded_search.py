@@ -44,10 +44,9 @@ def main() -> None:
 
     from bench.gallery_scale import data
     from model.scoring import cosine_head
-    from tasks.matching.gallery import Gallery
-    from tasks.matching.index import build_index, key_ids
-    from tasks.matching.search import score_against_gallery
     from tasks.matching.sharded import ShardedGallery, probabilities
+    from tasks.search.index import build_index, key_ids
+    from tasks.search.ranking import Gallery, score_against_gallery
 
     embeddings, probes, _ = data(args.identities, args.probes, args.dim)
     names = np.array([f"id{i:07d}" for i in range(args.identities)], dtype=object)

@@ -44,10 +44,9 @@ def main() -> int:
 
     from storage import open_storage
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips, with_faces
-    from tasks.evaluation.evaluate import held_out_images
-    from tasks.evaluation.identification import identification_sets
     from tasks.evaluation.metrics import accuracy_threshold  # as the evaluation chooses View 1's threshold
     from tasks.evaluation.untouched import UntouchedEmbeddings
+    from tasks.held_out import identification_sets, images_of_held_out_people
     from tasks.registry import load_scorer, read_manifest, read_model_people, resolve_version
 
     store = open_storage(args.storage)
@@ -63,7 +62,7 @@ def main() -> int:
     official = with_faces(read_pairs(store, dataset, "lfw_official").frame, index, faces.missing)
     learned = read_model_people(store, version)
     row_of = dict(zip(index["image_id"], index["row"]))
-    held_out = held_out_images(index[~index["row"].isin(faces.missing)], pairs, learned)
+    held_out = images_of_held_out_people(index[~index["row"].isin(faces.missing)], pairs, learned)
     enrolled, known, _ = identification_sets(held_out)
     people = list(enrolled)
     view1 = {s: official[official["split"] == s] for s in ("dev_train", "dev_test")}

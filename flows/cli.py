@@ -14,15 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from tasks.matching.faces import DETECT_MODES, DETECTORS
+from tasks.faces import DETECT_MODES, DETECTORS
 
 
 def _model(storage: str | None, model: str, detector: str | None):
     """(store, version, embedder, the report whose thresholds apply) for a model reference."""
     from storage import open_storage
-    from tasks.evaluation.evaluate import read_report
     from tasks.matching.embedders import model_embedder
-    from tasks.registry import resolve_version
+    from tasks.registry import read_report, resolve_version
 
     store = open_storage(storage)
     version = resolve_version(store, model)
@@ -31,7 +30,8 @@ def _model(storage: str | None, model: str, detector: str | None):
 
 def cmd_match(args) -> int:
     from tasks.matching.gallery import enrol, read_gallery
-    from tasks.matching.search import UNKNOWN, resolve_threshold, score_against_gallery
+    from tasks.matching.thresholds import resolve_threshold
+    from tasks.search.ranking import UNKNOWN, score_against_gallery
 
     store, version, embedder, report = _model(args.storage, args.model, args.detector)
     resolve_threshold(args.threshold, report, 1)  # a wrong threshold fails before the gallery is enrolled
@@ -56,7 +56,7 @@ def cmd_match(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from tasks.matching.search import resolve_threshold
+    from tasks.matching.thresholds import resolve_threshold
 
     _, _, embedder, report = _model(args.storage, args.model, args.detector)
     threshold = resolve_threshold(args.threshold, report, 1, args.unknown_rate)  # one identity: a pair

@@ -23,8 +23,8 @@ from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from flows.args import validation_message
+from flows.challenger import checked_training, evaluate_and_decide
 from flows.data import DataResult, data_flow
-from flows.evaluate import evaluate_flow
 from flows.runtime import mirror_parameter, run_storage
 from flows.time_limits import check_fits, limited
 from flows.train import train_flow
@@ -35,12 +35,10 @@ from storage import catalog, open_storage
 from storage.location import allow_command_line
 from tasks.data.config import DataParams
 from tasks.data.pairs import PROTOCOLS, TRAINABLE_PROTOCOLS
-from tasks.evaluation.champion import PROMOTION_METRIC
+from tasks.evaluation.champion_tasks import promote
 from tasks.evaluation.config import EvalConfig
-from tasks.evaluation.evaluate import stale_champion
-from tasks.evaluation.prefect_tasks import decide_promotion, promote
 from tasks.evaluation.report import fmt, learned_from_line, report_value
-from tasks.registry import read_champion, read_manifest
+from tasks.registry import read_champion
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainResult, selection_line
 
@@ -85,35 +83,6 @@ def demo_matching(storage: str | None) -> dict | None:
     summary = match_flow(MatchParams(probes=batch.probes_url, gallery=batch.gallery_url, model=version), storage)
     return {**demo_score(batch, summary, storage), "version": version, "threshold": summary["threshold"],
             "run_id": summary["run_id"], "results": summary["results_prefix"]}
-
-
-def checked_training(data: DataParams, train: TrainConfig | None) -> TrainConfig | None:
-    """``train`` on ``data``'s dataset; refused up front when its protocol is not among the data's."""
-    if train is None:
-        return None
-    if train.protocol not in data.protocol_list:
-        raise ValueError(f"training on {train.protocol} needs its pairs, but the data stages make only "
-                         f"{', '.join(data.protocol_list)}: add {train.protocol} to the data's protocols")
-    return train.replace(dataset=data.dataset)
-
-
-def evaluate_and_decide(version: str, storage: str | None, evaluation: EvalConfig,
-                        metric: str = PROMOTION_METRIC, min_gain: float = 0.0):
-    """The champion decision always rests on the plain evaluation, whose thresholds matching uses
-    (matching does not augment); a test-time-augmented one is made beside it when asked for."""
-    store = open_storage(storage)
-    config = read_manifest(store, version)["config"]
-    champion, refused = stale_champion(store, config["dataset"], config["protocol"])
-    if champion:  # the data grew since the champion was scored: first score it on today's pairs too
-        print(f"champion {champion} was scored on earlier data of {config['dataset']}: scoring it on today's "
-              "pairs, which hold out every person it learned from (its thresholds, which matching uses, follow)")
-        evaluate_flow(champion, storage, evaluation.replace(tta_passes=0))
-    elif refused:
-        print(f"champion not scored on today's data: {refused}")
-    plain = evaluate_flow(version, storage, evaluation.replace(tta_passes=0))
-    if evaluation.tta_passes:
-        evaluate_flow(version, storage, evaluation)
-    return plain, decide_promotion(plain.report, storage, metric, min_gain, refused)
 
 
 SPLIT_ORDER = ["train", "validation", "test", "dev_train", "dev_test", "view2"]

@@ -14,8 +14,8 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.challenger import checked_training, evaluate_and_decide
 from flows.data import data_flow
-from flows.main import checked_training, evaluate_and_decide
 from flows.match import enrol_flow
 from flows.runtime import run_gallery, run_storage
 from flows.time_limits import check_fits, limited
@@ -24,10 +24,10 @@ from model.networks import PRETRAINED
 from storage import open_storage
 from tasks.data.config import DataParams
 from tasks.evaluation.champion import PROMOTION_METRIC
+from tasks.evaluation.champion_tasks import promote
 from tasks.evaluation.config import EvalConfig
-from tasks.evaluation.prefect_tasks import promote
+from tasks.faces import Detect
 from tasks.matching.config import EnrolParams
-from tasks.matching.faces import Detect
 from tasks.training.config import TrainConfig
 from tasks.training.train import trained_on
 

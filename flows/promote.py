@@ -15,9 +15,8 @@ from prefect import flow, get_run_logger
 from flows.runtime import run_storage
 from flows.time_limits import limited
 from storage import open_storage
-from tasks.evaluation.evaluate import read_report
-from tasks.evaluation.prefect_tasks import promote, roll_back
-from tasks.registry import read_champion, resolve_version
+from tasks.evaluation.champion_tasks import promote, roll_back
+from tasks.registry import read_champion, read_report, resolve_version
 
 
 @flow(**limited("promote"), flow_run_name="promote-{version}", log_prints=True)

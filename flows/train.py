@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from flows.args import add_model_arguments, model_from_arguments
 from flows.runtime import run_storage
 from flows.time_limits import check_fits, limited, train_task_seconds
-from tasks.slots import TRAINING, hold
+from tasks.concurrency import TRAINING, hold
 from tasks.training.config import TrainConfig
 from tasks.training.prefect_tasks import reusable_training, train_model
 from tasks.training.train import TrainResult

@@ -1,6 +1,6 @@
 """dlib's aligned face chip: the input of the pretrained ``dlib_resnet`` twin, made alike by the data
 stage's chip store, enrolment, matching, the command line and folder datasets (through
-``tasks.matching.faces``, which finds the faces).
+``tasks.faces``, which finds the faces).
 
 A chip is the face turned upright and scaled by its 5 landmarks (eyes' corners, nose), 150 x 150
 RGB with 25% padding: dlib's ``get_face_chip`` on a box like those its landmark model was trained

@@ -12,13 +12,17 @@ import hashlib
 import tempfile
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import model.layers  # noqa: F401 - registers the custom layers before any load
-import model.losses  # noqa: F401
-from model import keras  # through the package: TensorFlow's start-up stays quiet
 from storage import NotFoundError, Storage, catalog
 from storage.manifests import IntegrityError, read_verified
 from storage.pointers import update_pointer
+
+if TYPE_CHECKING:
+    from model import keras
+
+# Keras is imported inside the functions that load a model: the champion pointer, manifests and reports
+# (the promote flow, matching's thresholds) are read without starting TensorFlow.
 
 PAIR_MODEL = "pair.keras"  # (left, right) -> P(same): verification, and the scorer's source
 EMBEDDER = "embedder.keras"  # image -> embedding
@@ -45,6 +49,11 @@ def read_manifest(store: Storage, version: str) -> dict:
     return store.read_json(catalog.model_manifest_key(version))
 
 
+def read_report(store: Storage, version: str) -> dict | None:
+    """The plain (not test-time-augmented) evaluation of ``version``: the thresholds matching uses."""
+    return store.read_json_or_none(catalog.report_key(version))
+
+
 def load_model(store: Storage, version: str, name: str = PAIR_MODEL) -> keras.Model:
     """Download, verify the sha256 against the manifest, and load in safe mode."""
     expected = read_manifest(store, version)["files"].get(name)
@@ -54,6 +63,10 @@ def load_model(store: Storage, version: str, name: str = PAIR_MODEL) -> keras.Mo
         data = read_verified(store, catalog.model_file_key(version, name), expected)
     except IntegrityError as err:
         raise ModelIntegrityError(str(err)) from None
+    import model.layers  # noqa: F401 - registers the custom layers before any load
+    import model.losses  # noqa: F401
+    from model import keras  # through the package: TensorFlow's start-up stays quiet
+
     with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
@@ -92,6 +105,8 @@ def in_process_precision(pair: keras.Model, network: dict | None) -> keras.Model
 
 def _policy_of(pair: keras.Model) -> str:
     """The dtype policy the twin network's layers compute in (its first convolution's or dense layer's)."""
+    from model import keras
+
     for layer in pair.layers:
         if isinstance(layer, keras.Model):
             for inner in layer.layers:

@@ -98,8 +98,8 @@ def lfw_photos(count: int) -> list[bytes]:
 @requires_lfw
 def test_the_keras_network_equals_dlib_on_real_chips(parsed):
     from tasks.dlib_models import dlib, model_path
+    from tasks.faces import find_faces
     from tasks.images import ChipConfig, decode
-    from tasks.matching.faces import find_faces
 
     chips = np.stack([find_faces(decode(photo, grey=False), "auto", ChipConfig())[0].pixels for photo in lfw_photos(6)])
     reference = dlib().face_recognition_model_v1(str(model_path("resnet")))
@@ -137,9 +137,8 @@ def tiny_chips(tiny_mirror, tmp_path, monkeypatch):
 def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_model(tiny_chips):
     from storage import open_storage
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs
-    from tasks.matching.gallery import Gallery
-    from tasks.matching.search import score_against_gallery
     from tasks.registry import PAIR_MODEL, load_model, load_scorer
+    from tasks.search.ranking import Gallery, score_against_gallery
     from tasks.training.config import TrainConfig
     from tasks.training.train import train
 

@@ -162,7 +162,7 @@ def test_every_deployment_in_prefect_yaml_passes_its_flows_validation():
 
 
 def test_training_follows_the_data_and_needs_its_protocol():
-    from flows.main import checked_training
+    from flows.challenger import checked_training
     from tasks.data.config import DataParams
     from tasks.training.config import TrainConfig
 

@@ -32,8 +32,7 @@ def test_scorer_from_embeddings_matches_the_pair_model(architecture, head):
     np.testing.assert_allclose(scorer.score(emb[:3], emb[3:]), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scorer.score_pairs(emb, [0, 1, 2], [3, 4, 5]), expected, rtol=1e-4, atol=1e-5)
     # a gallery: each probe's best score over the gallery images is the pair model's best score
-    from tasks.matching.gallery import Gallery
-    from tasks.matching.search import score_against_gallery
+    from tasks.search.ranking import Gallery, score_against_gallery
 
     gallery = Gallery(np.array(["a", "b", "c"], dtype=object), np.array(["x", "y", "z"], dtype=object), emb[3:])
     names, scores = score_against_gallery(scorer, emb[:3], gallery, 1)
@@ -144,7 +143,7 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
 
     from flows.evaluate import evaluate_flow
     from tasks.artifacts import artifact_key
-    from tasks.evaluation.prefect_tasks import decide_promotion, promote
+    from tasks.evaluation.champion_tasks import decide_promotion, promote
 
     storage, version = tiny_model
     result = evaluate_flow("latest", storage, SMALL_EVAL)

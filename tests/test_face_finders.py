@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tasks.faces import DETECTORS, faces_from_bytes, find_faces
 from tasks.images import LFW_CROP_BOX, ImageDecodeError, cut_face
-from tasks.matching.faces import DETECTORS, faces_from_bytes, find_faces
 from tests.conftest import LFW_DIR, requires_lfw
 
 pytest.importorskip("dlib", reason="dlib's detectors need dlib-bin, pinned in requirements.txt")

@@ -230,8 +230,7 @@ def test_the_main_job_then_nightly_retrain_on_the_grown_folder_deciding_on_the_s
     from flows.main import main_flow
     from flows.nightly import nightly_flow
     from tasks.evaluation.config import EvalConfig
-    from tasks.evaluation.evaluate import read_report
-    from tasks.registry import read_champion, read_manifest
+    from tasks.registry import read_champion, read_manifest, read_report
     from tests.fakes import make_tiny_lfw
 
     photos, storage = f"s3://{seaweed_bucket}/people", f"s3://{seaweed_bucket}/store"

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from model.scoring import cosine_head
-from tasks.matching.gallery import Gallery
-from tasks.matching.index import build_index, key_ids, update_index
-from tasks.matching.search import score_against_gallery
+from tasks.search.index import build_index, key_ids, update_index
+from tasks.search.ranking import Gallery, score_against_gallery
 
 pytest.importorskip("faiss", reason="faiss-cpu is pinned in requirements.txt")
 
@@ -85,7 +84,7 @@ def test_an_index_holding_an_image_its_embeddings_lack_is_refused_never_a_neighb
 def test_a_refined_ivf_index_returns_the_exact_top_1_among_near_ties():
     """SQ8 codes move a cosine by ~1e-3: near ties (pairs of images 1e-4 apart in cosine) would swap
     without the float32 re-rank of the candidates."""
-    from tasks.matching.index import load_index
+    from tasks.search.index import index_from_bytes
 
     gallery, probes = clustered_gallery(3_000, 2)
     twins = gallery.embeddings[::7] + 1e-4 * np.random.default_rng(1).standard_normal(
@@ -96,22 +95,22 @@ def test_a_refined_ivf_index_returns_the_exact_top_1_among_near_ties():
     refined = build_index(emb, ids, "ivf_refine")
     refined.configure(nprobe=refined.settings["nlist"])  # every cell: only the codes' error is left
     assert (refined.search(probes, 1)[1][:, 0] == exact).all()
-    again = load_index(refined.to_bytes(), "ivf_refine", refined.trained_rows, refined.settings)
+    again = index_from_bytes(refined.to_bytes(), "ivf_refine", refined.trained_rows, refined.settings)
     assert (again.search(probes, 1)[1][:, 0] == exact).all()
 
 
 def test_an_index_stored_with_other_settings_than_it_was_built_with_is_refused():
-    from tasks.matching.index import IndexSettingsError, load_index
+    from tasks.search.index import IndexSettingsError, index_from_bytes
 
     gallery, _ = clustered_gallery(1_000, 2)
     index = build_index(gallery.embeddings, gallery.ids, "ivf_refine")
     for wrong in ({**index.settings, "nlist": index.settings["nlist"] * 2}, {**index.settings, "codes": "fp16"},
                   {k: v for k, v in index.settings.items() if k != "k_factor"}):
         with pytest.raises(IndexSettingsError, match="refused"):
-            load_index(index.to_bytes(), "ivf_refine", index.trained_rows, wrong)
+            index_from_bytes(index.to_bytes(), "ivf_refine", index.trained_rows, wrong)
     exact = build_index(gallery.embeddings, gallery.ids, "exact")
     with pytest.raises(IndexSettingsError):
-        load_index(exact.to_bytes(), "ivf_refine", 0, index.settings)
+        index_from_bytes(exact.to_bytes(), "ivf_refine", 0, index.settings)
 
 
 def test_the_bfloat16_scan_returns_the_float32_scans_top_3_even_among_near_ties():

@@ -112,7 +112,7 @@ def test_enrol_then_reenrol_embeds_only_what_changed(s3_setup):
 def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup, prefect_harness):
     from flows.match import match_flow
     from tasks.matching.prefect_tasks import cached_embedder
-    from tasks.matching.search import resolve_threshold
+    from tasks.matching.thresholds import resolve_threshold
 
     s = s3_setup
     enrolled = enrol(s["gallery"], s["version"], s["storage"], log=lambda _: None)
@@ -321,8 +321,8 @@ def test_odd_keys_and_objects_the_storage_refuses_are_error_rows_never_a_failed_
 
 
 def test_face_detection_modes():
+    from tasks.faces import faces_from_bytes
     from tasks.images import ImageDecodeError
-    from tasks.matching.faces import faces_from_bytes
 
     blank = _jpeg(Image.new("L", (200, 200), 128))
     assert len(faces_from_bytes(jpeg(7), "none")) == 1  # an aligned portrait needs no detector

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluation.champion import promotion_decision
-from tasks.evaluation.evaluate import held_out_images
+from tasks.evaluation.champion import compare_to_champion
 from tasks.evaluation.metrics import (
     accuracy_threshold,
     classification_metrics,
@@ -17,6 +16,7 @@ from tasks.evaluation.metrics import (
     tenfold_accuracy,
 )
 from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
+from tasks.held_out import images_of_held_out_people
 from tests.fakes import synthetic_index
 
 # 4 same, 4 different; at threshold 0.5: TP 3 (0.9 0.8 0.6), FN 1 (0.4), FP 1 (0.7), TN 3 (0.3 0.2 0.1)
@@ -86,10 +86,10 @@ def test_nway_tasks_never_reuse_the_query_and_draw_only_held_out_people():
                           "left_image": ["A/A_0001.jpg", "B/B_0001.jpg", "C/C_0001.jpg"],
                           "right_image": ["A/A_0002.jpg", "G/G_0001.jpg", "C/C_0002.jpg"],
                           "left_person": ["A", "B", "C"], "right_person": ["A", "G", "C"], "same": [1, 0, 1]})
-    held = held_out_images(index, pairs)
+    held = images_of_held_out_people(index, pairs)
     assert set(held) == {"C", "D", "E", "F"}  # A trained on, B and G chose the checkpoint
     # D learned from before (a warm start's source, an earlier night) is not held out either
-    assert set(held_out_images(index, pairs, {"train": ["D"], "validation": []})) == {"C", "E", "F"}
+    assert set(images_of_held_out_people(index, pairs, {"train": ["D"], "validation": []})) == {"C", "E", "F"}
     tasks = draw_nway_tasks(held, 3, 300, seed=7)
     for query, support, answer, people in zip(tasks.query, tasks.support, tasks.answer, tasks.people):
         assert query not in support
@@ -125,37 +125,37 @@ def _outcomes(right: int, n: int = 2000, offset: int = 0) -> str:
 
 
 def test_promotion_needs_a_gain_beyond_the_noise_of_the_same_pairs():
-    assert promotion_decision(_report("v2", 0.8), None)["promote"]  # no champion yet
+    assert compare_to_champion(_report("v2", 0.8), None)["promote"]  # no champion yet
     champion = _report("v1", 0.800, correct=_outcomes(1600))
     # +0.5 points, the two models disagreeing on 110 pairs: SE of the difference ~0.0052: within the noise
-    close = promotion_decision(_report("v2", 0.805, correct=_outcomes(1610, offset=50)), champion)
+    close = compare_to_champion(_report("v2", 0.805, correct=_outcomes(1610, offset=50)), champion)
     assert not close["promote"] and "within the noise" in close["reason"]
     # d = -1 on 50 pairs, +1 on 60: mean 0.005, SE = sqrt((110 - 2000 * 0.005^2) / 1999 / 2000)
     assert close["gain"] == pytest.approx(0.005)
     assert close["standard_error"] == pytest.approx(math.sqrt((110 - 2000 * 0.005 ** 2) / 1999 / 2000))
     # +2 points on the same pairs, the challenger right wherever the champion is: promoted
-    better = promotion_decision(_report("v2", 0.82, correct=_outcomes(1640)), champion)
+    better = compare_to_champion(_report("v2", 0.82, correct=_outcomes(1640)), champion)
     assert better["promote"] and "better beyond the noise" in better["reason"] and better["gain"] == pytest.approx(0.02)
-    worse = promotion_decision(_report("v2", 0.79, correct=_outcomes(1580)), champion)
+    worse = compare_to_champion(_report("v2", 0.79, correct=_outcomes(1580)), champion)
     assert not worse["promote"] and "not better" in worse["reason"]
     # a champion report without per-pair outcomes: the accuracies' own standard errors (~0.0127 here)
-    assert not promotion_decision(_report("v2", 0.81), _report("v1", 0.80))["promote"]
-    assert promotion_decision(_report("v2", 0.84), _report("v1", 0.80))["promote"]
+    assert not compare_to_champion(_report("v2", 0.81), _report("v1", 0.80))["promote"]
+    assert compare_to_champion(_report("v2", 0.84), _report("v1", 0.80))["promote"]
 
 
 def test_models_of_other_protocols_or_data_are_not_compared_and_the_decision_says_what_to_do():
-    other = promotion_decision(_report("v2", 0.99, protocol="face_comparer"), _report("v1", 0.80))
+    other = compare_to_champion(_report("v2", 0.99, protocol="face_comparer"), _report("v1", 0.80))
     assert not other["promote"] and "not comparable" in other["reason"]
     assert "python -m flows.promote --version v2" in other["reason"]
-    changed = promotion_decision(_report("v2", 0.99, sha="p2"), _report("v1", 0.80))
+    changed = compare_to_champion(_report("v2", 0.99, sha="p2"), _report("v1", 0.80))
     assert not changed["promote"] and "not scored on the same held-out pairs" in changed["reason"]
-    unevaluated = promotion_decision(_report("v2", 0.99), {"version": "v1"})  # a champion set by hand, never evaluated
+    unevaluated = compare_to_champion(_report("v2", 0.99), {"version": "v1"})  # a champion set by hand, never evaluated
     assert not unevaluated["promote"] and "has no evaluation report" in unevaluated["reason"]
     assert "python -m flows.evaluate --version v1" in unevaluated["reason"]
 
 
 def test_identification_enrols_one_image_per_person_and_probes_with_the_others():
-    from tasks.evaluation.identification import identification_sets
+    from tasks.held_out import identification_sets
 
     enrolled, known, never = identification_sets({"ann": ["a2", "a1", "a3"], "bob": ["b1", "b2"], "cy": ["c1"]})
     assert enrolled == {"ann": "a1", "bob": "b1"}

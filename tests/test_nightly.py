@@ -8,9 +8,8 @@ from storage import catalog, open_storage
 from tasks.data.config import DataParams
 from tasks.data.datasets import DATASETS
 from tasks.evaluation.config import EvalConfig
-from tasks.evaluation.evaluate import read_report
 from tasks.matching.gallery import gallery_id
-from tasks.registry import read_champion
+from tasks.registry import read_champion, read_report
 from tasks.training.train import TrainingDivergedError
 from tests.fakes import TINY_FACE_COMPARER, TINY_TRAIN, jpeg, tiny_spec
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from model.scoring import cosine_head
-from tasks.matching.gallery import Gallery
-from tasks.matching.search import score_against_gallery
 from tasks.matching.sharded import ShardedGallery, ShardMissingError, merge_top, probabilities, split_gallery
+from tasks.search.ranking import Gallery, score_against_gallery
 from tests.test_gallery_index import _unit, clustered_gallery
 
 pytest.importorskip("faiss", reason="faiss-cpu is pinned in requirements.txt")

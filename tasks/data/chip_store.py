@@ -26,8 +26,8 @@ import pandas as pd
 from storage import NotFoundError, Storage, catalog
 from storage.manifests import IntegrityError, read_verified, sha256_bytes
 from tasks.data.index import npy_to_tensors, tensors_to_npy
-from tasks.fetching import fetch_pool
 from tasks.images import BLANK_STD, LFW_FACE_BOX, LFW_FRAME, ChipConfig, ImageDecodeError, decode
+from tasks.parallel_fetch import fetch_pool
 
 CHIPS_FORMAT = 2  # 2: a table per batch
 BATCH = 1024  # photos per batch
@@ -50,7 +50,7 @@ class ChipSettings:
     dlib_version: str
 
     def as_dict(self) -> dict:
-        from tasks.matching.faces import CROP_FROM_DETECTION
+        from tasks.faces import CROP_FROM_DETECTION
 
         return {"chip": self.chip.model_dump(), "detect": self.detect, "detector": self.detector,
                 "landmarks_sha256": self.landmarks_sha256, "dlib": self.dlib_version, "format": CHIPS_FORMAT,
@@ -103,7 +103,7 @@ def _read_table(store: Storage, manifest: dict | None) -> pd.DataFrame:
 
 def _chip_or_error(data: bytes, settings: ChipSettings) -> tuple[np.ndarray | None, str | None, str | None]:
     """(chip, how its face was found, None) or (None, None, why there is none)."""
-    from tasks.matching.faces import find_faces
+    from tasks.faces import find_faces
 
     try:
         rgb = decode(data, grey=False)

@@ -3,7 +3,7 @@ its face cut as matching cuts it, built incrementally from the previous index.
 
 A photo whose key and ETag the previous index holds keeps its row and tensor without a fetch; a
 new or changed one is fetched, and decoded unless its sha256 shows the same bytes as before; a
-photo no longer listed leaves the index. Faces are found by ``tasks.matching.faces`` (``auto``: an
+photo no longer listed leaves the index. Faces are found by ``tasks.faces`` (``auto``: an
 aligned 250x250 LFW-framed photo keeps the training crop, any other photo goes to the detector and
 its largest face is cut). A photo that cannot be decoded or shows no face, and a key outside the
 layout, is an error row with its reason and an all-zero tensor: reported, never fatal; pair
@@ -27,10 +27,10 @@ import pandas as pd
 
 from storage import Storage
 from tasks.data.index import INDEX_COLUMNS
-from tasks.fetching import fetch_pool
+from tasks.faces import Detector, find_faces
 from tasks.folders import FolderListing, list_people_folder
 from tasks.images import LFW_FRAME, ImageDecodeError, PreprocessConfig, decode
-from tasks.matching.faces import Detector, find_faces
+from tasks.parallel_fetch import fetch_pool
 
 FOLDER_INDEX_FORMAT = 1
 # image_id and path are the photo's key (<identity>/<image>); face: "aligned" (the training crop of an

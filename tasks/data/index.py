@@ -127,7 +127,8 @@ def npy_to_tensors(data: bytes) -> np.ndarray:
 
 
 def people_counts(index: pd.DataFrame) -> pd.Series:
-    """Images per person among usable images, sorted by person name."""
+    """Images per person among usable images, sorted by person name. Its length is the index's count of
+    people, whoever publishes the index: a person whose every photo is unusable is in no pair."""
     ok = index[index["error"].isna()]
     return ok.groupby("person").size().sort_index()
 

@@ -278,13 +278,20 @@ def split_fingerprint(pairs: pd.DataFrame, split: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def people_in(pairs: pd.DataFrame) -> set[str]:
+    """The people these pairs show, on either side."""
+    return set(pairs["left_person"]).union(pairs["right_person"])
+
+
+def pairs_showing(pairs: pd.DataFrame, people: Iterable[str]) -> pd.Series:
+    """For each pair: does it show one of ``people`` (on either side)?"""
+    people = set(people)
+    return pairs["left_person"].isin(people) | pairs["right_person"].isin(people)
+
+
 def split_people_of(pairs: pd.DataFrame, splits: Sequence[str] = ("train", "validation")) -> dict[str, list[str]]:
     """split -> the people its pairs show, sorted."""
-    out = {}
-    for split in splits:
-        g = pairs[pairs["split"] == split]
-        out[split] = sorted(set(g["left_person"]).union(g["right_person"]))
-    return out
+    return {split: sorted(people_in(pairs[pairs["split"] == split])) for split in splits}
 
 
 def held_out_violations(pairs: pd.DataFrame, protocol: str, split: str = "test") -> list[str]:

@@ -27,7 +27,7 @@ class IndexSummary:
     archive_sha256: str
     preprocess: dict
     images: int
-    people: int
+    people: int  # with a usable photo: len(people_counts(index)), for an archive and a folder alike
     errors: int
     reused: bool = False
     seconds: float = 0.0

@@ -144,7 +144,7 @@ def run_folder_index(dataset: str, storage_url: str | None, preprocess: Preproce
     summary = IndexSummary(
         dataset=dataset, index_key=index_key, tensors_key=tensors_key, index_sha256=sha256_bytes(index_bytes),
         tensors_sha256=sha256_bytes(npy), archive_sha256=wanted["listing_sha256"], preprocess=preprocess.model_dump(),
-        images=len(built.index), people=int(usable["person"].nunique()), errors=len(errors),
+        images=len(built.index), people=len(people_counts(built.index)), errors=len(errors),
         seconds=time.perf_counter() - start, error_examples=list(errors.head(10)), source=source.url,
         decoded=built.decoded, kept=built.kept, removed=built.removed, same_bytes=built.same_bytes,
         resumed=built.resumed, listed_seconds=listed_seconds, other_files=listing.other_files,
@@ -187,7 +187,7 @@ def run_index(dataset: str, storage_url: str | None, archive_path: str, archive_
     summary = IndexSummary(
         dataset=dataset, index_key=index_key, tensors_key=tensors_key, index_sha256=sha256_bytes(index_bytes),
         tensors_sha256=sha256_bytes(npy), archive_sha256=archive_sha256, preprocess=preprocess.model_dump(),
-        images=len(built.index), people=int(built.index["person"].nunique()), errors=len(errors),
+        images=len(built.index), people=len(people_counts(built.index)), errors=len(errors),
         seconds=time.perf_counter() - start, error_examples=list(errors.head(10)), decoded=len(built.index),
     )
     # The manifest goes last: its presence means every output above is complete.

@@ -43,8 +43,8 @@ def gain_and_noise(challenger: dict, champion: dict, metric: str) -> tuple[float
     return gain, math.sqrt(variance)
 
 
-def promotion_decision(challenger: dict, champion: dict | None, metric: str = PROMOTION_METRIC,
-                       min_gain: float = 0.0, rescore_refused: str | None = None) -> dict:
+def compare_to_champion(challenger: dict, champion: dict | None, metric: str = PROMOTION_METRIC,
+                        min_gain: float = 0.0, rescore_refused: str | None = None) -> dict:
     """``challenger`` and ``champion``: evaluation reports. Promote when there is no champion, or when
     both were scored on the same pairs and the challenger is better by more than the noise (and by
     more than ``min_gain``). ``rescore_refused``: why the champion could not be scored on today's data."""

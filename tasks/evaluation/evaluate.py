@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 import model
-from model.augment import AugmentConfig
-from model.scoring import PairScorer, RowEmbeddings
+from model.scoring import PairScorer
 from storage import Storage, catalog, open_storage
 from storage.manifests import same_inputs
 from tasks.data.chip_store import ChipStoreError
+from tasks.data.pairs import pairs_showing, people_in
 from tasks.data.prepared import (
     faces_fingerprint,
     load_faces,
@@ -34,6 +34,7 @@ from tasks.data.prepared import (
 )
 from tasks.data.steps import ExtractedImagesError, read_photo_function
 from tasks.evaluation.config import EvalConfig
+from tasks.evaluation.embedded import EmbeddedImages
 from tasks.evaluation.fingerprint import check_model_data
 from tasks.evaluation.identification import identify
 from tasks.evaluation.metrics import (
@@ -50,8 +51,9 @@ from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
 from tasks.evaluation.report import report_markdown
 from tasks.evaluation.untouched import sample_photos
 from tasks.evaluation.yardstick import lfw_view1, yardstick_fingerprint
+from tasks.held_out import images_of_held_out_people
 from tasks.images import face_input
-from tasks.registry import load_scorer, read_champion, read_manifest, read_model_people
+from tasks.registry import load_scorer, read_champion, read_manifest, read_model_people, read_report
 
 EVAL_FORMAT = 5  # 2: per-pair test outcomes, identification, the flip setting; 3: View 1 at the validation
 # threshold; 4: a reference beside the model, embedding throughput, what the model learned from;
@@ -68,35 +70,8 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)  # name -> storage key
 
 
-class EmbeddedImages(RowEmbeddings):
-    """The model's embeddings of the tensor-store rows an evaluation needs, one array per TTA pass."""
-
-    def __init__(self, scorer: PairScorer, tensors: np.ndarray, rows: np.ndarray, tta_passes: int, seed: int):
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
-        images = tensors[rows]
-        rng = np.random.default_rng(seed)
-        super().__init__(scorer, rows, [scorer.embed(images)] +
-                         [scorer.embed(images, AugmentConfig(), rng) for _ in range(tta_passes)])
-
-
 def _rows(pairs: pd.DataFrame, row_of: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return row_of[pairs["left_image"]].to_numpy(), row_of[pairs["right_image"]].to_numpy()
-
-
-def _people(pairs: pd.DataFrame) -> set[str]:
-    return set(pairs["left_person"]).union(pairs["right_person"])
-
-
-def held_out_images(index: pd.DataFrame, pairs: pd.DataFrame, learned: dict[str, list[str]] | None = None
-                    ) -> dict[str, list[str]]:
-    """person -> decodable images, for the people with no image in the protocol's training or
-    validation pairs (validation chose the checkpoint, so its people are not held out) and none the
-    model learned from before (``learned``: its people.json, warm-start sources and earlier data)."""
-    seen = _people(pairs[pairs["split"].isin(["train", "validation"])])
-    if learned:
-        seen |= set(learned.get("train", [])) | set(learned.get("validation", []))
-    valid = index[index["error"].isna() & ~index["person"].isin(seen)]
-    return {p: sorted(g) for p, g in valid.groupby("person")["image_id"]}
 
 
 def _split_report(labels, scores, thresholds: dict[str, float], far_targets) -> dict:
@@ -180,7 +155,7 @@ def score_model(emb, head, data: EvaluationData, config: EvalConfig) -> dict:
     curves = {f"{data.protocol} test": roc_metrics(*scored["test"])} if "auc" in splits.get("test", {}) else {}
     report_official = None
     if official is not None and {"dev_train", "dev_test", "view2"} <= set(official["split"]):
-        trained_people = _people(pairs[pairs["split"] == "train"])
+        trained_people = people_in(pairs[pairs["split"] == "train"])
         dev_train, dev_test, view2 = (official[official["split"] == s] for s in ("dev_train", "dev_test", "view2"))
         y_tr, s_tr = split_scores(dev_train)
         y_te, s_te = split_scores(dev_test)
@@ -194,11 +169,8 @@ def score_model(emb, head, data: EvaluationData, config: EvalConfig) -> dict:
             "accuracy_at_validation_threshold": classification_metrics(y_te, s_te, thresholds["accuracy"])["accuracy"]}
         v2_roc = roc_metrics(y_v2, s_v2, config.far_targets)
         v2 = {**tenfold_accuracy(y_v2, s_v2, view2["fold"].to_numpy()), "auc": v2_roc["auc"], "eer": v2_roc["eer"]}
-        overlap = {
-            "view1_test_pairs_with_trained_person": float(
-                (dev_test["left_person"].isin(trained_people) | dev_test["right_person"].isin(trained_people)).mean()),
-            "view2_pairs_with_trained_person": float(
-                (view2["left_person"].isin(trained_people) | view2["right_person"].isin(trained_people)).mean())}
+        overlap = {"view1_test_pairs_with_trained_person": float(pairs_showing(dev_test, trained_people).mean()),
+                   "view2_pairs_with_trained_person": float(pairs_showing(view2, trained_people).mean())}
         report_official = {"view1": v1, "view2": v2, "overlap": overlap}
         curves["LFW View 1 test"] = roc_metrics(y_te, s_te)
         curves["LFW View 2 (all folds)"] = v2_roc
@@ -281,11 +253,6 @@ def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | N
     return version, None
 
 
-def read_report(store: Storage, version: str) -> dict | None:
-    """The plain (not test-time-augmented) evaluation of ``version``: the thresholds matching uses."""
-    return store.read_json_or_none(catalog.report_key(version))
-
-
 def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
              log: Callable[[str], None] = print) -> EvalResult:
     start = time.perf_counter()
@@ -328,7 +295,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
         log(f"{len(faces.missing)} photos have no face input (the chip store's error rows say why): the pairs and "
             "identification sets that show them are left out")
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-    held_out = held_out_images(index[~index["row"].isin(faces.missing)], pairs, learned)
+    held_out = images_of_held_out_people(index[~index["row"].isin(faces.missing)], pairs, learned)
     data = EvaluationData(pairs, official, held_out, row_of, dataset, protocol)
     for n in config.nway:
         try:
@@ -346,8 +313,7 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
     yardstick = None
     if wanted["data"]["yardstick_pairs_sha256"]:  # a folder dataset beside a prepared LFW: View 1 every night
         trained_people = (set(learned.get("train", [])) if learned is not None else
-                          set(pairs.loc[pairs["split"] == "train", "left_person"])
-                          | set(pairs.loc[pairs["split"] == "train", "right_person"]))
+                          people_in(pairs[pairs["split"] == "train"]))
         yardstick = lfw_view1(store, scorer, preprocess, thresholds["accuracy"], trained_people,
                               config.far_targets, config.seed)
     untouched = None

@@ -3,7 +3,7 @@ train and validation pairs, and test pairs that hold out what its protocol says 
 Regenerating pairs with another seed would otherwise silently put training images into "test"."""
 from __future__ import annotations
 
-from tasks.data.pairs import held_out_violations, split_fingerprint
+from tasks.data.pairs import held_out_violations, people_in, split_fingerprint
 from tasks.data.prepared import PairsTable
 
 
@@ -30,7 +30,7 @@ def check_model_data(version: str, manifest: dict, pairs: PairsTable, tensors_sh
                    "test": set(people.get("train", [])) | set(people.get("validation", []))}
         for split, forbidden in learned.items():
             g = pairs.frame[pairs.frame["split"] == split]
-            shared = sorted((set(g["left_person"]) | set(g["right_person"])) & forbidden)
+            shared = sorted(people_in(g) & forbidden)
             if shared:
                 raise DataFingerprintError(f"the {split} pairs of {where} show {len(shared)} people model {version} "
                                            f"{'trained' if split == 'validation' else 'trained or was selected'} on, "

@@ -13,17 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from model.scoring import PairHead
-from tasks.matching.gallery import Gallery
-from tasks.matching.search import score_against_gallery
-
-
-def identification_sets(held_out: Mapping[str, Sequence[str]]) -> tuple[dict[str, str], list[tuple[str, str]],
-                                                                        list[str]]:
-    """(person -> gallery image, [(known probe, person)], [never-enrolled probe])."""
-    enrolled = {p: sorted(images)[0] for p, images in held_out.items() if len(images) >= 2}
-    known = [(image, p) for p, images in held_out.items() if len(images) >= 2 for image in sorted(images)[1:]]
-    never = [sorted(images)[0] for p, images in held_out.items() if len(images) == 1]
-    return enrolled, known, never
+from tasks.held_out import identification_sets
+from tasks.search.ranking import Gallery, score_against_gallery
 
 
 def identify(scorer: PairHead, embedding_of, held_out: Mapping[str, Sequence[str]],

@@ -58,8 +58,8 @@ def throughput_against_dlib(scorer: PairScorer, preprocess, photos: list[bytes],
     process, from the file's bytes to the embedding (decode, face, network), each after one warm-up
     photo: the model with its flip (so twice per photo) on every core, dlib-bin on one."""
     from tasks.dlib_models import DlibPipeline
+    from tasks.faces import faces_from_bytes
     from tasks.images import ImageDecodeError, decode
-    from tasks.matching.faces import faces_from_bytes
 
     if not photos:
         return {}

@@ -10,6 +10,7 @@ import pandas as pd
 
 from storage import Storage
 from tasks.data.chip_store import ChipStoreError
+from tasks.data.pairs import pairs_showing
 from tasks.data.prepared import (
     faces_fingerprint,
     load_faces,
@@ -19,6 +20,7 @@ from tasks.data.prepared import (
     read_pairs,
     uses_chips,
 )
+from tasks.evaluation.embedded import EmbeddedImages
 from tasks.evaluation.metrics import accuracy_threshold, classification_metrics, roc_metrics
 
 YARDSTICK = "lfw"
@@ -39,8 +41,6 @@ def yardstick_fingerprint(store: Storage, dataset: str, chips: bool = False) -> 
 
 def lfw_view1(store: Storage, scorer, preprocess: dict, validation_threshold: float, trained_people: set[str],
               far_targets, seed: int = 42) -> dict:
-    from tasks.evaluation.evaluate import EmbeddedImages
-
     summary = read_index_summary(store, YARDSTICK)
     chips = uses_chips(preprocess)
     try:
@@ -67,7 +67,7 @@ def lfw_view1(store: Storage, scorer, preprocess: dict, validation_threshold: fl
     y_te, s_te = scored(dev_test)
     threshold = accuracy_threshold(y_tr, s_tr)
     roc = roc_metrics(y_te, s_te, far_targets)
-    shows_trained = dev_test["left_person"].isin(trained_people) | dev_test["right_person"].isin(trained_people)
+    shows_trained = pairs_showing(dev_test, trained_people)
     return {"view1": {**classification_metrics(y_te, s_te, threshold), "auc": roc["auc"], "eer": roc["eer"],
                       "test_pairs": len(dev_test), "train_pairs": len(dev_train),
                       "accuracy_at_validation_threshold": classification_metrics(

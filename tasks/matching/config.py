@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from settings import Params, settings
-from tasks.matching.faces import Detect, Detector
+from tasks.faces import Detect, Detector
 
 ModelRef = Field("champion", description="a registered model version, champion or latest")
 DetectField = Field("auto", description="auto: the training crop for photos in LFW's 250x250 frame, the detector "

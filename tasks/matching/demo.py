@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from storage import Storage, catalog
-from tasks.evaluation.identification import identification_sets
-from tasks.matching.search import UNKNOWN
+from tasks.held_out import identification_sets
+from tasks.search.ranking import UNKNOWN
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import Protocol
 import numpy as np
 
 from model.scoring import PairHead, PairScorer
+from tasks.faces import Detector, Face, faces_from_bytes
 from tasks.images import ChipConfig, FaceInput, PreprocessConfig
-from tasks.matching.faces import Detector, Face, faces_from_bytes
 
 
 class Embedder(Protocol):

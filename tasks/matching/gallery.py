@@ -25,12 +25,13 @@ from storage.base import OBJECT_FAULT_CODES
 from storage.local import OutsideStorageError
 from storage.manifests import IntegrityError, read_verified, sha256_bytes
 from storage.pointers import PointerMovedError, read_pointer, swap_pointer
-from tasks.fetching import fetch_pool
+from tasks.faces import faces_from_bytes
 from tasks.folders import FolderListing, PeopleFolderError, is_image_key, list_people_folder, validate_identity  # noqa: F401
 from tasks.images import ImageDecodeError
 from tasks.matching.embedders import Embedder, model_embedder
-from tasks.matching.faces import faces_from_bytes
-from tasks.matching.index import GalleryIndex, IndexSettingsError, build_index, key_ids, load_index, update_index
+from tasks.parallel_fetch import fetch_pool
+from tasks.search.index import GalleryIndex, IndexSettingsError, build_index, index_from_bytes, key_ids, update_index
+from tasks.search.ranking import Gallery
 
 GALLERY_FORMAT = 3  # 3: content-named files behind one pointer (2: faces cut at the tensor store's size)
 
@@ -83,20 +84,6 @@ def embedding_table(frame: pd.DataFrame, dim: int) -> pa.Table:
     })
 
 
-@dataclass
-class Gallery:
-    """Enrolled embeddings, ready for matching; with ``index`` (cosine-head models) a search index
-    over them whose ids are ``ids``."""
-    identities: np.ndarray  # (n,) identity of each row
-    keys: np.ndarray
-    embeddings: np.ndarray  # (n, D) float32
-    index: GalleryIndex | None = None
-
-    @property
-    def ids(self) -> np.ndarray:
-        return key_ids(self.keys)
-
-
 def read_gallery(store: Storage, key: str, sha256: str, index: dict | None = None) -> Gallery:
     """The embeddings at ``key``, refused unless their checksum is ``sha256``; with ``index`` (an
     enrolment's index entry) its search index too, checked against its own checksum and the
@@ -109,17 +96,17 @@ def read_gallery(store: Storage, key: str, sha256: str, index: dict | None = Non
     if index:
         if index.get("embeddings_sha256") != sha256:
             raise GalleryError(f"the index {index['key']} was built from other embeddings than {key}: enrol again")
-        gallery.index = _load_index(store, index)
+        gallery.index = _read_index(store, index)
         if gallery.index.size != len(gallery.keys):
             raise GalleryError(f"the index {index['key']} holds {gallery.index.size} images, the gallery "
                                f"{len(gallery.keys)}: enrol again to rebuild it")
     return gallery
 
 
-def _load_index(store: Storage, entry: dict) -> GalleryIndex:
+def _read_index(store: Storage, entry: dict) -> GalleryIndex:
     """A stored index, deserialised only from the bytes its manifest entry's checksum names."""
-    return load_index(read_verified(store, entry["key"], entry["sha256"]), entry["kind"], entry["trained_rows"],
-                      entry.get("settings"))
+    return index_from_bytes(read_verified(store, entry["key"], entry["sha256"]), entry["kind"],
+                            entry["trained_rows"], entry.get("settings"))
 
 
 def _pairs(frame: pd.DataFrame) -> pd.Series:
@@ -136,7 +123,7 @@ def gallery_index(store: Storage, gid: str, version: str, frame: pd.DataFrame, s
     prior = published.index_entry()
     if prior is not None:
         try:
-            previous = _load_index(store, prior)
+            previous = _read_index(store, prior)
         except (NotFoundError, IntegrityError, IndexSettingsError) as err:
             log(f"published index unusable ({err}): building it again")
         else:

@@ -11,15 +11,15 @@ from prefect.artifacts import create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from storage import catalog, open_storage
-from tasks.evaluation.evaluate import read_report
+from tasks.concurrency import enrolment_limit, hold
 from tasks.matching.config import MatchParams
 from tasks.matching.demo import DemoBatch, score_demo, write_demo
 from tasks.matching.embedders import Embedder, model_embedder
-from tasks.matching.gallery import Gallery, enrol, read_gallery
+from tasks.matching.gallery import enrol, gallery_id, read_gallery
 from tasks.matching.runs import list_probes, match_shard, summarize_run
-from tasks.matching.search import resolve_threshold
-from tasks.registry import resolve_version
-from tasks.slots import enrolment_limit, hold
+from tasks.matching.thresholds import resolve_threshold
+from tasks.registry import read_report, resolve_version
+from tasks.search.ranking import Gallery
 
 _lock = threading.Lock()
 # Storage outages: botocore's own retries (SIAMESE_S3_MAX_ATTEMPTS) give up within seconds when the
@@ -86,7 +86,8 @@ def resolve_match_threshold(version: str, storage: str | None, params: MatchPara
 def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str,
                   detector: str | None = None) -> dict:
     log = get_run_logger()
-    with hold(enrolment_limit(gallery_url), f"enrolment of {gallery_url}", log.info):  # one per gallery
+    limit = enrolment_limit(gallery_id(gallery_url))
+    with hold(limit, f"enrolment of {gallery_url}", log.info):  # one per gallery
         result = enrol(gallery_url, version, storage_url, detect,
                        embedder=cached_embedder(storage_url, version, detector), log=log.info)
     for e in result.errors[:20]:
@@ -143,7 +144,7 @@ def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
     from tasks.data.datasets import is_folder_dataset
     from tasks.data.prepared import load_index, read_index_summary, read_pairs
     from tasks.data.steps import extracted_images
-    from tasks.evaluation.evaluate import held_out_images
+    from tasks.held_out import images_of_held_out_people
     from tasks.registry import read_manifest, read_model_people
 
     store = open_storage(storage_url)
@@ -151,7 +152,8 @@ def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
     index = load_index(store, read_index_summary(store, config["dataset"]))
     pairs = read_pairs(store, config["dataset"], config["protocol"]).frame
     dataset = config["dataset"]
-    batch = write_demo(store, dataset, index, held_out_images(index, pairs, read_model_people(store, version)),
+    held_out = images_of_held_out_people(index, pairs, read_model_people(store, version))
+    batch = write_demo(store, dataset, index, held_out,
                        open_storage(dataset) if is_folder_dataset(dataset) else extracted_images(dataset))
     if batch is None:
         get_run_logger().info("demo: fewer than two held-out people with two photos: nothing to enrol")

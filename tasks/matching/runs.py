@@ -29,8 +29,8 @@ from storage.base import normalize_key
 from storage.location import check_allowed, split_object_url
 from tasks.matching.config import MatchParams
 from tasks.matching.embedders import Embedder
-from tasks.matching.gallery import Gallery, fetch_faces, is_image_key
-from tasks.matching.search import UNKNOWN, score_against_gallery
+from tasks.matching.gallery import fetch_faces, is_image_key
+from tasks.search.ranking import UNKNOWN, Gallery, score_against_gallery
 
 RESULT_COLUMNS = ["probe_key", "face", "box", "identity", "score", "top_identities", "top_scores", "error"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.matching.index import GalleryIndex, build_index, identity_top
+from tasks.search.index import GalleryIndex, build_index, identity_top
 
 
 class ShardMissingError(RuntimeError):

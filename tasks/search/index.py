@@ -171,7 +171,7 @@ class IndexSettingsError(ValueError):
     """A stored index whose structure differs from the settings stored beside it."""
 
 
-def load_index(data: bytes, kind: str, trained_rows: int, settings: dict | None = None) -> GalleryIndex:
+def index_from_bytes(data: bytes, kind: str, trained_rows: int, settings: dict | None = None) -> GalleryIndex:
     import faiss
 
     index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))

@@ -1,39 +1,31 @@
-"""Ranking gallery identities for probe embeddings, and the threshold below which a face is unknown."""
+"""An in-memory gallery and the ranking of its identities for probe embeddings: the search that
+bulk matching runs and that evaluation's identification measures (so neither imports the other)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from model.scoring import PairHead
 from tasks.folders import UNKNOWN_IDENTITY
-from tasks.matching.gallery import Gallery
-from tasks.matching.index import identity_top
+from tasks.search.index import GalleryIndex, identity_top, key_ids
 
 UNKNOWN = UNKNOWN_IDENTITY  # a reserved name: no gallery folder may be called so
 
 
-def resolve_threshold(threshold: str | float, report: dict | None, gallery_identities: int | None = None,
-                      unknown_rate: float = 0.01) -> float:
-    """A number, or the name of a threshold calibrated on validation by the evaluation flow:
-    ``accuracy`` and ``far`` (pair thresholds), or ``open_set``: for a gallery of
-    ``gallery_identities``, the threshold at which at most ``unknown_rate`` of never-enrolled faces
-    are named as someone (from every different-person validation pair's score)."""
-    try:
-        return float(threshold)
-    except ValueError:
-        pass
-    calibrated = (report or {}).get("thresholds", {})
-    if threshold not in calibrated:
-        raise ValueError(f"threshold {threshold!r}: the model has no calibrated {threshold!r} threshold; "
-                         "evaluate it with the current code (python -m flows.evaluate --version <version>) or "
-                         "give a number")
-    if threshold != "open_set":
-        return float(calibrated[threshold])
-    if not gallery_identities:
-        raise ValueError("the open_set threshold depends on the gallery's size: enrol the gallery first")
-    from tasks.evaluation.metrics import open_set_threshold
+@dataclass
+class Gallery:
+    """Enrolled embeddings, ready for matching; with ``index`` (cosine-head models) a search index
+    over them whose ids are ``ids``."""
+    identities: np.ndarray  # (n,) identity of each row
+    keys: np.ndarray
+    embeddings: np.ndarray  # (n, D) float32
+    index: GalleryIndex | None = None
 
-    return open_set_threshold(calibrated["open_set"], gallery_identities, unknown_rate)[0]
+    @property
+    def ids(self) -> np.ndarray:
+        return key_ids(self.keys)
 
 
 def _identity_blocks(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

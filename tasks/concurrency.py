@@ -16,11 +16,10 @@ from collections.abc import Iterator
 TRAINING = "siamese-training"
 
 
-def enrolment_limit(gallery_url: str) -> str:
-    """One limit per gallery, named as its embedding store is (readable, with a hash of the address)."""
-    from tasks.matching.gallery import gallery_id
-
-    return "siamese-enrol-" + gallery_id(gallery_url)
+def enrolment_limit(gallery_id: str) -> str:
+    """One limit per gallery, named by the id its embedding store is named by
+    (``tasks.matching.gallery.gallery_id``: readable, with a hash of the address)."""
+    return "siamese-enrol-" + gallery_id
 
 
 def ensure_limit(name: str, slots: int = 1) -> None:
