@@ -78,6 +78,7 @@ def validation_scores(storage: str, version: str, protocol: str) -> dict:
 
     from model.inputs import pair_rows
     from storage import open_storage
+    from tasks.data.pairs import people_in
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips
     from tasks.evaluation.identification import identify
     from tasks.evaluation.metrics import accuracy_threshold
@@ -89,7 +90,7 @@ def validation_scores(storage: str, version: str, protocol: str) -> dict:
     tensors = load_faces(store, summary, index, uses_chips(read_manifest(store, version).get("preprocess"))).tensors
     pairs = read_pairs(store, "lfw", protocol).frame
     left, right, same = pair_rows(pairs[pairs["split"] == "validation"], index)
-    val_people = set(pairs.loc[pairs["split"] == "validation", ["left_person", "right_person"]].to_numpy().ravel())
+    val_people = people_in(pairs[pairs["split"] == "validation"])
     usable = index[index["error"].isna() & index["person"].isin(val_people)]
     people_images = {p: sorted(g) for p, g in usable.groupby("person")["image_id"]}
     row_of = dict(zip(index["image_id"], index["row"]))

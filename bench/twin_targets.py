@@ -43,6 +43,7 @@ def main() -> int:
     import pandas as pd
 
     from storage import open_storage
+    from tasks.data.pairs import pairs_showing
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, uses_chips, with_faces
     from tasks.evaluation.metrics import accuracy_threshold  # as the evaluation chooses View 1's threshold
     from tasks.evaluation.untouched import UntouchedEmbeddings
@@ -82,8 +83,7 @@ def main() -> int:
     trained = set((learned or {}).get("train", []))
     dev_train = view1["dev_train"]
     result: dict = {"model": version, "gallery_people": len(people), "known_probes": len(known),
-                    "dev_train_pairs_showing_a_trained_person": float(np.mean(
-                        dev_train["left_person"].isin(trained) | dev_train["right_person"].isin(trained))),
+                    "dev_train_pairs_showing_a_trained_person": float(pairs_showing(dev_train, trained).mean()),
                     "networks": {}}
     grid = np.linspace(0.85, 0.99, 281)
     curves = {}

@@ -180,8 +180,8 @@ def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: FaceInpu
     there is none.
 
     ``auto`` (the default): a photo in LFW's own 250x250 frame is an aligned portrait (the training
-    crop, no detector: the fast path for LFW-style batches) unless its pixels are noise; any other photo goes to the detector,
-    so a banner, a screenshot or a landscape is "no face found", never matched to someone.
+    crop, no detector: the fast path for LFW-style batches) unless its pixels are noise; any other photo goes
+    to the detector, so a banner, a screenshot or a landscape is "no face found", never matched to someone.
     ``detector_name`` None: Haar for crops, dlib's HOG for chips (their landmarks need its boxes)."""
     if detect not in DETECT_MODES:
         raise ValueError(f"detect must be one of {DETECT_MODES}, got {detect!r}")

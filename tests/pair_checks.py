@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.data.pairs import PAIR_COLUMNS
+from tasks.data.pairs import PAIR_COLUMNS, people_in
 
 
 def assert_valid_pairs(df: pd.DataFrame) -> None:
@@ -24,5 +24,4 @@ def images_of(df, split):
 
 
 def people_of(df, split):
-    g = df[df["split"] == split]
-    return set(g["left_person"]) | set(g["right_person"])
+    return people_in(df[df["split"] == split])

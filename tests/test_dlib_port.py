@@ -33,13 +33,15 @@ def test_the_installed_file_parses_to_its_last_byte_as_the_face_resnet(dat, pars
     assert parsed.count() == {"con_4": 29, "affine_": 29, "relu_": 29, "add_prev_": 14, "avg_pool_2": 5,
                               "max_pool_2": 1, "fc_2": 1}
     assert len(parsed.wrappers) == 130 and parsed.wrappers[-1] == 3
-    assert parsed.loss == {"name": "loss_metric_2", "margin": pytest.approx(0.04), "distance_threshold": pytest.approx(0.6)}
+    assert parsed.loss == {"name": "loss_metric_2", "margin": pytest.approx(0.04),
+                           "distance_threshold": pytest.approx(0.6)}
     assert parsed.input["means"] == pytest.approx((122.782, 117.001, 104.298), abs=1e-3)
 
 
 def test_a_truncated_file_is_refused_naming_the_record(dat, parsed):
     record = parsed.records[57]
-    with pytest.raises(DlibFormatError, match=rf"ends inside layer record 57 \({record.name} at byte {record.offset}\)"):
+    with pytest.raises(DlibFormatError,
+                       match=rf"ends inside layer record 57 \({record.name} at byte {record.offset}\)"):
         read_dlib_network(dat[:record.offset + 500])
     with pytest.raises(DlibFormatError, match="truncated"):
         read_dlib_network(dat[:-3])
@@ -186,7 +188,8 @@ def test_the_network_runs_the_same_on_the_jax_backend(parsed, tmp_path):
             "load_dlib_weights(n, read_face_resnet()[0]); import keras; print(keras.backend.backend()); "
             "np.save(sys.argv[2], np.asarray(n.predict_on_batch(np.load(sys.argv[1]).astype('float32'))))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chips.npy"), str(tmp_path / "jax.npy")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "KERAS_BACKEND": "jax"})
     assert out.returncode == 0 and out.stdout.strip().endswith("jax"), out.stderr[-3000:]
     with model.policy("float32"):
         network = build_dlib_resnet()

@@ -117,7 +117,7 @@ def _tangles(graph) -> list[list[str]]:
     return tangles
 
 
-def test_the_walk_sees_lazy_and_relative_imports():
+def test_the_walk_sees_imports_inside_functions():
     graph = _graph()
     assert len(graph) > 50, sorted(graph)
     # a known import made inside a function body: the walk must see it or every check below is blind

@@ -122,7 +122,7 @@ def test_a_killed_run_resumes_with_its_best_epoch_and_its_original_budget(tiny_s
 
 def test_identification_learns_only_the_training_identities(tiny_mirror, tmp_path, monkeypatch):
     from model.inputs import split_pairs
-    from tasks.data.pairs import IdentityDisjointConfig
+    from tasks.data.pairs import IdentityDisjointConfig, people_in
     from tasks.data.steps import preprocess_for, run_index, run_pairs
 
     folder, sums = tiny_mirror
@@ -134,10 +134,10 @@ def test_identification_learns_only_the_training_identities(tiny_mirror, tmp_pat
               {p.name: str(p) for p in folder.glob("*.txt")})
     store = open_storage(storage)
     pairs = read_pairs(store, "tiny", "identity_disjoint").frame
-    held_out_people = set(pairs.loc[pairs["split"] != "train", ["left_person", "right_person"]].to_numpy().ravel())
+    held_out_people = people_in(pairs[pairs["split"] != "train"])
     # the classes are the people the batches draw from: the training split's, none held out
-    batches = IdentityBatches(np.zeros((57, 16, 16), np.uint8),
-                              rows_by_person(split_pairs(pairs, "train"), load_index(store, read_index_summary(store, "tiny"))),
+    images = load_index(store, read_index_summary(store, "tiny"))
+    batches = IdentityBatches(np.zeros((57, 16, 16), np.uint8), rows_by_person(split_pairs(pairs, "train"), images),
                               2, 2, steps=1, augment=None, seed=0)
     assert batches.people and not set(batches.people) & held_out_people
     classes = []

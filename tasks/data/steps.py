@@ -115,7 +115,8 @@ def run_folder_index(dataset: str, storage_url: str | None, preprocess: Preproce
     if listing.images.empty:
         raise ValueError(f"{source.url}: no photos found (expected <identity>/<image> keys ending in an image "
                          f"suffix; {listing.other_files} other files"
-                         + (f"; {len(listing.rejected)} rejected, e.g. {listing.rejected[0]}" if listing.rejected else "")
+                         + (f"; {len(listing.rejected)} rejected, e.g. {listing.rejected[0]}"
+                            if listing.rejected else "")
                          + ")")
     # not in settings: an index made before the duplicate check is still the previous index, its rows kept
     wanted = {**settings, "listing_sha256": listing.fingerprint(), "duplicate_check": DUPLICATE_CHECK}

@@ -72,8 +72,9 @@ def compare_to_champion(challenger: dict, champion: dict | None, metric: str = P
                                                                         challenger.get("protocol"))
     if trained_on[0] != trained_on[1]:
         return {**decision, "promote": False,
-                "reason": f"not comparable: the champion was trained and tested on {'/'.join(map(str, trained_on[0]))}, "
-                          f"this model on {'/'.join(map(str, trained_on[1]))}, other pairs; {by_hand}"}
+                "reason": "not comparable: the champion was trained and tested on "
+                          f"{'/'.join(map(str, trained_on[0]))}, this model on {'/'.join(map(str, trained_on[1]))}, "
+                          f"other pairs; {by_hand}"}
     # the same pairs of the same photos; each model's faces are cut its own way (crops or chips), so a
     # report that names its index compares by it, an older one by its faces
     same_photos = "index_sha256" if all(r.get("data", {}).get("index_sha256") for r in (champion, challenger)) \

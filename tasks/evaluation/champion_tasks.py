@@ -70,7 +70,8 @@ def announce_champion(store, pointer: dict) -> None:
     emit_event(event=f"siamese-faces.champion.{'rolled-back' if d.get('rollback') else 'promoted'}",
                resource={"prefect.resource.id": f"siamese-faces.model.{pointer['version']}",
                          "prefect.resource.name": pointer["version"]},
-               related=[{"prefect.resource.id": f"siamese-faces.storage.{store.url}", "prefect.resource.role": "storage"}],
+               related=[{"prefect.resource.id": f"siamese-faces.storage.{store.url}",
+                         "prefect.resource.role": "storage"}],
                payload={"version": pointer["version"], "previous": d.get("champion"), "reason": d.get("reason"),
                         "by_hand": bool(d.get("by_hand")), "rollback": bool(d.get("rollback"))})
 

@@ -343,7 +343,8 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                 for name, c in curves.items()]
     report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol,
               "config": config.model_dump(mode="json"), **scored, "one_shot_people": len(data.held_out),
-              "embedded_images": int(len(emb.rows)), "flip": scorer.flip, "photos_without_a_face": int(len(faces.missing)),
+              "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
+              "photos_without_a_face": int(len(faces.missing)),
               "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
               # where the model's knowledge comes from: pretrained weights learned from outside data, or the
               # dataset alone (a model of an earlier version may name the teacher it was distilled from)

@@ -1,9 +1,10 @@
 """The main job's last stage: a demo gallery and probe batch of held-out people, written into the
 storage like a user's, matched in bulk by the match flow, and scored against the truth.
 
-Gallery: one photo of each held-out person with two or more (evaluation's identification sets, so
-the numbers can be read beside its rank-1); probes: their other photos, and every photo of the
-held-out people with a single one, who are never enrolled. Nobody the model trained on appears.
+Gallery: one photo of each held-out person with two or more (``tasks.held_out``'s identification
+sets, as evaluation's, so the numbers can be read beside its rank-1); probes: their other photos,
+and every photo of the held-out people with a single one, who are never enrolled. Nobody the model
+trained on appears.
 """
 from __future__ import annotations
 

@@ -45,4 +45,5 @@ def model_embedder(store, version: str, detector: Detector | None = None) -> Mod
     """The registered model ``version`` with its own preprocessing (from its manifest)."""
     from tasks.registry import load_scorer, model_preprocess, read_manifest
 
-    return ModelEmbedder(load_scorer(store, version), version, detector, model_preprocess(read_manifest(store, version)))
+    preprocess = model_preprocess(read_manifest(store, version))
+    return ModelEmbedder(load_scorer(store, version), version, detector, preprocess)

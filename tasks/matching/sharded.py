@@ -86,7 +86,7 @@ def merge_top(parts: list, top_k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def probabilities(scorer, cosines: np.ndarray) -> np.ndarray:
-    """P(same) of the cosine head, as search.py scores the indexed gallery."""
+    """P(same) of the cosine head, as ``tasks.search.ranking`` scores the indexed gallery."""
     return 1.0 / (1.0 + np.exp(-scorer.logits_from_cosines(cosines)))
 
 
