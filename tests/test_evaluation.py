@@ -14,8 +14,6 @@ from tasks.data.steps import run_pairs
 from tasks.evaluation.config import EvalConfig
 from tasks.evaluation.evaluate import evaluate
 from tasks.registry import read_champion
-from tasks.training.train import train
-from tests.test_training import small, tiny_store  # noqa: F401 - the fixture
 
 SMALL_EVAL = EvalConfig(nway=(2, 3), nway_tasks=50)
 
@@ -78,15 +76,6 @@ def test_models_saved_before_the_cosine_head_still_load_and_score(tmp_path):
     emb = scorer.embed(images)
     assert scorer.kind == "weighted_l1" and not scorer.flip
     np.testing.assert_allclose(scorer.score(emb[:2], emb[2:]), expected, rtol=1e-4, atol=1e-5)
-
-
-@pytest.fixture
-def tiny_model(tiny_mirror, tiny_store):  # noqa: F811
-    folder, _ = tiny_mirror
-    index = read_index_summary(open_storage(tiny_store), "tiny")
-    run_pairs("tiny", tiny_store, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
-    result = train(small(epochs=3, steps_per_epoch=4), tiny_store, log=lambda _: None)
-    return tiny_store, result.version
 
 
 def test_evaluation_refuses_a_model_whose_pairs_were_regenerated(tiny_model):

@@ -8,26 +8,9 @@ import pytest
 from model.scoring import cosine_head
 from tasks.search.index import build_index, key_ids, update_index
 from tasks.search.ranking import Gallery, score_against_gallery
+from tests.fakes import clustered_gallery, unit_rows
 
 pytest.importorskip("faiss", reason="faiss-cpu is pinned in requirements.txt")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def clustered_gallery(people: int, per_person: int, dim: int = 32, seed: int = 0):
-    """Identities around random centres (images of one person close together), and probes: other
-    noisy views of the first people."""
-    rng = np.random.default_rng(seed)
-    noise = 0.6 / np.sqrt(dim)  # a view is 0.6 (in norm) from its person's centre: same-person cosines ~0.7
-    centres = _unit(rng.normal(size=(people, dim)))
-    emb = _unit(np.repeat(centres, per_person, axis=0) + noise * rng.normal(size=(people * per_person, dim)))
-    names = np.array([f"p{i:05d}" for i in range(people) for _ in range(per_person)], dtype=object)
-    keys = np.array([f"p{i:05d}/{j}.jpg" for i in range(people) for j in range(per_person)], dtype=object)
-    n = min(500, people)
-    probes = _unit(centres[:n] + noise * rng.normal(size=(n, dim)))
-    return Gallery(names, keys, emb), probes
 
 
 def test_the_exact_index_gives_the_exhaustive_ranking():
@@ -89,7 +72,7 @@ def test_a_refined_ivf_index_returns_the_exact_top_1_among_near_ties():
     gallery, probes = clustered_gallery(3_000, 2)
     twins = gallery.embeddings[::7] + 1e-4 * np.random.default_rng(1).standard_normal(
         gallery.embeddings[::7].shape).astype(np.float32)
-    emb = _unit(np.concatenate([gallery.embeddings, twins]))
+    emb = unit_rows(np.concatenate([gallery.embeddings, twins]))
     ids = np.arange(len(emb), dtype=np.int64)
     exact = build_index(emb, ids, "exact").search(probes, 1)[1][:, 0]
     refined = build_index(emb, ids, "ivf_refine")
@@ -120,8 +103,8 @@ def test_the_bfloat16_scan_returns_the_float32_scans_top_3_even_among_near_ties(
     from tasks.matching.scan import Bf16Scan
 
     rng = np.random.default_rng(3)
-    dim, probes = 64, _unit(rng.standard_normal((8, 64)))
-    rows = [_unit(rng.standard_normal((4_000, dim)))]  # fillers, cosines near 0
+    dim, probes = 64, unit_rows(rng.standard_normal((8, 64)))
+    rows = [unit_rows(rng.standard_normal((4_000, dim)))]  # fillers, cosines near 0
     for probe in probes:
         cos = 0.95 - 1e-5 * rng.permutation(300)
         side = rng.standard_normal((300, dim))
@@ -142,7 +125,7 @@ def test_the_bfloat16_scan_is_exact_below_the_top_1_too():
 
     rng = np.random.default_rng(4)
     dim = 64
-    probe = _unit(rng.standard_normal((1, dim)))[0]
+    probe = unit_rows(rng.standard_normal((1, dim)))[0]
 
     def at(cosines):
         side = rng.standard_normal((len(cosines), dim))

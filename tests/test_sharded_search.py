@@ -14,7 +14,7 @@ import pytest
 from model.scoring import cosine_head
 from tasks.matching.sharded import ShardedGallery, ShardMissingError, merge_top, probabilities, split_gallery
 from tasks.search.ranking import Gallery, score_against_gallery
-from tests.test_gallery_index import _unit, clustered_gallery
+from tests.fakes import clustered_gallery, unit_rows
 
 pytest.importorskip("faiss", reason="faiss-cpu is pinned in requirements.txt")
 
@@ -26,7 +26,7 @@ def gallery_with_near_ties() -> tuple[Gallery, np.ndarray]:
     name, moved by ~1e-4 in cosine, so the two rank next to each other, often across shards."""
     gallery, probes = clustered_gallery(2_000, 2, dim=64)
     rows = np.arange(0, 1000, 20)  # first images of people 0, 10, ... 490: all have probes
-    twins = _unit(gallery.embeddings[rows] + 2e-4 * np.random.default_rng(1).normal(size=(len(rows), 64)))
+    twins = unit_rows(gallery.embeddings[rows] + 2e-4 * np.random.default_rng(1).normal(size=(len(rows), 64)))
     names = np.array([f"twin-of-{gallery.identities[r]}" for r in rows], dtype=object)
     return Gallery(np.concatenate([gallery.identities, names]), np.concatenate([gallery.keys, names + "/0.jpg"]),
                    np.concatenate([gallery.embeddings, twins])), probes

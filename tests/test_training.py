@@ -15,18 +15,9 @@ from tasks.data.prepared import PreparedDataError, load_index, load_tensors, rea
 from tasks.registry import ModelIntegrityError, load_model, publish
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainingDivergedError, train
-from tests.fakes import TINY_TRAIN, prepare_tiny, tiny_spec
+from tests.fakes import TINY_TRAIN, tiny_spec
 
 TINY = TINY_TRAIN
-
-
-@pytest.fixture
-def tiny_store(tiny_mirror, tmp_path, monkeypatch):
-    folder, sums = tiny_mirror
-    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
-    storage = str(tmp_path / "store")
-    prepare_tiny(storage, folder, sums)
-    return storage
 
 
 def small(config: TrainConfig = TINY, **changes) -> TrainConfig:
