@@ -17,14 +17,20 @@ def free_port() -> int:
 @dataclass
 class HttpFiles:
     """Serves ``root``; ``faults[name]`` is a list of one-shot faults used by successive requests:
-    ``("status", 503)`` answers that status, ``("drop", n)`` sends n bytes of the body then closes."""
+    ``("status", 503)`` answers that status, ``("drop", n)`` sends n bytes of the body then closes.
+    With ``hold`` no request is answered before ``hold`` seconds have passed since the first one
+    came: whatever asked has been running at least that long by then."""
     root: Path
     faults: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (name, Range header)
     url: str = ""
+    hold: float = 0.0
 
     def start(self) -> HttpFiles:
-        files = self
+        import time
+
+        files, first = self, []
+        closing = self._closing = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
@@ -33,6 +39,9 @@ class HttpFiles:
             def do_GET(self):  # noqa: N802 - http.server API
                 name = self.path.lstrip("/")
                 files.requests.append((name, self.headers.get("Range")))
+                if not first:
+                    first.append(time.monotonic())
+                closing.wait(max(0.0, first[0] + files.hold - time.monotonic()))
                 path = files.root / name
                 fault = files.faults.get(name, []).pop(0) if files.faults.get(name) else None
                 if fault and fault[0] == "status":
@@ -72,6 +81,7 @@ class HttpFiles:
         return self
 
     def stop(self) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 

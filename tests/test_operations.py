@@ -1,9 +1,10 @@
 """Operations against a real `prefect server start`, its deployments from prefect.yaml and a process
-worker, on a tiny LFW-shaped mirror (one server, deployment and worker for the module): the main deployment with its defaults trains and evaluates;
-two trainings started at once run one after the other; the promote deployment rolls the champion
-back; a run past its time limit fails saying so; failed runs reach a webhook through the alert
-automation; a missing gallery is an error; the nightly's schedule makes its runs; a run on S3
-leaks no credentials; the credentials blocks' endpoint and settings apply."""
+worker, on a tiny LFW-shaped mirror (one server, deployment and worker for the module): the main
+deployment with its defaults trains and evaluates; two trainings started at once run one after the
+other; the promote deployment rolls the champion back; a run past its time limit fails saying so;
+failed runs reach a webhook through the alert automation; a missing gallery is an error; the
+nightly's schedule makes its runs; a run on S3 leaks no credentials; the credentials blocks'
+endpoint and settings apply."""
 from __future__ import annotations
 
 import json
@@ -89,15 +90,16 @@ def ops(tmp_path_factory):
         server.cli("work-pool", "create", "siamese-process", "--type", "process", env=run_env, cwd=REPO)
         server.cli("deploy", "--all", env=run_env, cwd=REPO)
         # run-time settings from Prefect Variables: nothing about storage or mirror is in the worker
-        server.cli("variable", "set", "siamese_storage", str(storage))
-        server.cli("variable", "set", "siamese_mirror", str(mirror))
+        for name, value in (("siamese_storage", storage), ("siamese_mirror", mirror)):
+            server.api("/variables/", {"name": name, "value": str(value)})
         out = subprocess.run([sys.executable, "-m", "flows.alerts", "--webhook", f"{receiver.url}/alerts"],
                              env={**server.env, **run_env}, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
         worker_log = root / "worker.log"
-        with open(worker_log, "wb") as log:
+        with open(worker_log, "wb") as log:  # asks for new runs every second (Prefect's default: 10 s)
             worker = subprocess.Popen([server.prefect, "worker", "start", "--pool", "siamese-process"],
-                                      env={**server.env, **run_env}, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+                                      env={**server.env, **run_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=root,
+                                      stdout=log, stderr=subprocess.STDOUT)
         yield Ops(server, storage, receiver, worker_log)
     finally:
         if worker is not None:
@@ -177,11 +179,19 @@ def test_the_promote_deployment_rolls_the_champion_back(ops, main_run):
 
 
 def test_a_run_past_its_time_limit_and_a_run_without_a_gallery_fail_clearly_and_alert(ops, main_run):
-    # a fresh storage: the data stages index and pair from scratch, seconds past a 0.6 s limit
-    limited = ops.start("data/data", {"params": TINY_DATA, "storage": str(ops.storage.parent / "fresh-store")},
-                        job_variables={"env": {"SIAMESE_TIME_LIMITS": json.dumps({"data": 0.01})}})
-    no_gallery = ops.start("nightly-retrain/nightly-retrain", {"data": TINY_DATA})
-    timed_out, failed = ops.wait(limited, 300), ops.wait(no_gallery, 300)
+    from tests.servers import HttpFiles
+
+    # the tiny mirror over HTTP, each answer held until 1 s after the run's first request: the run is
+    # past its 0.6 s limit before its data stage can end, however fast the machine
+    mirror = HttpFiles(ops.storage.parent / "mirror", hold=1.0).start()
+    try:
+        limited = ops.start("data/data", {"params": {**TINY_DATA, "mirror": mirror.url, "trust_mirror_checksums": True},
+                                          "storage": str(ops.storage.parent / "fresh-store")},
+                            job_variables={"env": {"SIAMESE_TIME_LIMITS": json.dumps({"data": 0.01})}})
+        no_gallery = ops.start("nightly-retrain/nightly-retrain", {"data": TINY_DATA})
+        timed_out, failed = ops.wait(limited, 300), ops.wait(no_gallery, 300)
+    finally:
+        mirror.stop()
     assert timed_out["state"]["type"] == "FAILED" and timed_out["state"]["name"] == "TimedOut"
     assert "exceeded timeout of 0.6 second" in timed_out["state"]["message"]
     assert any("data passed its time limit of 0.01 min" in line for line in ops.logs([limited], "time limit"))
