@@ -251,10 +251,10 @@ def main() -> int:
         for p in chosen["removed"]:
             gallery.delete(gallery_key(p, chosen["photo"][p]))
         event("gallery changed: people added and removed", shards_done=results_done())
-        enrol_code = ("import json, sys; from flows.match import enrol_flow; "
+        enrol_code = ("import json, sys; from dataclasses import asdict; from flows.match import enrol_flow; "
                       "from tasks.matching.config import EnrolParams; "
-                      "print(json.dumps(enrol_flow.with_options(flow_run_name='fault-run-enrolment')("
-                      "EnrolParams(gallery=sys.argv[1], model=sys.argv[2]), sys.argv[3]), default=str))")
+                      "print(json.dumps(asdict(enrol_flow.with_options(flow_run_name='fault-run-enrolment')("
+                      "EnrolParams(gallery=sys.argv[1], model=sys.argv[2]), sys.argv[3])), default=str))")
         enrolment = Subprocess("enrolment", ["-c", enrol_code, GALLERY, version, STORAGE], env, out)
         result["enrolment_exit"] = enrolment.wait(3600)
         event("enrolment of the changed gallery published", shards_done=results_done())

@@ -84,8 +84,8 @@ def demo_matching(storage: str | None) -> dict | None:
     if batch is None:
         return None
     summary = match_flow(MatchParams(probes=batch.probes_url, gallery=batch.gallery_url, model=version), storage)
-    return {**demo_score(batch, summary, storage), "version": version, "threshold": summary["threshold"],
-            "run_id": summary["run_id"], "results": summary["results_prefix"]}
+    return {**demo_score(batch, summary, storage), "version": version, "threshold": summary.threshold,
+            "run_id": summary.run_id, "results": summary.results_prefix}
 
 
 def checked_training(data: DataParams, train: TrainConfig | None) -> TrainConfig | None:
