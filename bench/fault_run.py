@@ -190,10 +190,11 @@ def main() -> int:
 
         match_args = ["-m", "flows.match", "--probes", PROBES, "--gallery", GALLERY, "--model", version,
                       "--storage", STORAGE, "--shard-size", str(args.shard_size)]
-        nightly_code = ("import json, sys; from flows.nightly import nightly_flow; "
-                        "from tasks.training.config import TrainConfig; "
-                        "print(json.dumps(nightly_flow(train=TrainConfig(**json.loads(sys.argv[1])), gallery=sys.argv[2], "
-                        "storage=sys.argv[3]), default=str))")
+        nightly_code = ("import json, sys; from dataclasses import asdict, is_dataclass; "
+                        "from flows.nightly import nightly_flow; from tasks.training.config import TrainConfig; "
+                        "print(json.dumps(nightly_flow(train=TrainConfig(**json.loads(sys.argv[1])), "
+                        "gallery=sys.argv[2], storage=sys.argv[3]), "
+                        "default=lambda o: asdict(o) if is_dataclass(o) else str(o)))")
         t_start = time.monotonic()
         match = Subprocess("match", match_args, env, out)
         nightly = Subprocess("nightly", ["-c", nightly_code, json.dumps(manifest["config"]), GALLERY,

@@ -203,7 +203,8 @@ def main() -> int:
         embedder.embed(embedder.faces(probes.fetch_bytes(probe_ids[0]), "auto") * 512)  # warm-up (tracing)
         for name, source, keys in (("seaweedfs", probes, probe_ids),
                                    ("local_folder", open_storage(str(images_root)), [path_of[i] for i in probe_ids])):
-            around, own = like_for_like(lambda source=source, keys=keys: match_keys(source, keys, embedder, enrolled_gallery, 0.5, "auto", 5))
+            around, own = like_for_like(lambda source=source, keys=keys: match_keys(source, keys, embedder,
+                                                                                    enrolled_gallery, 0.5, "auto", 5))
             result[f"shard_pipeline_{name}_over_embed_only"] = around / own  # any threshold: the same work
 
         # the same matching with the probes read from a local folder (a key manifest), same gallery
