@@ -12,7 +12,7 @@ from PIL import Image
 
 from storage import catalog, open_storage
 from tasks.data.config import DataParams
-from tasks.data.folder_index import index_folder
+from tasks.data.folder_index import FaceCut, index_folder
 from tasks.data.pairs import IdentityDisjointConfig, people_in, split_people
 from tasks.data.prepared import load_index, read_index_summary, read_pairs
 from tasks.data.steps import generate_pairs, preprocess_for, run_folder_index
@@ -91,7 +91,7 @@ def test_a_folder_in_s3_is_indexed_incrementally_and_nobody_changes_split(seawee
 
     # every kept photo still has its own pixels: the tensor of a row is the one decoded for that key
     tensors = np.load(io.BytesIO(store.read_bytes(second.tensors_key)), allow_pickle=False)
-    fresh = index_folder(source, preprocess)
+    fresh = index_folder(source, FaceCut(preprocess))
     assert fresh.index["image_id"].tolist() == grown["image_id"].tolist()
     assert np.array_equal(fresh.tensors, tensors)
 
