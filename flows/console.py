@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+from flows.challenger import JudgedChallenger
 from flows.data import DataResult
 from storage import Storage, catalog
 from tasks.evaluation.report import fmt, learned_from_line, report_value
@@ -14,7 +15,7 @@ SPLIT_ORDER = ["train", "validation", "test", "dev_train", "dev_test", "view2"]
 
 
 def report(result: DataResult, store: Storage, seconds: float, model: TrainResult | None = None,
-           evaluation: dict | None = None) -> str:
+           evaluation: JudgedChallenger | None = None) -> str:
     """The data stages' counts and files, then the model, its evaluation, the champion decision and
     the demo matching when they ran, then the total time."""
     out = _data_lines(result, store)
@@ -22,17 +23,18 @@ def report(result: DataResult, store: Storage, seconds: float, model: TrainResul
         out.append(f"model: {store.uri(catalog.model_prefix(model.version))}: trained {model.wall_seconds / 60:.1f} "
                    f"min on {model.manifest['machine']['device']}; {selection_line(model.metrics)}")
     if evaluation:
-        out.append(f"evaluation: {store.uri(evaluation['report_key'])}")
-        out += evaluation_lines(evaluation["report"])
-        out.append(f"champion: {'promoted' if evaluation['promote'] else 'kept'} ({evaluation['reason']})")
-        if evaluation.get("demo"):
-            out.append(demo_line(evaluation["demo"]))
+        out.append(f"evaluation: {store.uri(evaluation.report_key)}")
+        out += evaluation_lines(evaluation.report)
+        out.append(f"champion: {'promoted' if evaluation.decision.promote else 'kept'} ({evaluation.decision.reason})")
+        if evaluation.demo:
+            out.append(demo_line(evaluation.demo))
     out.append(f"total {seconds:.1f} s")
     return "\n".join(out)
 
 
-def as_json(result: DataResult, model: TrainResult | None, evaluation: dict | None) -> str:
-    return json.dumps({"data": asdict(result), "model": asdict(model) if model else None, "evaluation": evaluation},
+def as_json(result: DataResult, model: TrainResult | None, evaluation: JudgedChallenger | None) -> str:
+    return json.dumps({"data": asdict(result), "model": asdict(model) if model else None,
+                       "evaluation": asdict(evaluation) if evaluation else None},
                       default=str, indent=2)
 
 

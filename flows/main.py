@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from flows import console
 from flows.args import add_model_arguments, given_arguments, validation_message
-from flows.challenger import checked_training, evaluate_and_decide
+from flows.challenger import JudgedChallenger, checked_training, evaluate_and_decide
 from flows.data import DataResult, data_flow
 from flows.runtime import mirror_parameter, run_storage
 from flows.time_limits import check_fits, limited
@@ -47,7 +48,7 @@ from tasks.training.train import TrainResult
 @flow(**limited("siamese-faces"), flow_run_name="main-{data.dataset}", log_prints=True)
 def main_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(),
               evaluation: EvalConfig = EvalConfig(), storage: str | None = None, train_and_evaluate: bool = True
-              ) -> tuple[DataResult, TrainResult | None, dict | None]:
+              ) -> tuple[DataResult, TrainResult | None, JudgedChallenger | None]:
     """Data stages, training, evaluation, the champion decision and a demo batch matched by the
     champion; ``train_and_evaluate: false`` runs the data stages only. Training uses the data's
     dataset and must train on a protocol the data stages prepare. A retry reuses a finished training."""
@@ -59,12 +60,10 @@ def main_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(
     if not train:
         return prepared, None, None
     model = train_flow(train, storage, reuse_key=f"main-{flow_run.get_id()}")
-    evaluated, decision = evaluate_and_decide(model.version, storage, evaluation)
-    if decision["promote"]:
-        promote(model.version, decision, storage)
-    demo = demo_matching(storage)
-    return prepared, model, {"report_key": evaluated.report_key, "report": evaluated.report, **decision,
-                             "demo": demo}
+    judged = evaluate_and_decide(model.version, storage, evaluation)
+    if judged.decision.promote:
+        promote(model.version, judged.decision, storage)
+    return prepared, model, replace(judged, demo=demo_matching(storage))
 
 
 def demo_matching(storage: str | None) -> dict | None:

@@ -44,18 +44,18 @@ def test_nightly_promotes_only_a_better_challenger_and_the_gallery_follows(tiny_
         return store.exists(catalog.gallery_pointer_key(gallery_id(str(gallery)), version))
 
     first = nightly_flow(**kwargs)
-    v1 = first["challenger"]
-    assert first["decision"]["promote"] and read_champion(store) == v1 and enrolled(v1)
+    v1 = first.challenger
+    assert first.decision.promote and read_champion(store) == v1 and enrolled(v1)
 
     _set_test_accuracy(store, v1, -1.0)  # the champion is now beaten by anything
     second = nightly_flow(**kwargs)
-    v2 = second["challenger"]
-    assert v2 != v1 and second["decision"]["promote"] and read_champion(store) == v2 and enrolled(v2)
+    v2 = second.challenger
+    assert v2 != v1 and second.decision.promote and read_champion(store) == v2 and enrolled(v2)
 
     _set_test_accuracy(store, v2, 2.0)  # now nothing can beat it
     third = nightly_flow(**kwargs)
-    v3 = third["challenger"]
-    assert not third["decision"]["promote"] and "not better" in third["decision"]["reason"]
+    v3 = third.challenger
+    assert not third.decision.promote and "not better" in third.decision.reason
     assert read_champion(store) == v2 and not enrolled(v3)
     assert store.read_json("models/champion.json")["decision"]["challenger"] == v2
 
@@ -87,14 +87,14 @@ def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(tiny_mir
     first = read_champion(store)
     night = nightly_flow(data=data, train=train.replace(seed=2), evaluation=evaluation, enrol_gallery=False,
                          storage=storage)
-    decision = night["decision"]
-    assert decision["champion"] == first and "not comparable" not in decision["reason"]
-    assert decision["standard_error"] is not None  # both reports hold each test pair's outcome
-    paired = [int(a) - int(b) for a, b in zip(read_report(store, night["challenger"])["splits"]["test"]["correct"],
+    decision = night.decision
+    assert decision.champion == first and "not comparable" not in decision.reason
+    assert decision.standard_error is not None  # both reports hold each test pair's outcome
+    paired = [int(a) - int(b) for a, b in zip(read_report(store, night.challenger)["splits"]["test"]["correct"],
                                                read_report(store, first)["splits"]["test"]["correct"])]
-    assert decision["gain"] == pytest.approx(sum(paired) / len(paired))
-    assert decision["promote"] == (decision["gain"] > decision["standard_error"])
-    assert read_champion(store) == (night["challenger"] if decision["promote"] else first)
+    assert decision.gain == pytest.approx(sum(paired) / len(paired))
+    assert decision.promote == (decision.gain > decision.standard_error)
+    assert read_champion(store) == (night.challenger if decision.promote else first)
 
 
 def test_a_retried_nightly_reuses_the_training_it_finished(tiny_mirror, tmp_path, monkeypatch, prefect_harness):
@@ -122,12 +122,12 @@ def test_a_retried_nightly_reuses_the_training_it_finished(tiny_mirror, tmp_path
     result = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
                    enrol_gallery=False, storage=storage)
     store = open_storage(storage)
-    assert len(attempts) == 2 and attempts[0] == attempts[1] == result["challenger"]
-    assert list_versions(store) == [result["challenger"]]  # trained once
+    assert len(attempts) == 2 and attempts[0] == attempts[1] == result.challenger
+    assert list_versions(store) == [result.challenger]  # trained once
     unchanged = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
                       enrol_gallery=False, storage=storage)
-    assert unchanged["trained"] is False and unchanged["challenger"] == result["challenger"]
-    assert "already the champion" in unchanged["decision"]["reason"] and len(list_versions(store)) == 1
+    assert unchanged.trained is False and unchanged.challenger == result.challenger
+    assert "already the champion" in unchanged.decision.reason and len(list_versions(store)) == 1
     again = night(data=data, train=NIGHT_TRAIN, evaluation=EvalConfig(nway=(2,), nway_tasks=10),
                   enrol_gallery=False, retrain="always", storage=storage)
-    assert again["challenger"] != result["challenger"] and len(list_versions(store)) == 2
+    assert again.challenger != result.challenger and len(list_versions(store)) == 2

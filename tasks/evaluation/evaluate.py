@@ -219,13 +219,13 @@ def evaluate_untouched(store: Storage, data: EvaluationData, scorer: PairScorer,
     return {**untouched.describe(), **scored, "throughput": throughput_against_dlib(scorer, preprocess, photos, log)}
 
 
-def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | None, str | None]:
-    """(the champion, None) when its report was scored on other pairs or tensors of ``dataset`` /
-    ``protocol`` than today's (the data grew) and it can be scored again on them without breaking
-    what it held out; (None, why not) when it cannot; (None, None) when nothing is stale."""
+def stale_champion(store: Storage, version: str | None, dataset: str, protocol: str
+                   ) -> tuple[str | None, str | None]:
+    """For the champion ``version``: (it, None) when its report was scored on other pairs or tensors of
+    ``dataset`` / ``protocol`` than today's (the data grew) and it can be scored again on them without
+    breaking what it held out; (None, why not) when it cannot; (None, None) when nothing is stale."""
     from tasks.evaluation.fingerprint import DataFingerprintError
 
-    version = read_champion(store)
     report = read_report(store, version) if version else None
     if not report:  # none, or made champion by hand and never scored: the decision says so
         return None, None
