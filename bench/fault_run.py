@@ -190,11 +190,11 @@ def main() -> int:
 
         match_args = ["-m", "flows.match", "--probes", PROBES, "--gallery", GALLERY, "--model", version,
                       "--storage", STORAGE, "--shard-size", str(args.shard_size)]
-        nightly_code = ("import json, sys; from flows.nightly import nightly_flow; "
-                        "from tasks.training.config import TrainConfig; "
+        nightly_code = ("import json, sys; from dataclasses import asdict, is_dataclass; "
+                        "from flows.nightly import nightly_flow; from tasks.training.config import TrainConfig; "
                         "print(json.dumps(nightly_flow(train=TrainConfig(**json.loads(sys.argv[1])), "
-                        "gallery=sys.argv[2], "
-                        "storage=sys.argv[3]), default=str))")
+                        "gallery=sys.argv[2], storage=sys.argv[3]), "
+                        "default=lambda o: asdict(o) if is_dataclass(o) else str(o)))")
         t_start = time.monotonic()
         match = Subprocess("match", match_args, env, out)
         nightly = Subprocess("nightly", ["-c", nightly_code, json.dumps(manifest["config"]), GALLERY,
@@ -252,10 +252,10 @@ def main() -> int:
         for p in chosen["removed"]:
             gallery.delete(gallery_key(p, chosen["photo"][p]))
         event("gallery changed: people added and removed", shards_done=results_done())
-        enrol_code = ("import json, sys; from flows.match import enrol_flow; "
+        enrol_code = ("import json, sys; from dataclasses import asdict; from flows.match import enrol_flow; "
                       "from tasks.matching.config import EnrolParams; "
-                      "print(json.dumps(enrol_flow.with_options(flow_run_name='fault-run-enrolment')("
-                      "EnrolParams(gallery=sys.argv[1], model=sys.argv[2]), sys.argv[3]), default=str))")
+                      "print(json.dumps(asdict(enrol_flow.with_options(flow_run_name='fault-run-enrolment')("
+                      "EnrolParams(gallery=sys.argv[1], model=sys.argv[2]), sys.argv[3])), default=str))")
         enrolment = Subprocess("enrolment", ["-c", enrol_code, GALLERY, version, STORAGE], env, out)
         result["enrolment_exit"] = enrolment.wait(3600)
         event("enrolment of the changed gallery published", shards_done=results_done())

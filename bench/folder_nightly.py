@@ -104,13 +104,13 @@ def run(args, seaweed) -> int:
             upload(arrivals)
         t0 = time.perf_counter()
         out = nightly_flow(**night)
-        version = out["challenger"]
-        result[label] = {"seconds": time.perf_counter() - t0, "data": out["data"], "decision": out["decision"],
+        version = out.challenger
+        result[label] = {"seconds": time.perf_counter() - t0, "data": out.data, "decision": out.decision.record(),
                          "challenger": summary_of(read_report(store, version)),
                          "warm_start": read_manifest(store, version)["warm_start"],
                          "training_seconds": read_manifest(store, version)["metrics"]["training_seconds"],
                          "epochs": read_manifest(store, version)["metrics"]["epochs_run"]}
-        champion_before = out["decision"].get("champion")
+        champion_before = out.decision.champion
         if champion_before:
             result[label]["champion_rescored"] = summary_of(read_report(store, champion_before))
         print(label, json.dumps(result[label]), flush=True)

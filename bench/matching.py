@@ -22,6 +22,7 @@ import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import settings  # noqa: E402,F401 - first: process defaults
@@ -136,7 +137,7 @@ def main() -> int:
         t0 = time.perf_counter()
         # the enrolment also starts Prefect's API: not in the timings below
         enrolled = enrol_flow(EnrolParams(gallery=gallery_url, model=version), storage)
-        result["enrol"] = {**enrolled, "seconds": time.perf_counter() - t0}
+        result["enrol"] = {**asdict(enrolled), "seconds": time.perf_counter() - t0}
 
         probe_tensors = tensors[[row_of[i] for i in probe_ids]]
         scorer.embed(probe_tensors[:512])  # warm-up (tracing)
@@ -165,7 +166,7 @@ def main() -> int:
         from tasks.matching.gallery import read_gallery
         from tasks.search.ranking import score_against_gallery
 
-        enrolled_gallery = read_gallery(store, enrolled["embeddings_key"], enrolled["sha256"], enrolled.get("index"))
+        enrolled_gallery = read_gallery(store, enrolled.embeddings_key, enrolled.embeddings_sha256, enrolled.index)
         t0 = time.perf_counter()
         score_against_gallery(scorer, probe_embeddings, enrolled_gallery, 5)
         result["score_seconds_per_probe"] = (time.perf_counter() - t0) / len(probe_ids)
@@ -216,8 +217,8 @@ def main() -> int:
         result["end_to_end_local_folder_probes_per_s"] = len(probe_ids) / local_s
         result["end_to_end_local_folder_over_embed_only"] = around / local_s
         result["embed_only_images_per_s"] = embed_rates  # in the order measured
-        result["match_run"] = {k: run[k] for k in ("run_id", "shards", "probes", "faces", "matched", "unknown",
-                                                    "errors", "complete")}
+        result["match_run"] = {k: getattr(run, k) for k in ("run_id", "shards", "probes", "faces", "matched",
+                                                              "unknown", "errors", "complete")}
 
         # The first ancestor's way and ours on the same probes, from the same in-memory tensors to each
         # probe's top identity (one gallery image per identity); ours pays for embedding the gallery.

@@ -67,13 +67,17 @@ def validation_message(err: ValidationError, prefix: str = "--") -> str:
     return "; ".join(f"{name(e['loc'])}: {e['msg']}" for e in err.errors())
 
 
+def given_arguments(args: argparse.Namespace, cls: type[BaseModel], prefix: str = "") -> dict:
+    """The fields of ``cls`` given as ``--<prefix><field>`` options, by field name."""
+    dest = prefix.replace("-", "_")
+    return {name: getattr(args, f"{dest}{name}") for name in cls.model_fields
+            if getattr(args, f"{dest}{name}", None) is not None}
+
+
 def model_from_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace, cls: type[M], prefix: str = "",
                          **fixed) -> M:
     """``cls`` from the options given (the rest keep their defaults); a bad value is a usage error."""
-    dest = prefix.replace("-", "_")
-    values = {name: getattr(args, f"{dest}{name}") for name in cls.model_fields
-              if getattr(args, f"{dest}{name}", None) is not None}
     try:
-        return cls(**{**values, **fixed})
+        return cls(**{**given_arguments(args, cls, prefix), **fixed})
     except ValidationError as err:
         ap.error(validation_message(err, f"--{prefix}"))

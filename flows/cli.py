@@ -5,6 +5,9 @@
     python -m flows.cli verify A.jpg B.jpg
         same|different,score
 
+stdout holds only those lines; the gallery's enrolment shows its progress on stderr (a bar on a
+terminal, a line every 10 s elsewhere), with its log.
+
 Exit status: 0 when every image was read, 1 when some could not be (each is named on stderr),
 2 for a usage error or a missing model or gallery.
 """
@@ -14,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.progress import TerminalProgress
 from tasks.faces import DETECT_MODES, DETECTORS
 
 
@@ -35,7 +39,9 @@ def cmd_match(args) -> int:
 
     store, version, embedder, report = _model(args.storage, args.model, args.detector)
     resolve_threshold(args.threshold, report, 1)  # a wrong threshold fails before the gallery is enrolled
-    enrolled = enrol(args.gallery, version, args.storage, args.detect, embedder=embedder, log=lambda _: None)
+    with TerminalProgress("enrolling the gallery") as shown:  # on stderr: stdout holds only the result lines
+        enrolled = enrol(args.gallery, version, args.storage, args.detect, embedder=embedder, log=shown.message,
+                         progress=shown.update)
     if not enrolled.images:
         print(f"error: no usable images in the gallery {args.gallery}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ def data_flow(params: DataParams = DataParams(), storage: str | None = None) -> 
     if params.folder:  # your own photos, <identity>/<image>: indexed where they are, nothing downloaded
         check_allowed("dataset", params.dataset)
         files, transferred, archive = {}, 0, None
-        index = data_tasks.index_folder(params.dataset, storage, preprocess, params.detect, params.detector)
+        index = data_tasks.index_folder_task(params.dataset, storage, preprocess, params.detect, params.detector)
     else:
         name = get_dataset(params.dataset).archive.name
         downloaded = data_tasks.download(params.dataset, run_mirror(params.mirror), params.trust_mirror_checksums)

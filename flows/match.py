@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
@@ -17,6 +18,7 @@ from flows.runtime import run_gallery, run_storage
 from flows.time_limits import limited
 from storage.location import allow_command_line
 from tasks.matching.config import EnrolParams, MatchParams
+from tasks.matching.gallery import EnrolledGallery
 from tasks.matching.prefect_tasks import (
     enrol_gallery,
     list_probe_shards,
@@ -25,11 +27,11 @@ from tasks.matching.prefect_tasks import (
     resolve_model,
     summarize,
 )
-from tasks.matching.runs import check_probe_locations, run_params
+from tasks.matching.runs import MatchSummary, check_probe_locations, run_params
 
 
 @flow(**limited("enrol"), flow_run_name="enrol-{params.model}", log_prints=True)
-def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) -> dict:
+def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) -> EnrolledGallery:
     """Embed ``<gallery>/<identity>/<image>`` with a model version (``champion`` by default); the gallery
     defaults to SIAMESE_GALLERY where it runs, else the Prefect Variable siamese_gallery."""
     storage = run_storage(storage)
@@ -39,7 +41,7 @@ def enrol_flow(params: EnrolParams = EnrolParams(), storage: str | None = None) 
 
 
 @flow(**limited("match"), flow_run_name="match-{params.model}", log_prints=True)
-def match_flow(params: MatchParams, storage: str | None = None) -> dict:
+def match_flow(params: MatchParams, storage: str | None = None) -> MatchSummary:
     """Match every probe image (a folder, an S3 prefix, or a manifest of keys under it) against the
     gallery (default: SIAMESE_GALLERY where it runs, else the Prefect Variable siamese_gallery); per
     face: the top identities with scores, or ``unknown`` below the threshold."""
@@ -49,11 +51,11 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
     version = resolve_model(params.model, storage)
     resolved = run_params(params, version)
     enrolled = enrol_gallery(resolved.gallery, version, storage, params.detect, params.detector)
-    if not enrolled["images"]:
+    if not enrolled.images:
         raise ValueError(f"the gallery {resolved.gallery} has no usable <identity>/<image> files: nothing to "
                          "match against")
-    limit = resolve_match_threshold(version, storage, params, enrolled["identities"])
-    run = list_probe_shards(resolved, storage, enrolled["sha256"], limit)
+    limit = resolve_match_threshold(version, storage, params, enrolled.identities)
+    run = list_probe_shards(resolved, storage, enrolled.embeddings_sha256, limit)
     progress = create_progress_artifact(progress=0.0, description=f"match run {run['run_id']}: shards done")
     futures = bounded_submit(lambda shard: match_one_shard.submit(run, shard, storage, enrolled, limit, progress),
                              range(run["shards"]), params.concurrent_shards)
@@ -63,13 +65,13 @@ def match_flow(params: MatchParams, storage: str | None = None) -> dict:
         future.wait()  # its final state from the task itself: the API's copy may not have caught up
     unfinished = sorted(f"{f.state.name}" for f in futures if not f.state.is_completed())
     summary = summarize(run, storage)
-    if unfinished or not summary["complete"]:
+    if unfinished or not summary.complete:
         counts = {name: unfinished.count(name) for name in dict.fromkeys(unfinished)}
-        raise RuntimeError(f"run {run['run_id']} is incomplete: {summary['shards_done']} of {run['shards']} shards "
-                           f"have results, {summary['probes_with_results']} of {run['probes']} probes"
+        raise RuntimeError(f"run {run['run_id']} is incomplete: {summary.shards_done} of {run['shards']} shards "
+                           f"have results, {summary.probes_with_results} of {run['probes']} probes"
                            + (f" (shards ended {counts})" if counts else "")
                            + "; re-run the same command to resume (finished shards are kept)")
-    return {**summary, "threshold": limit, "model_version": version, "gallery": enrolled}
+    return MatchSummary(**vars(summary), threshold=limit, model_version=version, gallery=enrolled)
 
 
 def bounded_submit(submit, items, limit: int) -> list:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         from prefect_dask import DaskTaskRunner
 
         run = match_flow.with_options(task_runner=DaskTaskRunner(address=dask))
-    print(json.dumps(run(params, storage), indent=2, default=str))
+    print(json.dumps(asdict(run(params, storage)), indent=2, default=str))
     return 0
 
 

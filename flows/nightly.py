@@ -9,6 +9,7 @@ anywhere leaves the champion as it was.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -23,20 +24,30 @@ from flows.train import train_flow
 from model.networks import PRETRAINED
 from storage import open_storage
 from tasks.data.config import DataParams
-from tasks.evaluation.champion import PROMOTION_METRIC
+from tasks.evaluation.champion import PROMOTION_METRIC, PromotionDecision
 from tasks.evaluation.champion_tasks import promote
 from tasks.evaluation.config import EvalConfig
 from tasks.faces import Detect
 from tasks.matching.config import EnrolParams
+from tasks.matching.gallery import EnrolledGallery
 from tasks.training.config import TrainConfig
 from tasks.training.train import trained_on
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    challenger: str  # the model judged tonight: trained now, or the one a failed night had trained
+    trained: bool
+    decision: PromotionDecision
+    gallery: EnrolledGallery | None  # enrolled for a new champion
+    data: dict  # what the data stages found: photos, people, decoded, removed, unchanged
 
 
 @flow(**limited("nightly-retrain"), flow_run_name="nightly-{data.dataset}", log_prints=True)
 def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(),
                  evaluation: EvalConfig = EvalConfig(), gallery: str | None = None, enrol_gallery: bool = True,
                  detect: Detect = "auto", metric: str = PROMOTION_METRIC, min_gain: float = 0.0,
-                 retrain: Literal["changed", "always"] = "changed", storage: str | None = None) -> dict:
+                 retrain: Literal["changed", "always"] = "changed", storage: str | None = None) -> NightlyResult:
     """``gallery``: re-enrolled for a new champion; default: SIAMESE_GALLERY where it runs, else the
     Prefect Variable siamese_gallery; none found is an error before anything runs (``enrol_gallery:
     false`` retrains without one). ``retrain``: changed trains only when no model was trained with
@@ -64,10 +75,10 @@ def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConf
         version, trained = done, False
     else:
         version, trained = train_flow(train, storage, reuse_key=f"nightly-{flow_run.get_id()}").version, True
-    _, decision = evaluate_and_decide(version, storage, evaluation, metric, min_gain)
+    decision = evaluate_and_decide(version, storage, evaluation, metric, min_gain).decision
     enrolled = None
-    if decision["promote"]:
+    if decision.promote:
         if gallery:
             enrolled = enrol_flow(EnrolParams(gallery=gallery, model=version, detect=detect), storage)
         promote(version, decision, storage)
-    return {"challenger": version, "trained": trained, "decision": decision, "gallery": enrolled, "data": changes}
+    return NightlyResult(version, trained, decision, enrolled, changes)

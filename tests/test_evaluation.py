@@ -137,8 +137,8 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
     storage, version = tiny_model
     result = evaluate_flow("latest", storage, SMALL_EVAL)
     assert result.version == version
-    decision = decide_promotion(result.report, storage)
-    assert decision["promote"]
+    decision = decide_promotion(result.report, storage, read_champion(open_storage(storage)))
+    assert decision.promote
     promote(version, decision, storage)
     assert read_champion(open_storage(storage)) == version
 

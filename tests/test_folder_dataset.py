@@ -12,7 +12,7 @@ from PIL import Image
 
 from storage import catalog, open_storage
 from tasks.data.config import DataParams
-from tasks.data.folder_index import index_folder
+from tasks.data.folder_index import FaceCut, index_folder
 from tasks.data.pairs import IdentityDisjointConfig, people_in, split_people
 from tasks.data.prepared import load_index, read_index_summary, read_pairs
 from tasks.data.steps import generate_pairs, preprocess_for, run_folder_index
@@ -91,7 +91,7 @@ def test_a_folder_in_s3_is_indexed_incrementally_and_nobody_changes_split(seawee
 
     # every kept photo still has its own pixels: the tensor of a row is the one decoded for that key
     tensors = np.load(io.BytesIO(store.read_bytes(second.tensors_key)), allow_pickle=False)
-    fresh = index_folder(source, preprocess)
+    fresh = index_folder(source, FaceCut(preprocess))
     assert fresh.index["image_id"].tolist() == grown["image_id"].tolist()
     assert np.array_equal(fresh.tensors, tensors)
 
@@ -250,24 +250,24 @@ def test_the_main_job_then_nightly_retrain_on_the_grown_folder_deciding_on_the_s
     # demo batch of held-out people matched by the champion (their photos copied from the folder)
     _, model, first = main_flow(data, train, night["evaluation"], storage)
     v1 = model.version
-    assert first["promote"] and read_champion(store) == v1
-    assert first["demo"]["version"] == v1 and first["demo"]["rank1"] is not None
+    assert first.decision.promote and read_champion(store) == v1
+    assert first.demo["version"] == v1 and first.demo["rank1"] is not None
     assert read_manifest(store, v1)["warm_start"] is None  # no champion yet: from scratch
     assert read_manifest(store, v1)["config"]["dataset"] == photos
     yardstick = read_report(store, v1)["yardstick"]
     assert yardstick["view1"]["test_pairs"] == 4 and 0 <= yardstick["view1"]["accuracy"] <= 1
 
     unchanged = nightly_flow(**night)  # nothing new: no training, the champion stays
-    assert unchanged["trained"] is False and unchanged["challenger"] == v1 and unchanged["data"]["unchanged"]
+    assert unchanged.trained is False and unchanged.challenger == v1 and unchanged.data["unchanged"]
 
     upload_people(source, NEWCOMERS, first_seed=500)
     source.delete("Person_C/Person_C_0002.jpg")
     for k in range(1, PEOPLE["Person_A"] + 1):  # a training person of the champion leaves the folder
         source.delete(f"Person_A/Person_A_{k:04d}.jpg")
     grown = nightly_flow(**night)
-    v2, decision = grown["challenger"], grown["decision"]
-    assert grown["data"]["decoded"] == sum(NEWCOMERS.values())
-    assert grown["data"]["removed"] == 1 + PEOPLE["Person_A"]
+    v2, decision = grown.challenger, grown.decision
+    assert grown.data["decoded"] == sum(NEWCOMERS.values())
+    assert grown.data["removed"] == 1 + PEOPLE["Person_A"]
     assert read_manifest(store, v2)["warm_start"] == v1
     from tasks.registry import read_model_people
     # it inherits whom the champion learned from, Person_A too: all of them stay out of its held-out pairs
@@ -277,10 +277,10 @@ def test_the_main_job_then_nightly_retrain_on_the_grown_folder_deciding_on_the_s
     assert {"Person_Q", "Person_R"} <= people_in(pairs.frame)
     # the champion was scored again on tonight's pairs: the two are compared pair by pair
     assert read_report(store, v1)["data"]["pairs_sha256"] == read_report(store, v2)["data"]["pairs_sha256"]
-    assert decision["champion"] == v1 and "not comparable" not in decision["reason"]
-    assert decision["standard_error"] is not None
-    assert decision["promote"] == (decision["gain"] > decision["standard_error"])
-    assert read_champion(store) == (v2 if decision["promote"] else v1)
+    assert decision.champion == v1 and "not comparable" not in decision.reason
+    assert decision.standard_error is not None
+    assert decision.promote == (decision.gain > decision.standard_error)
+    assert read_champion(store) == (v2 if decision.promote else v1)
     assert read_index_summary(store, photos).people == 16 + 2 - 1
 
     # another split seed moves people: a warm start from a champion that learned from today's held-out

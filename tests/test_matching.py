@@ -130,14 +130,14 @@ def test_a_crash_mid_shard_then_a_rerun_gives_every_probe_exactly_once(s3_setup,
     assert not store.exists(catalog.match_results_key(run["run_id"], 1))  # nothing half-written
 
     summary = match_flow(command, s["storage"])
-    assert summary["run_id"] == run["run_id"]  # the same command resumes the same run
-    assert summary["complete"] and summary["probes_with_results"] == 10 and summary["errors"] == 0
+    assert summary.run_id == run["run_id"]  # the same command resumes the same run
+    assert summary.complete and summary.probes_with_results == 10 and summary.errors == 0
     results = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
     assert sorted(results["probe_key"]) == [f"batch/p{i:03d}.jpg" for i in range(10)]  # once each
     assert set(results["identity"]) <= set(GALLERY) | {"Person_E", "unknown"}
     assert results["top_identities"].map(len).eq(4).all()  # top 5 of 4 identities
     again = match_flow(command, s["storage"])
-    assert again["probes_with_results"] == 10 and again["faces"] == 10  # a finished run re-runs as a no-op
+    assert again.probes_with_results == 10 and again.faces == 10  # a finished run re-runs as a no-op
 
 
 def test_a_new_person_or_new_probes_make_a_new_complete_run_that_includes_them(s3_setup, prefect_harness):
@@ -146,27 +146,27 @@ def test_a_new_person_or_new_probes_make_a_new_complete_run_that_includes_them(s
     s = s3_setup
     params = MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=4, top_k=5)
     first = match_flow(params, s["storage"])
-    assert first["complete"] and first["probes"] == 10
+    assert first.complete and first.probes == 10
     store = open_storage(s["storage"])
 
     def rows(summary) -> pd.DataFrame:
         return pd.concat([store.read_parquet(i.key) for i in
-                          store.list(catalog.match_results_prefix(summary["run_id"]))]).set_index("probe_key")
+                          store.list(catalog.match_results_prefix(summary.run_id))]).set_index("probe_key")
 
     # someone is enrolled after the run: the same command must match against them too
     open_storage(s["gallery"]).write_bytes("Person_Z/Person_Z_0001.jpg", jpeg(203))  # the same photo as p003
     second = match_flow(params, s["storage"])
-    assert second["run_id"] != first["run_id"] and second["complete"] and second["probes"] == 10
+    assert second.run_id != first.run_id and second.complete and second.probes == 10
     assert rows(second).loc["batch/p003.jpg", "top_identities"][0] == "Person_Z"
     assert "Person_Z" not in {n for names in rows(first)["top_identities"] for n in names}
 
     # new probes land under the same prefix: a new run that holds every probe once, the new one too
     open_storage(s["probes"]).write_bytes("batch/p999.jpg", jpeg(203))
     third = match_flow(params, s["storage"])
-    assert third["run_id"] != second["run_id"] and third["complete"] and third["probes_with_results"] == 11
+    assert third.run_id != second.run_id and third.complete and third.probes_with_results == 11
     assert rows(third).loc["batch/p999.jpg", "top_identities"][0] == "Person_Z"
     # and nothing changed since: the same run, resumed as a no-op
-    assert match_flow(params, s["storage"])["run_id"] == third["run_id"]
+    assert match_flow(params, s["storage"]).run_id == third.run_id
 
 
 def test_a_run_whose_shards_crashed_or_were_cancelled_ends_failed_then_resumes(s3_setup, prefect_harness,
@@ -196,7 +196,7 @@ def test_a_run_whose_shards_crashed_or_were_cancelled_ends_failed_then_resumes(s
         state.result()
     monkeypatch.setattr(prefect_tasks, "match_shard", real)
     resumed = match_flow(params, s["storage"])
-    assert resumed["complete"] and resumed["probes_with_results"] == 10
+    assert resumed.complete and resumed.probes_with_results == 10
 
 
 def test_a_threshold_calibrated_anew_makes_a_new_run_never_a_mix(s3_setup, prefect_harness):
@@ -212,9 +212,9 @@ def test_a_threshold_calibrated_anew_makes_a_new_run_never_a_mix(s3_setup, prefe
     report["thresholds"]["accuracy"] = 1.0  # above every P(same): nobody is named
     store.write_json(catalog.report_key(s["version"]), report)
     second = match_flow(command, s["storage"])
-    assert second["run_id"] != first["run_id"] and second["threshold"] == 1.0 and second["complete"]
-    assert store.read_json_or_none(catalog.match_run_key(second["run_id"]))["threshold"] == 1.0
-    rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(second["run_id"]))])
+    assert second.run_id != first.run_id and second.threshold == 1.0 and second.complete
+    assert store.read_json_or_none(catalog.match_run_key(second.run_id))["threshold"] == 1.0
+    rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(second.run_id))])
     assert len(rows) == 10 and (rows["identity"] == "unknown").all()
 
 
@@ -243,7 +243,7 @@ def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harnes
     s = s3_setup
     summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=2, concurrent_shards=2),
                          s["storage"])
-    assert summary["complete"] and summary["shards"] == 5
+    assert summary.complete and summary.shards == 5
     assert peak[0] == 2
 
 
@@ -274,7 +274,7 @@ def test_bad_inputs_become_one_error_row_each(s3_setup):
             assert reason in by_key.loc[name, "error"], (name, by_key.loc[name, "error"])
     assert "missing" in by_key.loc["missing.jpg", "error"]
     summary = summarize_run(run, s["storage"])
-    assert summary["complete"] and summary["errors"] == 6
+    assert summary.complete and summary.errors == 6
 
 
 def test_odd_keys_and_objects_the_storage_refuses_are_error_rows_never_a_failed_shard(tiny_registry, s3_bucket,
@@ -317,7 +317,7 @@ def test_odd_keys_and_objects_the_storage_refuses_are_error_rows_never_a_failed_
     assert "'.' or '..' part" in rows.loc["a/./b.jpg", "error"]
     assert "AccessDenied" in rows.loc["denied.jpg", "error"]
     assert "InvalidObjectState" in rows.loc["cold.jpg", "error"]
-    assert summarize_run(run, storage)["complete"]
+    assert summarize_run(run, storage).complete
 
 
 def test_face_detection_modes():
@@ -401,14 +401,14 @@ def test_dask_local_cluster_gives_the_same_results_as_the_local_run(s3_setup, pr
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         on_dask = match_flow.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
             params, dask_storage)
-    assert local["complete"] and on_dask["complete"] and on_dask["shards"] == 4
+    assert local.complete and on_dask.complete and on_dask.shards == 4
 
     def rows(storage, run_id):
         store = open_storage(storage)
         frame = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run_id))])
         return frame.sort_values("probe_key").reset_index(drop=True)
 
-    a, b = rows(s["storage"], local["run_id"]), rows(dask_storage, on_dask["run_id"])
+    a, b = rows(s["storage"], local.run_id), rows(dask_storage, on_dask.run_id)
     assert a["probe_key"].tolist() == b["probe_key"].tolist() and len(a) == 10
     assert a["identity"].tolist() == b["identity"].tolist()
     assert a["top_identities"].map(list).tolist() == b["top_identities"].map(list).tolist()
@@ -459,8 +459,8 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         restart.start()
         summary = match_flow(params, storage)
         restart.join()
-        assert summary["run_id"] == run["run_id"]  # the re-run resumes the run its first shard belongs to
-        assert summary["complete"] and summary["shards_done"] == 3 and summary["errors"] == 0
+        assert summary.run_id == run["run_id"]  # the re-run resumes the run its first shard belongs to
+        assert summary.complete and summary.shards_done == 3 and summary.errors == 0
         rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
         assert sorted(rows["probe_key"]) == [f"p{i}.jpg" for i in range(9)]  # each exactly once
     finally:

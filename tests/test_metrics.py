@@ -125,33 +125,33 @@ def _outcomes(right: int, n: int = 2000, offset: int = 0) -> str:
 
 
 def test_promotion_needs_a_gain_beyond_the_noise_of_the_same_pairs():
-    assert compare_to_champion(_report("v2", 0.8), None)["promote"]  # no champion yet
+    assert compare_to_champion(_report("v2", 0.8), None).promote  # no champion yet
     champion = _report("v1", 0.800, correct=_outcomes(1600))
     # +0.5 points, the two models disagreeing on 110 pairs: SE of the difference ~0.0052: within the noise
     close = compare_to_champion(_report("v2", 0.805, correct=_outcomes(1610, offset=50)), champion)
-    assert not close["promote"] and "within the noise" in close["reason"]
+    assert not close.promote and "within the noise" in close.reason
     # d = -1 on 50 pairs, +1 on 60: mean 0.005, SE = sqrt((110 - 2000 * 0.005^2) / 1999 / 2000)
-    assert close["gain"] == pytest.approx(0.005)
-    assert close["standard_error"] == pytest.approx(math.sqrt((110 - 2000 * 0.005 ** 2) / 1999 / 2000))
+    assert close.gain == pytest.approx(0.005)
+    assert close.standard_error == pytest.approx(math.sqrt((110 - 2000 * 0.005 ** 2) / 1999 / 2000))
     # +2 points on the same pairs, the challenger right wherever the champion is: promoted
     better = compare_to_champion(_report("v2", 0.82, correct=_outcomes(1640)), champion)
-    assert better["promote"] and "better beyond the noise" in better["reason"] and better["gain"] == pytest.approx(0.02)
+    assert better.promote and "better beyond the noise" in better.reason and better.gain == pytest.approx(0.02)
     worse = compare_to_champion(_report("v2", 0.79, correct=_outcomes(1580)), champion)
-    assert not worse["promote"] and "not better" in worse["reason"]
+    assert not worse.promote and "not better" in worse.reason
     # a champion report without per-pair outcomes: the accuracies' own standard errors (~0.0127 here)
-    assert not compare_to_champion(_report("v2", 0.81), _report("v1", 0.80))["promote"]
-    assert compare_to_champion(_report("v2", 0.84), _report("v1", 0.80))["promote"]
+    assert not compare_to_champion(_report("v2", 0.81), _report("v1", 0.80)).promote
+    assert compare_to_champion(_report("v2", 0.84), _report("v1", 0.80)).promote
 
 
 def test_models_of_other_protocols_or_data_are_not_compared_and_the_decision_says_what_to_do():
     other = compare_to_champion(_report("v2", 0.99, protocol="face_comparer"), _report("v1", 0.80))
-    assert not other["promote"] and "not comparable" in other["reason"]
-    assert "python -m flows.promote --version v2" in other["reason"]
+    assert not other.promote and "not comparable" in other.reason
+    assert "python -m flows.promote --version v2" in other.reason
     changed = compare_to_champion(_report("v2", 0.99, sha="p2"), _report("v1", 0.80))
-    assert not changed["promote"] and "not scored on the same held-out pairs" in changed["reason"]
+    assert not changed.promote and "not scored on the same held-out pairs" in changed.reason
     unevaluated = compare_to_champion(_report("v2", 0.99), {"version": "v1"})  # a champion set by hand, never evaluated
-    assert not unevaluated["promote"] and "has no evaluation report" in unevaluated["reason"]
-    assert "python -m flows.evaluate --version v1" in unevaluated["reason"]
+    assert not unevaluated.promote and "has no evaluation report" in unevaluated.reason
+    assert "python -m flows.evaluate --version v1" in unevaluated.reason
 
 
 def test_identification_enrols_one_image_per_person_and_probes_with_the_others():

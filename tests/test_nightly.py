@@ -59,26 +59,26 @@ def test_nightly_reuses_a_retried_training_promotes_only_a_better_challenger_and
     with monkeypatch.context() as patched:
         patched.setattr(flows.nightly, "evaluate_and_decide", fails_once)
         first = nightly_flow.with_options(retries=1, retry_delay_seconds=0)(**kwargs)
-    v1 = first["challenger"]
+    v1 = first.challenger
     assert len(attempts) == 2 and attempts[0] == attempts[1] == v1
     assert list_versions(store) == [v1]  # trained once
-    assert first["decision"]["promote"] and read_champion(store) == v1 and enrolled(v1)
+    assert first.decision.promote and read_champion(store) == v1 and enrolled(v1)
 
     unchanged = nightly_flow(**kwargs)
-    assert unchanged["trained"] is False and unchanged["challenger"] == v1
-    assert "already the champion" in unchanged["decision"]["reason"] and len(list_versions(store)) == 1
+    assert unchanged.trained is False and unchanged.challenger == v1
+    assert "already the champion" in unchanged.decision.reason and len(list_versions(store)) == 1
 
     kwargs["retrain"] = "always"  # the same archive every night: train anyway
     _set_test_accuracy(store, v1, -1.0)  # the champion is now beaten by anything
     second = nightly_flow(**kwargs)
-    v2 = second["challenger"]
+    v2 = second.challenger
     assert v2 != v1 and len(list_versions(store)) == 2
-    assert second["decision"]["promote"] and read_champion(store) == v2 and enrolled(v2)
+    assert second.decision.promote and read_champion(store) == v2 and enrolled(v2)
 
     _set_test_accuracy(store, v2, 2.0)  # now nothing can beat it
     third = nightly_flow(**kwargs)
-    v3 = third["challenger"]
-    assert not third["decision"]["promote"] and "not better" in third["decision"]["reason"]
+    v3 = third.challenger
+    assert not third.decision.promote and "not better" in third.decision.reason
     assert read_champion(store) == v2 and not enrolled(v3)
     assert store.read_json("models/champion.json")["decision"]["challenger"] == v2
 
@@ -105,12 +105,12 @@ def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(main_job
     first = read_champion(store)
     night = nightly_flow(data=data, train=train.replace(seed=2), evaluation=EvalConfig(nway=(2,), nway_tasks=10),
                          enrol_gallery=False, storage=storage)
-    decision = night["decision"]
-    assert night["trained"] and night["data"]["unchanged"]  # the main job's data, a challenger of its own
-    assert decision["champion"] == first and "not comparable" not in decision["reason"]
-    assert decision["standard_error"] is not None  # both reports hold each test pair's outcome
-    paired = [int(a) - int(b) for a, b in zip(read_report(store, night["challenger"])["splits"]["test"]["correct"],
+    decision = night.decision
+    assert night.trained and night.data["unchanged"]  # the main job's data, a challenger of its own
+    assert decision.champion == first and "not comparable" not in decision.reason
+    assert decision.standard_error is not None  # both reports hold each test pair's outcome
+    paired = [int(a) - int(b) for a, b in zip(read_report(store, night.challenger)["splits"]["test"]["correct"],
                                                read_report(store, first)["splits"]["test"]["correct"])]
-    assert decision["gain"] == pytest.approx(sum(paired) / len(paired))
-    assert decision["promote"] == (decision["gain"] > decision["standard_error"])
-    assert read_champion(store) == (night["challenger"] if decision["promote"] else first)
+    assert decision.gain == pytest.approx(sum(paired) / len(paired))
+    assert decision.promote == (decision.gain > decision.standard_error)
+    assert read_champion(store) == (night.challenger if decision.promote else first)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -53,15 +53,35 @@ class FolderIndex:
     resumed: int  # photos taken from the chunks an interrupted run had saved
 
 
-def _face(data: bytes, preprocess: PreprocessConfig, detect: str, detector: Detector
-          ) -> tuple[int, int, np.ndarray, str]:
-    pixels = decode(data, grey=preprocess.grey)
-    if detect == "auto":  # as matching: an aligned LFW-framed photo keeps the crop, others are detected
-        detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
-    faces = find_faces(pixels, detect, preprocess, detector)
-    if not faces:
-        raise ImageDecodeError("no face found" if detect != "none" else "no face: the crop is blank")
-    return pixels.shape[1], pixels.shape[0], faces[0].pixels, "aligned" if detect == "none" else "detected"
+@dataclass(frozen=True)
+class FaceCut:
+    """How a folder dataset's faces are cut, as matching cuts them: the preprocessing, when to detect
+    (``auto``: an aligned LFW-framed photo keeps the training crop, any other is detected) and the
+    detector. A labelled photo shows its person, so ``all`` is refused."""
+
+    preprocess: PreprocessConfig
+    detect: str = "auto"
+    detector: Detector = "haar"
+
+    def __post_init__(self) -> None:
+        if self.detect not in DATASET_DETECT:
+            raise ValueError(f"a dataset's photos each show their person: detect must be one of {DATASET_DETECT}, "
+                             f"got {self.detect!r}")
+
+    @property
+    def id(self) -> str:
+        return f"{FOLDER_INDEX_FORMAT}:{self.preprocess.id}:{self.detect}:{self.detector}"
+
+    def face(self, data: bytes) -> tuple[int, int, np.ndarray, str]:
+        """(width, height, the face's pixels, "aligned" or "detected") of one photo's bytes."""
+        pixels = decode(data, grey=self.preprocess.grey)
+        detect = self.detect
+        if detect == "auto":
+            detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
+        faces = find_faces(pixels, detect, self.preprocess, self.detector)
+        if not faces:
+            raise ImageDecodeError("no face found" if detect != "none" else "no face: the crop is blank")
+        return pixels.shape[1], pixels.shape[0], faces[0].pixels, "aligned" if detect == "none" else "detected"
 
 
 def _chunk_id(chunk: pd.DataFrame) -> str:
@@ -129,80 +149,114 @@ def _per_photo_error(err: Exception) -> str | None:
     return None
 
 
-def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "auto", detector: Detector = "haar",
-                 previous: tuple[pd.DataFrame, np.ndarray] | None = None, parts: tuple[Storage, str] | None = None,
-                 workers: int = 16, listing: FolderListing | None = None,
-                 log: Callable[[str], None] = print) -> FolderIndex:
-    """Index ``source`` (``<identity>/<image>``), reusing ``previous`` (index, tensors) where the
-    photos are unchanged; ``parts`` = (storage, prefix) saves each decoded chunk so a re-run after an
-    interruption takes them (the caller removes them once the index is published)."""
-    if detect not in DATASET_DETECT:
-        raise ValueError(f"a dataset's photos each show their person: detect must be one of {DATASET_DETECT}, "
-                         f"got {detect!r}")
-    listing = listing or list_people_folder(source)
-    listed = listing.images
-    shape = preprocess.shape
-    prev_index, prev_tensors = previous if previous is not None else (pd.DataFrame(columns=FOLDER_INDEX_COLUMNS),
-                                                                      np.zeros((0, *shape), np.uint8))
-    prev = _without_duplicate_marks(prev_index).set_index("image_id", drop=False)
-    same = listed["key"].isin(prev.index)
-    same[same] = prev.loc[listed.loc[same, "key"], "etag"].to_numpy() == listed.loc[same, "etag"].to_numpy()
-    kept_keys = listed.loc[same, "key"]
-    todo = listed[~same].reset_index(drop=True)
-    sha_before = dict(zip(prev["image_id"], prev["sha256"]))
-    usable_before = dict(zip(prev["image_id"], prev["error"].isna()))
-    row_before = dict(zip(prev["image_id"], prev["row"]))
-    config_id = f"{FOLDER_INDEX_FORMAT}:{preprocess.id}:{detect}:{detector}"
-    counts = {"decoded": 0, "same_bytes": 0, "resumed": 0}
+class _PhotoReader:
+    """One photo's row fields and tensor, fetched in a pool thread: cut again unless the previous
+    index holds the same bytes (sha256) as a usable row."""
 
-    def one(key: str) -> tuple[tuple, np.ndarray, bool]:
-        """(row fields, tensor, decoded?) of one photo: fetched here, in the pool's thread."""
+    def __init__(self, source: Storage, cut: FaceCut, prev: pd.DataFrame, prev_tensors: np.ndarray):
+        self.source, self.cut, self.prev, self.prev_tensors = source, cut, prev, prev_tensors
+        self.sha_before = dict(zip(prev["image_id"], prev["sha256"]))
+        self.usable_before = dict(zip(prev["image_id"], prev["error"].isna()))
+        self.row_before = dict(zip(prev["image_id"], prev["row"]))
+
+    def __call__(self, key: str) -> tuple[tuple, np.ndarray, bool]:
+        """(row fields, tensor, decoded?)"""
+        shape = self.cut.preprocess.shape
         try:
-            data = source.fetch_bytes(key)
+            data = self.source.fetch_bytes(key)
         except Exception as err:  # noqa: BLE001 - sorted: this photo's problem (a row), or the run's (raised)
             reason = _per_photo_error(err)
             if reason is None:
                 raise
             return (key, 0, 0, 0, "", f"{key}: {reason}", None), np.zeros(shape, np.uint8), False
         digest = hashlib.sha256(data).hexdigest()
-        if sha_before.get(key) == digest and usable_before.get(key):
-            old = prev.loc[key]
+        if self.sha_before.get(key) == digest and self.usable_before.get(key):
+            old = self.prev.loc[key]
             return (key, int(old["width"]), int(old["height"]), len(data), digest, None, old["face"]), \
-                prev_tensors[int(row_before[key])], False
+                self.prev_tensors[int(self.row_before[key])], False
         try:
-            width, height, pixels, how = _face(data, preprocess, detect, detector)
+            width, height, pixels, how = self.cut.face(data)
             return (key, width, height, len(data), digest, None, how), pixels, True
         except ImageDecodeError as err:
             return (key, 0, 0, len(data), digest, f"{key}: {err}", None), np.zeros(shape, np.uint8), True
 
+
+@dataclass
+class _NewPhotos:
+    """What a run read: row fields and tensors of the new or changed photos, in listing order."""
+
+    rows: list[tuple] = field(default_factory=list)
+    tensors: list[np.ndarray] = field(default_factory=list)
+    decoded: int = 0
+    same_bytes: int = 0
+    resumed: int = 0
+
+
+def index_folder(source: Storage, cut: FaceCut, previous: tuple[pd.DataFrame, np.ndarray] | None = None,
+                 parts: tuple[Storage, str] | None = None, listing: FolderListing | None = None, workers: int = 16,
+                 log: Callable[[str], None] = print) -> FolderIndex:
+    """Index ``source`` (``<identity>/<image>``), reusing ``previous`` (index, tensors) where the
+    photos are unchanged; ``parts`` = (storage, prefix) saves each decoded chunk so a re-run after an
+    interruption takes them (the caller removes them once the index is published)."""
+    listing = listing or list_people_folder(source)
+    shape = cut.preprocess.shape
+    prev_index, prev_tensors = previous if previous is not None else (pd.DataFrame(columns=FOLDER_INDEX_COLUMNS),
+                                                                      np.zeros((0, *shape), np.uint8))
+    prev = _without_duplicate_marks(prev_index).set_index("image_id", drop=False)
+    same = listing.images["key"].isin(prev.index)
+    same[same] = (prev.loc[listing.images.loc[same, "key"], "etag"].to_numpy()
+                  == listing.images.loc[same, "etag"].to_numpy())
+    todo = listing.images[~same].reset_index(drop=True)
     # What an interrupted run of these settings saved counts wherever its photos now fall in the listing.
-    parts_prefix = f"{parts[1]}{hashlib.sha256(config_id.encode()).hexdigest()[:16]}/" if parts else None
-    saved = _saved_photos(parts[0], parts_prefix) if parts else {}
+    saved_to = (parts[0], f"{parts[1]}{hashlib.sha256(cut.id.encode()).hexdigest()[:16]}/") if parts else None
+    new, todo = _resumed(todo, _saved_photos(*saved_to) if saved_to else {})
+    _read_in_chunks(todo, _PhotoReader(source, cut, prev, prev_tensors), new, saved_to, workers, log)
+    kept = prev.loc[listing.images.loc[same, "key"]].reset_index(drop=True)
+    frame, tensors = _assemble(kept, prev_tensors, new, listing, shape)
+    still_there = set(listing.images["key"]) | {r["key"] for r in listing.rejected}
+    removed = int((~prev["image_id"].isin(still_there)).sum())
+    return FolderIndex(frame, tensors, new.decoded, len(kept), new.same_bytes, removed, new.resumed)
+
+
+def _resumed(todo: pd.DataFrame, saved: dict[str, tuple[str, tuple, np.ndarray]]) -> tuple[_NewPhotos, pd.DataFrame]:
+    """(the photos of ``todo`` an interrupted run saved with their ETag, the rest of ``todo``)."""
     # built as bool even when nothing is to do (only removals): an empty map is str, and str & bool raises
     from_saved = pd.Series([saved.get(k, (None,))[0] == e for k, e in zip(todo["key"], todo["etag"])],
                            index=todo.index, dtype=bool)
-    new_rows = [saved[k][1] for k in todo.loc[from_saved, "key"]]
-    new_tensors = [np.stack([saved[k][2] for k in todo.loc[from_saved, "key"]])] if from_saved.any() else []
-    counts["resumed"] = int(from_saved.sum())
-    todo = todo[~from_saved].reset_index(drop=True)
+    keys = todo.loc[from_saved, "key"]
+    new = _NewPhotos(rows=[saved[k][1] for k in keys], tensors=[np.stack([saved[k][2] for k in keys])] if len(keys)
+                     else [], resumed=int(from_saved.sum()))
+    return new, todo[~from_saved].reset_index(drop=True)
+
+
+def _read_in_chunks(todo: pd.DataFrame, read: _PhotoReader, new: _NewPhotos, saved_to: tuple[Storage, str] | None,
+                    workers: int, log: Callable[[str], None]) -> None:
+    """Read ``todo`` into ``new`` CHUNK photos at a time on the fetch pool, each chunk saved under
+    ``saved_to`` (storage, prefix) as it finishes."""
     pool = fetch_pool(workers)
     for start in range(0, len(todo), CHUNK):
         chunk = todo.iloc[start:start + CHUNK]
-        results = list(pool.map(one, chunk["key"]))
+        results = list(pool.map(read, chunk["key"]))
         rows = [r for r, _, _ in results]
-        tensors = np.stack([t for _, t, _ in results]) if results else np.zeros((0, *shape), np.uint8)
-        counts["decoded"] += sum(d for _, _, d in results)
-        counts["same_bytes"] += sum(1 for r, _, d in results if not d and r[5] is None)
-        if parts:
-            parts[0].write_bytes(f"{parts_prefix}{_chunk_id(chunk)}.npz",
-                                 _part_bytes(rows, chunk["etag"].tolist(), tensors))
-        new_rows += rows
-        new_tensors.append(tensors)
+        tensors = np.stack([t for _, t, _ in results]) if results else np.zeros((0, *read.cut.preprocess.shape),
+                                                                                 np.uint8)
+        new.decoded += sum(d for _, _, d in results)
+        new.same_bytes += sum(1 for r, _, d in results if not d and r[5] is None)
+        if saved_to:
+            saved_to[0].write_bytes(f"{saved_to[1]}{_chunk_id(chunk)}.npz",
+                                    _part_bytes(rows, chunk["etag"].tolist(), tensors))
+        new.rows += rows
+        new.tensors.append(tensors)
         if len(todo) > CHUNK:
             log(f"indexed {min(start + CHUNK, len(todo))} of {len(todo)} new or changed photos")
 
-    etag_of = dict(zip(listed["key"], listed["etag"]))
-    fresh = pd.DataFrame(new_rows, columns=["image_id", "width", "height", "bytes", "sha256", "error", "face"])
+
+def _assemble(kept: pd.DataFrame, prev_tensors: np.ndarray, new: _NewPhotos, listing: FolderListing,
+              shape: tuple) -> tuple[pd.DataFrame, np.ndarray]:
+    """The index (FOLDER_INDEX_COLUMNS, sorted by image_id, row == position, duplicates marked) and
+    its tensors, from the kept rows, the new ones and an error row for each key outside the layout."""
+    etag_of = dict(zip(listing.images["key"], listing.images["etag"]))
+    fresh = pd.DataFrame(new.rows, columns=["image_id", "width", "height", "bytes", "sha256", "error", "face"])
     fresh["person"] = fresh["image_id"].str.split("/").str[0]
     fresh["path"] = fresh["image_id"]
     fresh["etag"] = fresh["image_id"].map(etag_of).where(fresh["error"].isna() | (fresh["sha256"] != ""), "")
@@ -210,14 +264,12 @@ def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "a
                               "width": 0, "height": 0, "bytes": 0, "sha256": "", "etag": "",
                               "error": f"{r['key']}: {r['error']}", "face": None} for r in listing.rejected],
                             columns=fresh.columns)
-    kept = prev.loc[kept_keys].reset_index(drop=True)
-    parts_frames = [f for f in (kept, fresh, rejected) if len(f)]
-    frame = (pd.concat(parts_frames, ignore_index=True) if parts_frames
-             else pd.DataFrame(columns=FOLDER_INDEX_COLUMNS))
-    source_tensor = np.concatenate([prev_tensors[kept["row"].to_numpy(dtype=np.int64)], *new_tensors,
-                                    np.zeros((len(rejected), *shape), np.uint8)])
+    frames = [f for f in (kept, fresh, rejected) if len(f)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FOLDER_INDEX_COLUMNS)
+    tensors = np.concatenate([prev_tensors[kept["row"].to_numpy(dtype=np.int64)], *new.tensors,
+                              np.zeros((len(rejected), *shape), np.uint8)])
     order = np.argsort(frame["image_id"].to_numpy(dtype=str), kind="stable")
-    frame, tensors = frame.iloc[order].reset_index(drop=True), source_tensor[order]
+    frame, tensors = frame.iloc[order].reset_index(drop=True), tensors[order]
     frame["row"] = np.arange(len(frame), dtype=np.int32)
     frame = frame.astype({"width": "int32", "height": "int32", "bytes": "int64"})
     for column in ("image_id", "person", "path", "sha256", "etag"):
@@ -227,7 +279,4 @@ def index_folder(source: Storage, preprocess: PreprocessConfig, detect: str = "a
     marks = _duplicate_marks(frame)
     marked = frame["image_id"].isin(marks)
     frame.loc[marked, "error"] = frame.loc[marked, "image_id"].map(marks)
-    still_there = set(listed["key"]) | {r["key"] for r in listing.rejected}
-    removed = int((~prev["image_id"].isin(still_there)).sum())
-    return FolderIndex(frame[FOLDER_INDEX_COLUMNS], tensors, counts["decoded"], len(kept),
-                       counts["same_bytes"], removed, counts["resumed"])
+    return frame[FOLDER_INDEX_COLUMNS], tensors

@@ -31,7 +31,6 @@ from tasks.data.lfw_protocol import OfficialPair, lfw_image_id
 PAIR_COLUMNS = ["pair_id", "split", "fold", "left_image", "right_image", "left_person", "right_person", "same"]
 Protocol = Literal["face_comparer", "identity_disjoint", "lfw_official"]
 PROTOCOLS: tuple[str, ...] = Protocol.__args__
-TRAINABLE_PROTOCOLS = ("face_comparer", "identity_disjoint")  # those with train and validation splits
 
 
 class PairCapacityError(ValueError):

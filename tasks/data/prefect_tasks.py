@@ -59,7 +59,7 @@ def index(dataset: str, storage_url: str | None, archive_path: str, archive_sha2
 
 @task(tags=["siamese-faces", "data"], name="index-folder", task_run_name="index-folder",
       retries=2, retry_delay_seconds=[10, 60], cache_policy=NO_CACHE)
-def index_folder(dataset: str, storage_url: str | None, preprocess: PreprocessConfig, detect: str,
+def index_folder_task(dataset: str, storage_url: str | None, preprocess: PreprocessConfig, detect: str,
                  detector: str) -> IndexSummary:
     """A folder dataset's index: only new or changed photos fetched and decoded; a retry resumes
     from the chunks it had saved."""

@@ -20,7 +20,7 @@ from storage.manifests import IntegrityError, read_verified, reusable_manifest, 
 from tasks.data.chip_store import ChipSummary, chip_settings, update_chip_store
 from tasks.data.datasets import get_dataset, is_folder_dataset
 from tasks.data.download import download_dataset
-from tasks.data.folder_index import DUPLICATE_CHECK, FOLDER_INDEX_FORMAT, index_folder
+from tasks.data.folder_index import DUPLICATE_CHECK, FOLDER_INDEX_FORMAT, FaceCut, index_folder
 from tasks.data.index import INDEX_FORMAT, extract_and_index, people_counts, tensors_to_npy
 from tasks.data.lfw_protocol import parse_pairs_file, parse_people_file
 from tasks.data.pairs import (
@@ -132,8 +132,8 @@ def run_folder_index(dataset: str, storage_url: str | None, preprocess: Preproce
             previous = (load_index(store, summary), load_tensors(store, summary))
         except (NotFoundError, IntegrityError) as err:  # damaged or gone: index from scratch, and say so
             log(f"the previous index of {dataset} is unusable ({err}): indexing every photo again")
-    built = index_folder(source, preprocess, detect, detector, previous, (store, parts_prefix), listing=listing,
-                         log=log)
+    built = index_folder(source, FaceCut(preprocess, detect, detector), previous, (store, parts_prefix),
+                         listing=listing, log=log)
     index_bytes, npy = index_files(built.index, built.tensors)
     # named by their content: what the last manifest names stays whole until this one replaces it
     index_key = catalog.index_key(dataset, sha256_bytes(index_bytes))

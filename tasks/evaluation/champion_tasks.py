@@ -7,9 +7,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from storage import open_storage
-from tasks.evaluation.champion import PROMOTION_METRIC, compare_to_champion
+from tasks.evaluation.champion import PROMOTION_METRIC, PromotionDecision, compare_to_champion
 from tasks.evaluation.report import fmt
-from tasks.registry import read_champion, read_report, roll_back_champion, set_champion
+from tasks.registry import read_report, roll_back_champion, set_champion
 
 
 def _source(outside: str | None) -> str:
@@ -18,32 +18,35 @@ def _source(outside: str | None) -> str:
 
 @task(tags=["siamese-faces", "champion"],
       name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
-def decide_promotion(report: dict, storage_url: str | None, metric: str = PROMOTION_METRIC,
-                     min_gain: float = 0.0, rescore_refused: str | None = None) -> dict:
+def decide_promotion(report: dict, storage_url: str | None, champion_version: str | None,
+                     metric: str = PROMOTION_METRIC, min_gain: float = 0.0,
+                     rescore_refused: str | None = None) -> PromotionDecision:
+    """``champion_version``: the champion the caller read once for this decision (the pointer only
+    moves to the challenger while it still points there)."""
     store = open_storage(storage_url)
-    champion_version = read_champion(store)
     # a champion without a report (set by hand) is never silently replaced
     champion = (read_report(store, champion_version) or {"version": champion_version}) if champion_version else None
     decision = compare_to_champion(report, champion, metric, min_gain, rescore_refused)
-    get_run_logger().info("%s %s: %s", "promote" if decision["promote"] else "keep the champion; do not promote",
-                          report["version"], decision["reason"])
+    get_run_logger().info("%s %s: %s", "promote" if decision.promote else "keep the champion; do not promote",
+                          report["version"], decision.reason)
     create_markdown_artifact(
         key="champion-decision",
-        markdown=(f"### {'Promote' if decision['promote'] else 'Do not promote'}: `{report['version']}`\n\n"
-                  f"{decision['reason']}\n\n| | version | {metric} | learned from |\n|---|---|---:|---|\n"
-                  f"| challenger | `{decision['challenger']}` | {fmt(decision['challenger_score'])} | "
-                  f"{_source(decision['challenger_learned_from'])} |\n"
-                  f"| champion before | `{decision['champion'] or '-'}` | {fmt(decision['champion_score'])} | "
-                  f"{_source(decision['champion_learned_from']) if decision['champion'] else '-'} |\n"),
+        markdown=(f"### {'Promote' if decision.promote else 'Do not promote'}: `{report['version']}`\n\n"
+                  f"{decision.reason}\n\n| | version | {metric} | learned from |\n|---|---|---:|---|\n"
+                  f"| challenger | `{decision.challenger}` | {fmt(decision.challenger_score)} | "
+                  f"{_source(decision.challenger_learned_from)} |\n"
+                  f"| champion before | `{decision.champion or '-'}` | {fmt(decision.champion_score)} | "
+                  f"{_source(decision.champion_learned_from) if decision.champion else '-'} |\n"),
         description="champion / challenger decision")
     return decision
 
 
 @task(tags=["siamese-faces", "champion"],
       name="promote", task_run_name="promote-{version}", cache_policy=NO_CACHE)
-def promote(version: str, decision: dict, storage_url: str | None) -> dict:
+def promote(version: str, decision: PromotionDecision | dict, storage_url: str | None) -> dict:
+    """``decision``: the automatic one, or a dict saying why by hand (flows.promote)."""
     store = open_storage(storage_url)
-    pointer = set_champion(store, version, decision)
+    pointer = set_champion(store, version, decision.record() if isinstance(decision, PromotionDecision) else decision)
     get_run_logger().info("champion is now %s", version)
     announce_champion(store, pointer)
     return pointer

@@ -23,6 +23,8 @@ from storage.manifests import same_inputs
 from tasks.data.chip_store import ChipStoreError
 from tasks.data.pairs import pairs_showing, people_in
 from tasks.data.prepared import (
+    IndexSummary,
+    PairsTable,
     faces_fingerprint,
     load_faces,
     load_index,
@@ -45,6 +47,7 @@ from tasks.evaluation.metrics import (
     roc_metrics,
     score_histogram,
     tenfold_accuracy,
+    view1_metrics,
 )
 from tasks.evaluation.oneshot import draw_nway_tasks, nway_accuracy
 from tasks.evaluation.plots import pair_grid_png, roc_png, score_histogram_png
@@ -160,13 +163,7 @@ def score_model(emb, head, data: EvaluationData, config: EvalConfig) -> dict:
         y_tr, s_tr = split_scores(dev_train)
         y_te, s_te = split_scores(dev_test)
         y_v2, s_v2 = split_scores(view2)
-        v1_threshold = accuracy_threshold(y_tr, s_tr)
-        v1 = {**classification_metrics(y_te, s_te, v1_threshold), **{
-            k: v for k, v in roc_metrics(y_te, s_te, config.far_targets).items() if k != "roc"},
-            "train_pairs": len(dev_train), "test_pairs": len(dev_test),
-            # a model that trained on DevTrain's people scores them higher than unseen ones, which pulls the
-            # protocol's threshold up; the model's own validation threshold comes from people it never saw
-            "accuracy_at_validation_threshold": classification_metrics(y_te, s_te, thresholds["accuracy"])["accuracy"]}
+        v1 = view1_metrics(y_tr, s_tr, y_te, s_te, thresholds["accuracy"], config.far_targets)
         v2_roc = roc_metrics(y_v2, s_v2, config.far_targets)
         v2 = {**tenfold_accuracy(y_v2, s_v2, view2["fold"].to_numpy()), "auc": v2_roc["auc"], "eer": v2_roc["eer"]}
         overlap = {"view1_test_pairs_with_trained_person": float(pairs_showing(dev_test, trained_people).mean()),
@@ -222,13 +219,13 @@ def evaluate_untouched(store: Storage, data: EvaluationData, scorer: PairScorer,
     return {**untouched.describe(), **scored, "throughput": throughput_against_dlib(scorer, preprocess, photos, log)}
 
 
-def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | None, str | None]:
-    """(the champion, None) when its report was scored on other pairs or tensors of ``dataset`` /
-    ``protocol`` than today's (the data grew) and it can be scored again on them without breaking
-    what it held out; (None, why not) when it cannot; (None, None) when nothing is stale."""
+def stale_champion(store: Storage, version: str | None, dataset: str, protocol: str
+                   ) -> tuple[str | None, str | None]:
+    """For the champion ``version``: (it, None) when its report was scored on other pairs or tensors of
+    ``dataset`` / ``protocol`` than today's (the data grew) and it can be scored again on them without
+    breaking what it held out; (None, why not) when it cannot; (None, None) when nothing is stale."""
     from tasks.evaluation.fingerprint import DataFingerprintError
 
-    version = read_champion(store)
     report = read_report(store, version) if version else None
     if not report:  # none, or made champion by hand and never scored: the decision says so
         return None, None
@@ -253,22 +250,43 @@ def stale_champion(store: Storage, dataset: str, protocol: str) -> tuple[str | N
     return version, None
 
 
-def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
-             log: Callable[[str], None] = print) -> EvalResult:
-    start = time.perf_counter()
-    store = open_storage(storage_url)
+@dataclass
+class EvaluationInputs:
+    """What a model is evaluated on, read once: the settings and data fingerprints decide reuse."""
+
+    version: str
+    manifest: dict
+    config: EvalConfig
+    report_key: str
+    dataset: str
+    protocol: str
+    protocol_pairs: PairsTable
+    official_pairs: PairsTable | None
+    summary: IndexSummary
+    chips: bool  # dlib's aligned chips, or the tensor store's crops
+    preprocess: dict
+    learned: dict | None  # whom it learned from, warm-start sources included
+    wanted: dict  # the report's inputs: equal ones mean a stored report can be reused
+
+
+@dataclass
+class LoadedData:
+    data: EvaluationData
+    index: pd.DataFrame
+    tensors: np.ndarray
+    missing_faces: np.ndarray
+
+
+def evaluation_inputs(store: Storage, version: str, config: EvalConfig) -> EvaluationInputs:
     manifest = read_manifest(store, version)
-    report_key = catalog.report_key(version, config.tta_passes)
     dataset, protocol = manifest["config"]["dataset"], manifest["config"]["protocol"]
     protocol_pairs = read_pairs(store, dataset, protocol)
-    pairs = protocol_pairs.frame
     official_pairs = (read_pairs(store, dataset, "lfw_official")
                       if config.official and pairs_exist(store, dataset, "lfw_official") else None)
-    official = official_pairs.frame if official_pairs else None
     summary = read_index_summary(store, dataset)
-    chips = uses_chips(manifest.get("preprocess"))  # dlib's aligned chips, or the tensor store's crops
+    chips = uses_chips(manifest.get("preprocess"))
     faces_sha256, preprocess = faces_fingerprint(store, summary, chips)
-    learned = read_model_people(store, version)  # whom it learned from, warm-start sources included
+    learned = read_model_people(store, version)
     check_model_data(version, manifest, protocol_pairs, faces_sha256, learned, preprocess)
     wanted = {"format": EVAL_FORMAT, "eval_key": config.key(), "model_files": manifest["files"],
               # the pretrained file the untouched network is rebuilt from (None: not scored)
@@ -280,102 +298,146 @@ def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalCon
                                                   else None),
                        "official_pairs_sha256": official_pairs.sha256 if official_pairs else None,
                        "tensors_sha256": faces_sha256, "index_sha256": summary.index_sha256}}
-    prior = store.read_json_or_none(report_key)
-    if same_inputs(prior, wanted):
-        log(f"evaluation of {version} with these settings and data exists: reused")
-        markdown = store.read_bytes(prior["files"]["report.md"]).decode()
-        return EvalResult(version, prior, report_key, markdown, reused=True, files=prior["files"])
+    return EvaluationInputs(version, manifest, config, catalog.report_key(version, config.tta_passes), dataset,
+                            protocol, protocol_pairs, official_pairs, summary, chips, preprocess, learned, wanted)
 
-    index = load_index(store, summary)
-    faces = load_faces(store, summary, index, chips)
-    tensors = faces.tensors
+
+def load_evaluation_data(store: Storage, inputs: EvaluationInputs, log: Callable[[str], None]) -> LoadedData:
+    """The faces, the pairs that have them, the held-out people and the seeded N-way tasks."""
+    config = inputs.config
+    pairs = inputs.protocol_pairs.frame
+    official = inputs.official_pairs.frame if inputs.official_pairs else None
+    index = load_index(store, inputs.summary)
+    faces = load_faces(store, inputs.summary, index, inputs.chips)
     if len(faces.missing):  # photos the chip store found no face in: their pairs are not scored
         pairs = with_faces(pairs, index, faces.missing)
         official = with_faces(official, index, faces.missing) if official is not None else None
         log(f"{len(faces.missing)} photos have no face input (the chip store's error rows say why): the pairs and "
             "identification sets that show them are left out")
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-    held_out = images_of_held_out_people(index[~index["row"].isin(faces.missing)], pairs, learned)
-    data = EvaluationData(pairs, official, held_out, row_of, dataset, protocol)
+    held_out = images_of_held_out_people(index[~index["row"].isin(faces.missing)], pairs, inputs.learned)
+    data = EvaluationData(pairs, official, held_out, row_of, inputs.dataset, inputs.protocol)
     for n in config.nway:
         try:
             data.tasks[n] = draw_nway_tasks(data.held_out, n, config.nway_tasks, config.seed + n)
         except ValueError as err:
             log(f"{n}-way one-shot skipped: {err}")
+    return LoadedData(data, index, faces.tensors, faces.missing)
 
-    scorer = load_scorer(store, version, config.flip)
+
+def score_everything(store: Storage, inputs: EvaluationInputs, loaded: LoadedData,
+                     log: Callable[[str], None]) -> dict:
+    """The model on every protocol, the LFW yardstick beside a folder dataset, and the untouched
+    pretrained network on the same faces: the report's measured part (curves and per-split scores
+    kept for the figures)."""
+    config, data = inputs.config, loaded.data
+    scorer = load_scorer(store, inputs.version, config.flip)
     t0 = time.perf_counter()
-    emb = EmbeddedImages(scorer, tensors, data.needed_rows(), config.tta_passes, config.seed)
+    emb = EmbeddedImages(scorer, loaded.tensors, data.needed_rows(), config.tta_passes, config.seed)
     embed_seconds = time.perf_counter() - t0
     log(f"embedded {len(emb.rows)} images x {config.tta_passes + 1} pass(es) in {embed_seconds:.1f} s")
     scored = score_model(emb, scorer, data, config)
-    thresholds, splits = scored["thresholds"], scored["splits"]
     yardstick = None
-    if wanted["data"]["yardstick_pairs_sha256"]:  # a folder dataset beside a prepared LFW: View 1 every night
+    if inputs.wanted["data"]["yardstick_pairs_sha256"]:  # a folder dataset beside a prepared LFW: View 1 nightly
+        learned = inputs.learned
         trained_people = (set(learned.get("train", [])) if learned is not None else
-                          people_in(pairs[pairs["split"] == "train"]))
-        yardstick = lfw_view1(store, scorer, preprocess, thresholds["accuracy"], trained_people,
+                          people_in(data.pairs[data.pairs["split"] == "train"]))
+        yardstick = lfw_view1(store, scorer, inputs.preprocess, scored["thresholds"]["accuracy"], trained_people,
                               config.far_targets, config.seed)
     untouched = None
-    if wanted["untouched_scored"]:
+    if inputs.wanted["untouched_scored"]:
         try:
-            photos = sample_photos(index, data.needed_rows(), read_photo_function(dataset))
+            photos = sample_photos(loaded.index, data.needed_rows(), read_photo_function(inputs.dataset))
         except (ExtractedImagesError, FileNotFoundError) as err:  # no photos here: no throughput, say why
             photos = []
             log(f"throughput not measured: {err}")
-        untouched = evaluate_untouched(store, data, scorer, face_input(preprocess), config, tensors, manifest,
-                                       photos, log)
+        untouched = evaluate_untouched(store, data, scorer, face_input(inputs.preprocess), config, loaded.tensors,
+                                       inputs.manifest, photos, log)
+    return {**scored, "yardstick": yardstick, "untouched": untouched, "flip": scorer.flip,
+            "embedded_images": int(len(emb.rows)),
+            "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9)}
 
+
+def render_figures(inputs: EvaluationInputs, loaded: LoadedData, measured: dict) -> tuple[dict[str, bytes], dict]:
+    """(the report's files: ROC, score histogram, error grids, ROC points; the report without the
+    figures' working data)."""
+    config, version = inputs.config, inputs.version
+    measured = dict(measured)
+    curves, by_split, scores_by_split = measured.pop("curves"), measured.pop("by_split"), measured.pop("scores")
+    thresholds, splits, untouched = measured["thresholds"], measured["splits"], measured["untouched"]
     files: dict[str, bytes] = {}
-    curves = scored.pop("curves")
     if untouched:  # the untouched network's curves on the same pairs, in the same figure
         curves.update({f"untouched: {name}": c for name, c in untouched.pop("curves").items() if "View 2" not in name})
-    by_split, scores_by_split = scored.pop("by_split"), scored.pop("scores")
     if curves:
         files["roc.png"] = roc_png(curves, f"model {version}")
     if "test" in splits:
         files["scores.png"] = score_histogram_png(splits["test"]["histogram"], {
             "accuracy": thresholds["accuracy"], f"FAR {config.calibrate_far:g}": thresholds["far"]},
-            f"{protocol} test: P(same) by pair kind")
+            f"{inputs.protocol} test: P(same) by pair kind")
         files.update({f"{k}.png": v for k, v in _error_grids(by_split["test"], scores_by_split["test"][1],
-                                                             thresholds["accuracy"], tensors, row_of).items()})
+                                                             thresholds["accuracy"], loaded.tensors,
+                                                             loaded.data.row_of).items()})
     roc_rows = [pd.DataFrame({"curve": name, "fpr": c["roc"]["fpr"], "tpr": c["roc"]["tpr"]})
                 for name, c in curves.items()]
-    report = {**wanted, "version": version, "dataset": dataset, "protocol": protocol,
-              "config": config.model_dump(mode="json"), **scored, "one_shot_people": len(data.held_out),
-              "embedded_images": int(len(emb.rows)), "flip": scorer.flip,
-              "photos_without_a_face": int(len(faces.missing)),
-              "embedding_images_per_second": len(emb.rows) * (config.tta_passes + 1) / max(embed_seconds, 1e-9),
-              # where the model's knowledge comes from: pretrained weights learned from outside data, or the
-              # dataset alone (a model of an earlier version may name the teacher it was distilled from)
-              "learned_from": manifest.get("pretrained") or manifest.get("teacher") or None, "untouched": untouched,
-              "yardstick": yardstick, "compute": model.precision_summary(),
-              "seconds": time.perf_counter() - start}
-    report_official, one_shot, identification = report["official"], report["one_shot"], report["identification"]
+    if roc_rows:
+        buf = io.BytesIO()
+        pd.concat(roc_rows).to_csv(buf, index=False)
+        files["roc.csv"] = buf.getvalue()
+    return files, measured
+
+
+def write_evaluation(store: Storage, inputs: EvaluationInputs, report: dict, files: dict[str, bytes]) -> EvalResult:
+    """The figures and the markdown first, ``report.json`` last: its presence means the rest is complete."""
+    version, passes = inputs.version, inputs.config.tta_passes
     champion_version = read_champion(store)
     champion = read_report(store, champion_version) if champion_version and champion_version != version else None
     markdown = report_markdown(report, champion)
     keys = {}
     for name, blob in files.items():
-        keys[name] = catalog.evaluation_file_key(version, name, config.tta_passes)
+        keys[name] = catalog.evaluation_file_key(version, name, passes)
         store.write_bytes(keys[name], blob)
-    if roc_rows:
-        buf = io.BytesIO()
-        pd.concat(roc_rows).to_csv(buf, index=False)
-        keys["roc.csv"] = catalog.evaluation_file_key(version, "roc.csv", config.tta_passes)
-        store.write_bytes(keys["roc.csv"], buf.getvalue())
-    keys["report.md"] = catalog.evaluation_file_key(version, "report.md", config.tta_passes)
+    keys["report.md"] = catalog.evaluation_file_key(version, "report.md", passes)
     store.write_text(keys["report.md"], markdown)
-    report["files"] = keys
-    report = json.loads(json.dumps(report))  # the stored form, so a fresh and a reused result are equal
-    store.write_json(report_key, report)  # last: its presence means the rest is complete
-    log(f"evaluated {version} in {report['seconds']:.1f} s: "
-        + "; ".join(f"{s} accuracy {r['accuracy']:.4f}" for s, r in splits.items())
-        + (f"; View 1 {report_official['view1']['accuracy']:.4f}; View 2 "
-           f"{report_official['view2']['mean_accuracy']:.4f} +- {report_official['view2']['standard_error']:.4f}"
-           if report_official else "")
-        + (f"; LFW View 1 yardstick {yardstick['view1']['accuracy']:.4f}" if yardstick and "view1" in yardstick else "")
-        + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in one_shot.items())
-        + (f"; identification among {identification['gallery_people']} held-out people: rank-1 "
-           f"{identification['rank1']:.4f}, rank-5 {identification['rank5']:.4f}" if identification else ""))
-    return EvalResult(version, report, report_key, markdown, files=keys)
+    report = json.loads(json.dumps({**report, "files": keys}))  # the stored form: fresh and reused results are equal
+    store.write_json(inputs.report_key, report)
+    return EvalResult(version, report, inputs.report_key, markdown, files=keys)
+
+
+def summary_line(report: dict) -> str:
+    official, yardstick = report["official"], report["yardstick"]
+    identification = report["identification"]
+    return (f"evaluated {report['version']} in {report['seconds']:.1f} s: "
+            + "; ".join(f"{s} accuracy {r['accuracy']:.4f}" for s, r in report["splits"].items())
+            + (f"; View 1 {official['view1']['accuracy']:.4f}; View 2 "
+               f"{official['view2']['mean_accuracy']:.4f} +- {official['view2']['standard_error']:.4f}"
+               if official else "")
+            + (f"; LFW View 1 yardstick {yardstick['view1']['accuracy']:.4f}" if yardstick and "view1" in yardstick
+               else "")
+            + "".join(f"; {n}-way {r['accuracy']:.4f}" for n, r in report["one_shot"].items())
+            + (f"; identification among {identification['gallery_people']} held-out people: rank-1 "
+               f"{identification['rank1']:.4f}, rank-5 {identification['rank5']:.4f}" if identification else ""))
+
+
+def evaluate(version: str, storage_url: str | None, config: EvalConfig = EvalConfig(),
+             log: Callable[[str], None] = print) -> EvalResult:
+    """Reuse a report of the same settings and data, or score, render and write a new one."""
+    start = time.perf_counter()
+    store = open_storage(storage_url)
+    inputs = evaluation_inputs(store, version, config)
+    prior = store.read_json_or_none(inputs.report_key)
+    if same_inputs(prior, inputs.wanted):
+        log(f"evaluation of {version} with these settings and data exists: reused")
+        markdown = store.read_bytes(prior["files"]["report.md"]).decode()
+        return EvalResult(version, prior, inputs.report_key, markdown, reused=True, files=prior["files"])
+    loaded = load_evaluation_data(store, inputs, log)
+    files, measured = render_figures(inputs, loaded, score_everything(store, inputs, loaded, log))
+    report = {**inputs.wanted, "version": version, "dataset": inputs.dataset, "protocol": inputs.protocol,
+              "config": config.model_dump(mode="json"), **measured, "one_shot_people": len(loaded.data.held_out),
+              "photos_without_a_face": int(len(loaded.missing_faces)),
+              # where the model's knowledge comes from: pretrained weights learned from outside data, or the
+              # dataset alone (a model of an earlier version may name the teacher it was distilled from)
+              "learned_from": inputs.manifest.get("pretrained") or inputs.manifest.get("teacher") or None,
+              "compute": model.precision_summary(), "seconds": time.perf_counter() - start}
+    result = write_evaluation(store, inputs, report, files)
+    log(summary_line(result.report))
+    return result

@@ -143,3 +143,17 @@ def score_histogram(labels, scores, bins: int = 20) -> dict:
     return {"edges": edges.tolist(),
             "same": np.histogram(scores[labels == 1], edges)[0].tolist(),
             "different": np.histogram(scores[labels == 0], edges)[0].tolist()}
+
+
+def view1_metrics(train_labels, train_scores, test_labels, test_scores, validation_threshold: float,
+                  far_targets) -> dict:
+    """LFW View 1: the threshold fitted on DevTrain, applied to DevTest; beside it the accuracy at the
+    model's own validation threshold (a model that trained on DevTrain's people scores them higher than
+    unseen ones, which pulls View 1's threshold up; its validation threshold comes from people it never saw)."""
+    threshold = accuracy_threshold(train_labels, train_scores)
+    roc = roc_metrics(test_labels, test_scores, far_targets)
+    return {**classification_metrics(test_labels, test_scores, threshold),
+            **{k: v for k, v in roc.items() if k != "roc"},
+            "train_pairs": len(train_labels), "test_pairs": len(test_labels),
+            "accuracy_at_validation_threshold": classification_metrics(
+                test_labels, test_scores, validation_threshold)["accuracy"]}

@@ -21,7 +21,7 @@ from tasks.data.prepared import (
     uses_chips,
 )
 from tasks.evaluation.embedded import EmbeddedImages
-from tasks.evaluation.metrics import accuracy_threshold, classification_metrics, roc_metrics
+from tasks.evaluation.metrics import view1_metrics
 
 YARDSTICK = "lfw"
 
@@ -65,13 +65,8 @@ def lfw_view1(store: Storage, scorer, preprocess: dict, validation_threshold: fl
 
     y_tr, s_tr = scored(dev_train)
     y_te, s_te = scored(dev_test)
-    threshold = accuracy_threshold(y_tr, s_tr)
-    roc = roc_metrics(y_te, s_te, far_targets)
     shows_trained = pairs_showing(dev_test, trained_people)
-    return {"view1": {**classification_metrics(y_te, s_te, threshold), "auc": roc["auc"], "eer": roc["eer"],
-                      "test_pairs": len(dev_test), "train_pairs": len(dev_train),
-                      "accuracy_at_validation_threshold": classification_metrics(
-                          y_te, s_te, validation_threshold)["accuracy"]},
+    return {"view1": view1_metrics(y_tr, s_tr, y_te, s_te, validation_threshold, far_targets),
             "pairs_sha256": official.sha256,
             "test_pairs_with_trained_person": float(shows_trained.mean()),
             "test_pairs_without_trained_person": int((~shows_trained).sum())}

@@ -211,6 +211,20 @@ def read_pending(store: Storage, gid: str, version: str, settings: dict) -> tupl
     return (pd.concat(parts, ignore_index=True) if parts else EMPTY), keys
 
 
+@dataclass(frozen=True)
+class EnrolledGallery:
+    """An enrolment as matching reads it: its embeddings and search index (each named by its
+    checksum) and its size. What the enrol task hands the match run and its shards."""
+
+    embeddings_key: str
+    embeddings_sha256: str  # names this enrolment: a cache keyed by it never serves a stale gallery
+    index: dict | None  # the search index's manifest entry (cosine-head models)
+    identities: int
+    images: int
+    embedded: int  # embedded by this enrolment
+    errors: int  # images not enrolled (each named in the enrolment's result and manifest)
+
+
 @dataclass
 class EnrolResult:
     gallery_url: str
@@ -227,19 +241,32 @@ class EnrolResult:
     index: dict | None = None  # the search index's manifest entry (cosine-head models)
     manifest_key: str = ""
 
+    def enrolled_gallery(self) -> EnrolledGallery:
+        return EnrolledGallery(self.embeddings_key, self.embeddings_sha256, self.index, self.identities, self.images,
+                               self.embedded, len(self.errors))
+
+
+Progress = Callable[[int, int], None]  # (images embedded so far, images this enrolment embeds)
+
+
+def _no_progress(done: int, total: int) -> None:
+    pass
+
 
 def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str = "auto",
-          embedder: Embedder | None = None, log: Callable[[str], None] = print, attempts: int = 3) -> EnrolResult:
+          embedder: Embedder | None = None, log: Callable[[str], None] = print, attempts: int = 3,
+          progress: Progress = _no_progress) -> EnrolResult:
     """Embed the gallery with ``embedder`` (default: model ``version`` itself) and publish it: the
     embeddings, index and manifest are written under their checksums, then the gallery's pointer is
     moved to the manifest in one compare-and-swap. An enrolment that finds another one published
     first starts again from it (only what changed is embedded), so concurrent enrolments, from
-    flows or the command line, never lose each other's work or pair an index with other embeddings."""
+    flows or the command line, never lose each other's work or pair an index with other embeddings.
+    ``progress`` hears how many of the images to embed are done, every EMBED_SLICE images."""
     store, source = open_storage(storage_url), open_storage(gallery_url)
     embedder = embedder or model_embedder(store, version)
     for attempt in range(attempts):
         try:
-            return _enrol_once(store, source, gallery_id(gallery_url), embedder, detect, log)
+            return _enrol_once(store, source, gallery_id(gallery_url), embedder, detect, log, progress)
         except PointerMovedError:
             if attempt == attempts - 1:
                 raise
@@ -248,41 +275,58 @@ def enrol(gallery_url: str, version: str, storage_url: str | None, detect: str =
 
 
 def _enrol_once(store: Storage, source: Storage, gid: str, embedder: Embedder, detect: str,
-                log: Callable[[str], None]) -> EnrolResult:
+                log: Callable[[str], None], progress: Progress) -> EnrolResult:
+    """What changed since the published enrolment -> embed it -> write the embeddings and index ->
+    publish the manifest; the pending parts it took in are then deleted."""
     start = time.perf_counter()
     version = embedder.name
     settings = {"format": GALLERY_FORMAT, "detect": detect, "detector": embedder.detector}
     published = read_published(store, gid, version, settings, log)
     listing = list_gallery(source)
     pending, pending_keys = read_pending(store, gid, version, settings)
-    reusable = pd.concat([published.frame, pending], ignore_index=True)
-    reusable = reusable[_pairs(reusable).isin(set(_pairs(listing.images)))].drop_duplicates("key")
-    todo = listing.images[~_pairs(listing.images).isin(set(_pairs(reusable)))]
-    added, errors, saved_keys = _embed_saving(store, gid, version, settings, source, todo, detect, embedder, log)
-    errors = list(listing.rejected) + errors
+    reusable, todo = _still_current(listing.images, [published.frame, pending])
+    added, errors, saved_keys = _embed_saving(store, gid, version, settings, source, todo, detect, embedder, log,
+                                              progress)
     frame = pd.concat([reusable, added], ignore_index=True).sort_values("key", kind="stable")
-    buf = io.BytesIO()
-    pq.write_table(embedding_table(frame, embedder.dim), buf)
-    sha256 = sha256_bytes(buf.getvalue())
-    embeddings_key = catalog.gallery_embeddings_key(gid, version, sha256)
-    _write_once(store, embeddings_key, buf.getvalue())
+    embeddings_key, sha256 = _write_embeddings(store, gid, version, frame, embedder.dim)
     index = None
     if embedder.head.kind == "cosine" and len(frame):  # the other heads score exactly, without an index
         index = gallery_index(store, gid, version, frame, sha256, published, log)
-    listed = set(listing.images["key"])
+    removed = int((~published.frame["key"].isin(set(listing.images["key"]))).sum())
     result = EnrolResult(source.url, version, embeddings_key, sha256, int(frame["identity"].nunique()), len(frame),
-                         len(added), len(reusable), int((~published.frame["key"].isin(listed)).sum()), errors,
+                         len(added), len(reusable), removed, list(listing.rejected) + errors,
                          time.perf_counter() - start, index)
-    manifest = {**settings, "gallery": source.url, "model_version": version, "embeddings_key": embeddings_key,
-                "embeddings_sha256": sha256, "index": index, "identities": result.identities,
-                "images": result.images, "errors": errors}
-    result.manifest_key = _publish(store, gid, version, manifest, published)
+    result.manifest_key = _publish(store, gid, version, _manifest(settings, result), published)
     for key in pending_keys + saved_keys:  # in the published embeddings now; others' parts are theirs
         store.delete(key)
     log(f"enrolled {source.url} with {version}: {result.identities} identities, {result.images} images "
-        f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(errors)} errors) "
+        f"({result.embedded} embedded, {result.kept} kept, {result.removed} removed, {len(result.errors)} errors) "
         f"in {result.seconds:.1f} s")
     return result
+
+
+def _still_current(images: pd.DataFrame, enrolled: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of ``enrolled`` whose key and ETag are still listed, once each; the listed images none of
+    them holds, which are to embed)."""
+    reusable = pd.concat(enrolled, ignore_index=True)
+    reusable = reusable[_pairs(reusable).isin(set(_pairs(images)))].drop_duplicates("key")
+    return reusable, images[~_pairs(images).isin(set(_pairs(reusable)))]
+
+
+def _write_embeddings(store: Storage, gid: str, version: str, frame: pd.DataFrame, dim: int) -> tuple[str, str]:
+    """The embeddings as Parquet under their checksum: (key, sha256)."""
+    buf = io.BytesIO()
+    pq.write_table(embedding_table(frame, dim), buf)
+    sha256 = sha256_bytes(buf.getvalue())
+    key = catalog.gallery_embeddings_key(gid, version, sha256)
+    _write_once(store, key, buf.getvalue())
+    return key, sha256
+
+
+def _manifest(settings: dict, result: EnrolResult) -> dict:
+    return {**settings, "gallery": result.gallery_url, "model_version": result.model_version,
+            "embeddings_key": result.embeddings_key, "embeddings_sha256": result.embeddings_sha256,
+            "index": result.index, "identities": result.identities, "images": result.images, "errors": result.errors}
 
 
 def _publish(store: Storage, gid: str, version: str, manifest: dict, published: Published) -> str:
@@ -299,14 +343,17 @@ def _publish(store: Storage, gid: str, version: str, manifest: dict, published: 
 
 
 def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source: Storage, todo: pd.DataFrame,
-                  detect: str, embedder: Embedder, log: Callable[[str], None]
+                  detect: str, embedder: Embedder, log: Callable[[str], None], progress: Progress = _no_progress
                   ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """Embed ``todo`` in checkpoints of CHECKPOINT_IMAGES, each saved under the pending prefix as it is
     done (a killed enrolment resumes from them); (rows, error rows, the saved parts' keys)."""
     parts, errors, saved = [], [], []
+    if len(todo):
+        progress(0, len(todo))
     for at in range(0, len(todo), CHECKPOINT_IMAGES):
         chunk = todo.iloc[at:at + CHECKPOINT_IMAGES]
-        rows, failed = _embed_chunk(source, chunk, detect, embedder)
+        rows, failed = _embed_chunk(source, chunk, detect, embedder,
+                                    lambda done, at=at: progress(at + done, len(todo)))
         errors += failed
         if len(rows):
             part = embedding_table(rows, embedder.dim)
@@ -321,18 +368,28 @@ def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source
     return (pd.concat(parts, ignore_index=True) if parts else EMPTY), errors, saved
 
 
-def _embed_chunk(source: Storage, todo: pd.DataFrame, detect: str, embedder: Embedder
-                 ) -> tuple[pd.DataFrame, list[dict]]:
+EMBED_SLICE = 64  # images fetched and embedded at a time: how often an enrolment's progress moves
+
+
+def _embed_chunk(source: Storage, todo: pd.DataFrame, detect: str, embedder: Embedder,
+                 embedded: Callable[[int], None] = lambda done: None) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows (with their embedding) for the images of ``todo`` with a face, and error rows for the
+    others; ``embedded`` hears how many of them are done after each slice of EMBED_SLICE."""
     etag_of, identity_of = dict(zip(todo["key"], todo["etag"])), dict(zip(todo["key"], todo["identity"]))
-    rows, faces, errors = [], [], []
-    for k, found, error in fetch_faces(source, todo["key"], detect, embedder):
-        if error:
-            errors.append({"key": k, "error": error})
-            continue
-        face = max(found, key=lambda f: f.box[2] * f.box[3])  # a gallery image shows one person
-        rows.append({"identity": identity_of[k], "key": k, "etag": etag_of[k], "box": face.box})
-        faces.append(face)
-    if faces:
-        for row, e in zip(rows, embedder.embed(faces)):
-            row["embedding"] = e
+    rows, errors = [], []
+    for at in range(0, len(todo), EMBED_SLICE):
+        keys = todo["key"].iloc[at:at + EMBED_SLICE]
+        sliced, faces = [], []
+        for k, found, error in fetch_faces(source, keys, detect, embedder):
+            if error:
+                errors.append({"key": k, "error": error})
+                continue
+            face = max(found, key=lambda f: f.box[2] * f.box[3])  # a gallery image shows one person
+            sliced.append({"identity": identity_of[k], "key": k, "etag": etag_of[k], "box": face.box})
+            faces.append(face)
+        if faces:
+            for row, e in zip(sliced, embedder.embed(faces)):
+                row["embedding"] = e
+        rows += sliced
+        embedded(at + len(keys))
     return pd.DataFrame(rows, columns=list(EMPTY.columns)), errors

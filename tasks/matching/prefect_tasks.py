@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import asdict
 from functools import lru_cache
 
 import pandas as pd
@@ -15,8 +16,8 @@ from tasks.concurrency import enrolment_limit, hold
 from tasks.matching.config import MatchParams
 from tasks.matching.demo import DemoBatch, score_demo, write_demo
 from tasks.matching.embedders import Embedder, model_embedder
-from tasks.matching.gallery import enrol, gallery_id, read_gallery
-from tasks.matching.runs import list_probes, match_shard, summarize_run
+from tasks.matching.gallery import EnrolledGallery, enrol, gallery_id, read_gallery
+from tasks.matching.runs import MatchSummary, RunSummary, list_probes, match_shard, summarize_run
 from tasks.matching.thresholds import resolve_threshold
 from tasks.registry import read_report, resolve_version
 from tasks.search.ranking import Gallery
@@ -40,11 +41,11 @@ def _gallery(storage_url: str | None, key: str, sha256: str, index_json: str) ->
     return read_gallery(open_storage(storage_url), key, sha256, json.loads(index_json))
 
 
-def cached_gallery(storage_url: str | None, enrolled: dict) -> Gallery:
+def cached_gallery(storage_url: str | None, enrolled: EnrolledGallery) -> Gallery:
     """An enrolment's gallery (and its index), read once per process."""
     with _lock:
-        return _gallery(storage_url, enrolled["embeddings_key"], enrolled["sha256"],
-                        json.dumps(enrolled.get("index"), sort_keys=True))
+        return _gallery(storage_url, enrolled.embeddings_key, enrolled.embeddings_sha256,
+                        json.dumps(enrolled.index, sort_keys=True))
 
 
 def cached_embedder(storage_url: str | None, version: str, detector: str | None = None) -> Embedder:
@@ -84,7 +85,7 @@ def resolve_match_threshold(version: str, storage: str | None, params: MatchPara
       name="enrol-gallery", task_run_name="enrol-{version}", cache_policy=NO_CACHE,
       retries=len(STORAGE_RETRY_DELAYS), retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
 def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detect: str,
-                  detector: str | None = None) -> dict:
+                  detector: str | None = None) -> EnrolledGallery:
     log = get_run_logger()
     limit = enrolment_limit(gallery_id(gallery_url))
     with hold(limit, f"enrolment of {gallery_url}", log.info):  # one per gallery
@@ -92,9 +93,7 @@ def enrol_gallery(gallery_url: str, version: str, storage_url: str | None, detec
                        embedder=cached_embedder(storage_url, version, detector), log=log.info)
     for e in result.errors[:20]:
         log.warning("gallery image not enrolled: %s: %s", e["key"], e["error"])
-    return {"embeddings_key": result.embeddings_key, "sha256": result.embeddings_sha256, "index": result.index,
-            "identities": result.identities, "images": result.images, "embedded": result.embedded,
-            "errors": len(result.errors)}
+    return result.enrolled_gallery()
 
 
 @task(tags=["siamese-faces", "match"],
@@ -109,7 +108,7 @@ def list_probe_shards(params: MatchParams, storage_url: str | None, gallery_sha2
 @task(tags=["siamese-faces", "match"],
       name="match-shard", task_run_name="match-shard-{shard}", cache_policy=NO_CACHE,
       retries=len(STORAGE_RETRY_DELAYS), retry_delay_seconds=STORAGE_RETRY_DELAYS, retry_condition_fn=_transient)
-def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dict, threshold: float,
+def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: EnrolledGallery, threshold: float,
                     progress_id=None) -> dict:
     params = run["params"]
     out = match_shard(run, shard, storage_url, cached_embedder(storage_url, params["model"], params.get("detector")),
@@ -124,15 +123,14 @@ def match_one_shard(run: dict, shard: int, storage_url: str | None, gallery: dic
 
 @task(tags=["siamese-faces", "match"],
       name="summarize-run", cache_policy=NO_CACHE)
-def summarize(run: dict, storage_url: str | None) -> dict:
+def summarize(run: dict, storage_url: str | None) -> RunSummary:
     summary = summarize_run(run, storage_url)
-    rows = [{"measure": k, "value": str(v)} for k, v in summary.items() if k != "error_reasons"]
-    rows += [{"measure": f"errors: {reason}", "value": str(n)} for reason, n in summary.get("error_reasons",
-                                                                                             {}).items()]
+    rows = [{"measure": k, "value": str(v)} for k, v in asdict(summary).items() if k != "error_reasons"]
+    rows += [{"measure": f"errors: {reason}", "value": str(n)} for reason, n in summary.error_reasons.items()]
     create_table_artifact(key=f"match-{run['run_id']}", table=rows, description="batch matching run summary")
     get_run_logger().info("run %s: %d probes, %d faces matched, %d unknown, %d errors; complete: %s",
-                          run["run_id"], summary["probes"], summary["matched"], summary["unknown"],
-                          summary["errors"], summary["complete"])
+                          run["run_id"], summary.probes, summary.matched, summary.unknown, summary.errors,
+                          summary.complete)
     return summary
 
 
@@ -163,10 +161,10 @@ def demo_batch(version: str, storage_url: str | None) -> DemoBatch | None:
 
 
 @task(tags=["siamese-faces", "match"], name="demo-score", cache_policy=NO_CACHE)
-def demo_score(batch: DemoBatch, summary: dict, storage_url: str | None) -> dict:
+def demo_score(batch: DemoBatch, summary: MatchSummary, storage_url: str | None) -> dict:
     store = open_storage(storage_url)
     results = pd.concat([store.read_parquet(i.key) for i in
-                         store.list(catalog.match_results_prefix(summary["run_id"]))], ignore_index=True)
+                         store.list(catalog.match_results_prefix(summary.run_id))], ignore_index=True)
     scored = score_demo(results, batch.truth)
     get_run_logger().info("demo: rank-1 %.4f, rank-5 %.4f among %d people; %.4f of %d never-enrolled called unknown",
                           scored["rank1"], scored["rank5"], scored["gallery_people"],

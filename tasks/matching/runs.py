@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
@@ -29,7 +30,7 @@ from storage.base import normalize_key
 from storage.location import check_allowed, split_object_url
 from tasks.matching.config import MatchParams
 from tasks.matching.embedders import Embedder
-from tasks.matching.gallery import fetch_faces, is_image_key
+from tasks.matching.gallery import EnrolledGallery, fetch_faces, is_image_key
 from tasks.search.ranking import UNKNOWN, Gallery, score_against_gallery
 
 RESULT_COLUMNS = ["probe_key", "face", "box", "identity", "score", "top_identities", "top_scores", "error"]
@@ -222,7 +223,34 @@ def match_shard(run: dict, shard: int, storage_url: str | None, embedder: Embedd
             "unknown": unknown, "errors": errors, "seconds": seconds}
 
 
-def summarize_run(run: dict, storage_url: str | None) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """Counts over a match run's results files."""
+
+    run_id: str
+    shards: int
+    shards_done: int  # shards with a results file
+    probes: int
+    probes_with_results: int
+    faces: int  # faces found (a probe may show several)
+    matched: int  # faces named
+    unknown: int  # faces below the threshold
+    errors: int  # probes that could not be read
+    complete: bool  # every shard has results, and every probe appears in them
+    results_prefix: str  # the address of the results files
+    error_reasons: dict[str, int] = field(default_factory=dict)  # the ten commonest, by the text before ":"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchSummary(RunSummary):
+    """A finished match run: its counts, the threshold every face was decided at, the model and the gallery."""
+
+    threshold: float
+    model_version: str
+    gallery: EnrolledGallery
+
+
+def summarize_run(run: dict, storage_url: str | None) -> RunSummary:
     """Counts over every results file of a run; checks that every probe appears exactly once."""
     store = open_storage(storage_url)
     keys = [catalog.match_results_key(run["run_id"], s) for s in range(run["shards"])]
@@ -231,12 +259,14 @@ def summarize_run(run: dict, storage_url: str | None) -> dict:
     errors = frame[frame["error"].notna()]
     faces = frame[frame["error"].isna()]
     probes_seen = frame["probe_key"].nunique()
-    summary = {"run_id": run["run_id"], "shards": run["shards"], "shards_done": len(results),
-               "probes": run["probes"], "probes_with_results": int(probes_seen),
-               "faces": len(faces), "matched": int((faces["identity"] != UNKNOWN).sum()),
-               "unknown": int((faces["identity"] == UNKNOWN).sum()), "errors": len(errors),
-               "complete": len(results) == run["shards"] and probes_seen == run["probes"],
-               "results_prefix": store.uri(catalog.match_results_prefix(run["run_id"]).rstrip("/")) + "/"}
-    if len(errors):
-        summary["error_reasons"] = errors["error"].str.split(":").str[0].value_counts().head(10).to_dict()
-    return summary
+    return RunSummary(run_id=run["run_id"], shards=run["shards"], shards_done=len(results), probes=run["probes"],
+                      probes_with_results=int(probes_seen), faces=len(faces),
+                      matched=int((faces["identity"] != UNKNOWN).sum()),
+                      unknown=int((faces["identity"] == UNKNOWN).sum()), errors=len(errors),
+                      complete=len(results) == run["shards"] and probes_seen == run["probes"],
+                      results_prefix=store.uri(catalog.match_results_prefix(run["run_id"]).rstrip("/")) + "/",
+                      error_reasons=_error_reasons(errors["error"]))
+
+
+def _error_reasons(errors: pd.Series) -> dict[str, int]:
+    return errors.str.split(":").str[0].value_counts().head(10).to_dict() if len(errors) else {}

@@ -21,16 +21,47 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.linear_model import LogisticRegression
 
 import model
 from model import keras
-from model.networks import PRETRAINED
+from model.augment import PRESETS
+from model.dlib_resnet import freeze_levels
+from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
+from model.layers import ClassCosines, SameLogit
+from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss
+from model.networks import PRETRAINED, NetworkConfig, SiameseModels, build_models
+from model.scoring import PairScorer
+from model.training_callbacks import CosineSchedule, PairValidation, ResumedEarlyStopping, TimeBudget, TrainingClock
 from settings import siamese_home
-from storage import catalog, open_storage
+from storage import Storage, catalog, open_storage
 from tasks.data.pairs import split_fingerprint, split_people_of
-from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs, with_faces
-from tasks.registry import EMBEDDER, PAIR_MODEL, PEOPLE_FILE
+from tasks.data.prepared import (
+    Faces,
+    IndexSummary,
+    PairsTable,
+    load_faces,
+    load_index,
+    read_index_summary,
+    read_pairs,
+    with_faces,
+)
+from tasks.images import face_input
+from tasks.pretrained import load_pretrained
+from tasks.registry import (
+    EMBEDDER,
+    PAIR_MODEL,
+    PEOPLE_FILE,
+    list_versions,
+    load_model,
+    publish,
+    read_champion,
+    read_manifest,
+    read_model_people,
+)
 from tasks.training.config import TrainConfig
 
 
@@ -56,6 +87,7 @@ def _machine() -> dict:
             "device": model.device_summary(), "precision": model.precision_summary(),
             "dtype_policy": model.precision()}
     if keras.backend.backend() == "tensorflow":
+        # here, not at the top: the JAX machines training runs on have no TensorFlow installed
         import tensorflow as tf
 
         info["tensorflow"] = tf.__version__
@@ -65,7 +97,7 @@ def _machine() -> dict:
 def _distribution_scope(machine: dict):
     """MirroredStrategy's scope when TensorFlow sees several GPUs; otherwise nothing changes."""
     if machine["backend"] == "tensorflow" and len(machine["gpus"]) > 1:
-        import tensorflow as tf
+        import tensorflow as tf  # only under TensorFlow (see _machine)
 
         machine["strategy"] = f"MirroredStrategy over {len(machine['gpus'])} GPUs"
         return tf.distribute.MirroredStrategy().scope()
@@ -74,8 +106,6 @@ def _distribution_scope(machine: dict):
 
 def plot_curves(history: pd.DataFrame, title: str) -> bytes:
     """face-comparer's loss/accuracy figure: raw values and a 20-epoch moving average."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 4), dpi=80)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -134,125 +164,185 @@ def _history_columns(history: pd.DataFrame) -> pd.DataFrame:
     return history.rename(columns=renamed)
 
 
+@dataclass
+class TrainingData:
+    """What a training learns from: the faces (resized to the network's input) and the protocol's pairs
+    that have a face on both sides, split into the pairs it trains on and those it is selected on."""
+
+    store: Storage
+    index_summary: IndexSummary
+    index: pd.DataFrame
+    faces: Faces
+    tensors: np.ndarray
+    pairs: PairsTable
+    train_pairs: pd.DataFrame
+    val_pairs: pd.DataFrame
+
+
+@dataclass
+class TrainingSetup:
+    """The compiled networks and their input pipeline, with where their weights start from."""
+
+    machine: dict
+    net: NetworkConfig
+    models: SiameseModels
+    trained: keras.Model  # the model fit trains: models.in_batch or models.pair
+    batches: IdentityBatches | PairBatches
+    identify: bool  # in-batch mode with the identification output
+    pretrained: dict | None  # the outside weights it starts from (load_pretrained's info), or None
+    warm_from: str | None  # the registered model it starts from, or None
+    inherited: dict[str, list[str]]  # the people warm_from learned from
+
+
 def train(config: TrainConfig, storage_url: str | None, extra_callbacks: list | None = None,
           log: Callable[[str], None] = print, reuse_key: str | None = None) -> TrainResult:
     """Train, keep the best validation epoch, and publish the model to the registry; ``reuse_key``
     is recorded in its manifest (see :func:`find_reusable`)."""
-    from model.augment import PRESETS
-    from model.inputs import IdentityBatches, PairBatches, pair_rows, resize_images, rows_by_person, split_pairs
-    from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmaxLoss
-    from model.networks import NetworkConfig, build_models
-    from model.training_callbacks import PairValidation
-    from tasks.pretrained import load_pretrained
-    from tasks.registry import publish
-
     start = time.perf_counter()
+    data = load_training_data(config, storage_url, log)
+    setup = build_training(config, data, log)
+    run_dir, metrics = fit_once(config, data, setup, extra_callbacks, log)
+    return publish_training(config, data, setup, run_dir, metrics, time.perf_counter() - start, reuse_key, log)
 
-    ## Load: the tensor store and the protocol's pairs; training draws from the train split only.
+
+def load_training_data(config: TrainConfig, storage_url: str | None, log: Callable[[str], None]) -> TrainingData:
+    """The tensor store and the protocol's pairs; training draws from the train split only."""
     store = open_storage(storage_url)
     index_summary = read_index_summary(store, config.dataset)
     index = load_index(store, index_summary)
     faces = load_faces(store, index_summary, index, chips=config.architecture in PRETRAINED)
-    tensors = resize_images(faces.tensors, config.input_size)
     pairs = read_pairs(store, config.dataset, config.protocol)
     usable = with_faces(pairs.frame, index, faces.missing)
     if len(usable) < len(pairs.frame):
         log(f"{len(pairs.frame) - len(usable)} pairs left out: {len(faces.missing)} of their photos have no face input "
             "(the chip store's error rows say why)")
-    train_pairs, val_pairs = split_pairs(usable, "train"), split_pairs(usable, "validation")
-    val_left, val_right, val_same = pair_rows(val_pairs, index)
+    return TrainingData(store, index_summary, index, faces, resize_images(faces.tensors, config.input_size), pairs,
+                        split_pairs(usable, "train"), split_pairs(usable, "validation"))
 
-    ## Build: one network, its pair model for validation and, in in-batch mode, its P x K model with
-    ## the identification output over the training split's identities (the only classes it has).
+
+def build_training(config: TrainConfig, data: TrainingData, log: Callable[[str], None]) -> TrainingSetup:
+    """One network, its pair model for validation and, in in-batch mode, its P x K model with the
+    identification output over the training split's identities (the only classes it has); then the
+    weights it starts from (pretrained, warm start)."""
     keras.utils.set_random_seed(config.seed)
     machine = _machine()
     log(f"training {config.architecture} ({config.head} head) on {config.dataset}/{config.protocol}: "
         f"{machine['device']}, {machine['precision']}")
-    augment = PRESETS[config.augment]
     net = NetworkConfig(architecture=config.architecture, head=config.head, input_size=config.input_size,
-                        channels=1 if tensors.ndim == 3 else tensors.shape[-1], weight_decay=config.weight_decay,
-                        width=config.width, embedding_dim=config.embedding_dim)
+                        channels=1 if data.tensors.ndim == 3 else data.tensors.shape[-1],
+                        weight_decay=config.weight_decay, width=config.width, embedding_dim=config.embedding_dim)
     identify = config.pair_mode == "in_batch" and config.identification_weight > 0
     if config.pair_mode == "pairs" and config.identification_weight > 0:
         log("pairs mode has no identities per batch: the identification loss is off")
     with _distribution_scope(machine):  # several GPUs: one replica each (MirroredStrategy)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if config.pair_mode == "in_batch":
-            data = IdentityBatches(tensors, rows_by_person(train_pairs, index), config.people_per_batch,
-                                   config.images_per_person, config.steps_per_epoch, augment, config.seed,
-                                   outputs=("pairs", "classes") if identify else None, workers=2,
-                                   use_multiprocessing=False)
-            models = build_models(net, identities=len(data.people) if identify else 0)
-            _freeze(models, config, log)
-            trained = models.in_batch
-            pair_loss, accuracy = InBatchPairLoss(config.hard_pair_weight), InBatchBalancedAccuracy()
-            if identify:
-                trained.compile(optimizer=optimizer,
-                                loss={"pairs": pair_loss, "classes": MarginSoftmaxLoss(config.margin_scale, config.margin)},
-                                loss_weights={"pairs": 1.0, "classes": config.identification_weight},
-                                metrics={"pairs": [accuracy]})
-            else:
-                trained.compile(optimizer=optimizer, loss=pair_loss, metrics=[accuracy])
+            models, trained, batches = _compile_in_batch(config, data, net, identify, optimizer, log)
         else:
-            models = build_models(net)
-            _freeze(models, config, log)
-            left, right, same = pair_rows(train_pairs, index)
-            data = PairBatches(tensors, left, right, same, config.batch_size, augment, config.seed,
-                               steps=config.steps_per_epoch, workers=2, use_multiprocessing=False)
-            trained = models.pair
-            trained.compile(optimizer=optimizer, loss="binary_crossentropy",
-                            metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
+            models, trained, batches = _compile_pairs(config, data, net, optimizer, log)
+    pretrained = load_pretrained(models.embedder, data.store, log) if config.architecture in PRETRAINED else None
+    warm_from, inherited = warm_start(data.store, config, net, data.faces.preprocess, models, data.pairs.frame, log)
+    return TrainingSetup(machine, net, models, trained, batches, identify, pretrained, warm_from, inherited)
 
-    pretrained = load_pretrained(models.embedder, store, log) if config.architecture in PRETRAINED else None
-    warm_from, inherited = warm_start(store, config, net, faces.preprocess, models, pairs.frame, log)
 
-    ## Fit, unless an earlier attempt finished it and failed after (publishing): then its record stands.
-    run_dir = run_folder(config, pairs.sha256, faces, warm_from)
+def _compile_in_batch(config: TrainConfig, data: TrainingData, net: NetworkConfig, identify: bool, optimizer,
+                      log: Callable[[str], None]) -> tuple[SiameseModels, keras.Model, IdentityBatches]:
+    """P x K batches of the training split's people, the in-batch model compiled for them."""
+    batches = IdentityBatches(data.tensors, rows_by_person(data.train_pairs, data.index), config.people_per_batch,
+                              config.images_per_person, config.steps_per_epoch, PRESETS[config.augment],
+                              config.seed, outputs=("pairs", "classes") if identify else None, workers=2,
+                              use_multiprocessing=False)
+    models = build_models(net, identities=len(batches.people) if identify else 0)
+    _freeze(models, config, log)
+    trained = models.in_batch
+    pair_loss, accuracy = InBatchPairLoss(config.hard_pair_weight), InBatchBalancedAccuracy()
+    if identify:
+        trained.compile(optimizer=optimizer,
+                        loss={"pairs": pair_loss, "classes": MarginSoftmaxLoss(config.margin_scale, config.margin)},
+                        loss_weights={"pairs": 1.0, "classes": config.identification_weight},
+                        metrics={"pairs": [accuracy]})
+    else:
+        trained.compile(optimizer=optimizer, loss=pair_loss, metrics=[accuracy])
+    return models, trained, batches
+
+
+def _compile_pairs(config: TrainConfig, data: TrainingData, net: NetworkConfig, optimizer,
+                   log: Callable[[str], None]) -> tuple[SiameseModels, keras.Model, PairBatches]:
+    """Batches of the training split's pairs, the pair model compiled for them."""
+    models = build_models(net)
+    _freeze(models, config, log)
+    left, right, same = pair_rows(data.train_pairs, data.index)
+    batches = PairBatches(data.tensors, left, right, same, config.batch_size, PRESETS[config.augment], config.seed,
+                          steps=config.steps_per_epoch, workers=2, use_multiprocessing=False)
+    trained = models.pair
+    trained.compile(optimizer=optimizer, loss="binary_crossentropy",
+                    metrics=[keras.metrics.BinaryAccuracy(name="pair_accuracy")])
+    return models, trained, batches
+
+
+def fit_once(config: TrainConfig, data: TrainingData, setup: TrainingSetup, extra_callbacks: list | None,
+             log: Callable[[str], None]) -> tuple[Path, dict]:
+    """Fit, unless an earlier attempt finished it and failed after (publishing): then its record
+    stands. Leaves the selected weights in the trained model; returns the run folder and the metrics."""
+    run_dir = run_folder(config, data.pairs.sha256, data.faces, setup.warm_from)
     fitted = read_fitted(run_dir)
     if fitted is None:
-        if pretrained and not warm_from and config.head == "cosine":
-            start_head_from_embeddings(models, tensors, train_pairs, index, data if identify else None, log)
-        validation = PairValidation(models.pair, tensors, val_left, val_right, val_same,
-                                    **_all_pairs_validation(models, val_pairs, index, config.selection_metric()))
-        fitted = fit(config, run_dir, trained, data, validation, bool(pretrained or warm_from), extra_callbacks, log)
+        if setup.pretrained and not setup.warm_from and config.head == "cosine":
+            start_head_from_embeddings(setup.models, data.tensors, data.train_pairs, data.index,
+                                       setup.batches if setup.identify else None, log)
+        val_left, val_right, val_same = pair_rows(data.val_pairs, data.index)
+        validation = PairValidation(setup.models.pair, data.tensors, val_left, val_right, val_same,
+                                    **_all_pairs_validation(setup.models, data.val_pairs, data.index,
+                                                            config.selection_metric()))
+        fitted = fit(config, run_dir, setup.trained, setup.batches, validation,
+                     bool(setup.pretrained or setup.warm_from), extra_callbacks, log)
     else:
         log(f"{run_dir.name}: an earlier attempt finished this fit ({fitted['metrics']['epochs_run']} epochs); "
             "publishing it without training again")
     # the pair and embedding models share every layer with the trained one
-    trained.set_weights(keras.saving.load_model(run_dir / BEST, safe_mode=True, compile=False).get_weights())
-    metrics, history_csv = fitted["metrics"], run_dir / HISTORY
-    log_df = read_history(history_csv)
+    setup.trained.set_weights(keras.saving.load_model(run_dir / BEST, safe_mode=True, compile=False).get_weights())
+    return run_dir, fitted["metrics"]
 
-    ## Publish: files, then the manifest with their checksums and the data fingerprint.
-    wall = time.perf_counter() - start
+
+def publish_training(config: TrainConfig, data: TrainingData, setup: TrainingSetup, run_dir: Path, metrics: dict,
+                     wall: float, reuse_key: str | None, log: Callable[[str], None]) -> TrainResult:
+    """Files, then the manifest with their checksums and the data fingerprint; the run folder goes."""
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{config.key()}"
     with tempfile.TemporaryDirectory(prefix="siamese-publish-") as tmp:
-        tmp = Path(tmp)
-        models.pair.save(tmp / PAIR_MODEL)
-        models.embedder.save(tmp / EMBEDDER)
-        (tmp / "config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
-        (tmp / PEOPLE_FILE).write_text(json.dumps(learned_people(split_people_of(pairs.frame), inherited), indent=1,
-                                                  sort_keys=True))
-        shutil.copy(history_csv, tmp / "history.csv")
-        (tmp / "curve.png").write_bytes(plot_curves(log_df, f"{config.architecture} ({config.head}) on "
-                                                            f"{config.dataset}/{config.protocol} ({config.pair_mode})"))
-        published = publish(store, version, {n: tmp / n for n in (PAIR_MODEL, EMBEDDER, "config.json", PEOPLE_FILE,
-                                                                     "history.csv", "curve.png")}, {
-            "config": config.model_dump(), "network": net.model_dump(), "metrics": metrics, "wall_seconds": wall,
-            "machine": machine, "inference": {"flip": config.test_time_flip}, "reuse_key": reuse_key,
-            "warm_start": warm_from,  # the model whose weights it started from; None: from scratch
-            "preprocess": faces.preprocess,  # how faces are cut for it: matching does the same
+        files = _write_model_files(Path(tmp), config, data, setup, run_dir / HISTORY)
+        published = publish(data.store, version, files, {
+            "config": config.model_dump(), "network": setup.net.model_dump(), "metrics": metrics,
+            "wall_seconds": wall, "machine": setup.machine, "inference": {"flip": config.test_time_flip},
+            "reuse_key": reuse_key,
+            "warm_start": setup.warm_from,  # the model whose weights it started from; None: from scratch
+            "preprocess": data.faces.preprocess,  # how faces are cut for it: matching does the same
             # a model that learned from outside data says so and names it; LFW-only models have none
-            "pretrained": pretrained,  # the outside weights it started from, and what they learned from
-            "data": {"pairs_sha256": pairs.sha256, "tensors_sha256": faces.sha256,
-                     "index_sha256": index_summary.index_sha256, "dataset": config.dataset,
+            "pretrained": setup.pretrained,  # the outside weights it started from, and what they learned from
+            "data": {"pairs_sha256": data.pairs.sha256, "tensors_sha256": data.faces.sha256,
+                     "index_sha256": data.index_summary.index_sha256, "dataset": config.dataset,
                      "protocol": config.protocol,
-                     "splits_sha256": {s: split_fingerprint(pairs.frame, s) for s in ("train", "validation")}},
+                     "splits_sha256": {s: split_fingerprint(data.pairs.frame, s) for s in ("train", "validation")}},
         })
     shutil.rmtree(run_dir, ignore_errors=True)  # finished: nothing left to resume
-    log(f"registered {version} ({store.uri(catalog.model_prefix(version))}): {selection_line(metrics)}, "
+    log(f"registered {version} ({data.store.uri(catalog.model_prefix(version))}): {selection_line(metrics)}, "
         f"{metrics['training_seconds'] / 60:.1f} min of training")
     return TrainResult(version, metrics, wall, published)
+
+
+def _write_model_files(folder: Path, config: TrainConfig, data: TrainingData, setup: TrainingSetup,
+                       history_csv: Path) -> dict[str, Path]:
+    """The registered model's files, written into ``folder``: name -> path."""
+    setup.models.pair.save(folder / PAIR_MODEL)
+    setup.models.embedder.save(folder / EMBEDDER)
+    (folder / "config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True))
+    people = learned_people(split_people_of(data.pairs.frame), setup.inherited)
+    (folder / PEOPLE_FILE).write_text(json.dumps(people, indent=1, sort_keys=True))
+    shutil.copy(history_csv, folder / "history.csv")
+    (folder / "curve.png").write_bytes(plot_curves(read_history(history_csv),
+                                                   f"{config.architecture} ({config.head}) on "
+                                                   f"{config.dataset}/{config.protocol} ({config.pair_mode})"))
+    return {name: folder / name for name in (PAIR_MODEL, EMBEDDER, "config.json", PEOPLE_FILE, "history.csv",
+                                             "curve.png")}
 
 
 
@@ -260,8 +350,6 @@ def run_folder(config: TrainConfig, pairs_sha256: str, faces, warm_from: str | N
     """Where a training keeps what lets it resume or publish again: named after everything it learns
     from (settings, pairs, the faces' preprocessing and checksum, the warm-start source), so a run on
     other data never picks up this one's backup, history or weights."""
-    from tasks.images import face_input
-
     dataset = catalog.dataset_prefix(config.dataset).split("/")[-1]
     name = (f"{dataset}-{config.protocol}-{config.key()}-{pairs_sha256[:8]}-{face_input(faces.preprocess).id}-"
             f"{faces.sha256[:8]}" + (f"-from-{warm_from}" if warm_from else ""))
@@ -312,35 +400,47 @@ def fit(config: TrainConfig, run_dir: Path, trained, data, validation, learned_s
     """Fit in ``run_dir``, resuming the backup a killed attempt left (its best score so far, the
     patience used and the seconds already spent); leave the selected weights in best.keras and record
     the fit as finished with its metrics, from this run's history only. Returns that record."""
-    from model.training_callbacks import CosineSchedule, ResumedEarlyStopping, TimeBudget, TrainingClock
-
     run_dir.mkdir(parents=True, exist_ok=True)
-    best_path, history_csv = run_dir / BEST, run_dir / HISTORY
     monitor = config.selection_metric()
     if (run_dir / "backup").exists():
-        resumed = resume_state(history_csv, monitor)
+        resumed = resume_state(run_dir / HISTORY, monitor)
     else:
         _clear_run(run_dir)
         resumed = {}
     if resumed:
         log(f"resuming {run_dir.name}: best validation accuracy so far {resumed['best']:.4f}, "
             f"{resumed['seconds'] / 60:.1f} min of the budget spent")
-    clock = TrainingClock(resumed.get("seconds", 0.0))
-    budget = config.time_budget_minutes * 60
     # A network that starts from learned weights must beat them: its starting point is the first
     # candidate, and it is what gets registered when no epoch scores better on validation.
-    start_point = None
+    start_point, start_weights = None, None
     if learned_start:
         start_point = validation.scores()
         start_weights = trained.get_weights()
         log(f"before training: {_scores_line(start_point, monitor)}")
     to_beat = [v for v in (resumed.get("best"), (start_point or {}).get(monitor)) if v is not None]
-    threshold = max(to_beat) if to_beat else None
-    callbacks = [
+    callbacks = _fit_callbacks(config, run_dir, validation, max(to_beat) if to_beat else None, resumed,
+                               extra_callbacks)
+    history = trained.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    losses = history.history.get("loss", [])
+    if any(not math.isfinite(v) for v in losses):
+        raise TrainingDivergedError(f"the training loss became NaN/inf at epoch {len(losses)}; "
+                                    f"lower the learning rate (was {config.learning_rate})")
+    log_df = read_history(run_dir / HISTORY)
+    best = _selected_epoch(run_dir, log_df, monitor, trained, start_point, start_weights, log)
+    return _record_fitted(run_dir, _fit_metrics(best, log_df, monitor, start_point))
+
+
+def _fit_callbacks(config: TrainConfig, run_dir: Path, validation, threshold: float | None, resumed: dict,
+                   extra_callbacks: list | None) -> list:
+    """Validation, the checkpoint of the best epoch above ``threshold``, early stopping, the learning
+    rate schedule and the time budget (both resumed from ``resumed``), history and the backup."""
+    monitor, budget = config.selection_metric(), config.time_budget_minutes * 60
+    clock = TrainingClock(resumed.get("seconds", 0.0))
+    return [
         validation,
         keras.callbacks.TerminateOnNaN(),
         clock,
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max", save_best_only=True,
+        keras.callbacks.ModelCheckpoint(str(run_dir / BEST), monitor=monitor, mode="max", save_best_only=True,
                                         initial_value_threshold=threshold),
         ResumedEarlyStopping(threshold, resumed.get("waited", 0), monitor=monitor, mode="max",
                              patience=config.early_stopping_patience),
@@ -349,29 +449,28 @@ def fit(config: TrainConfig, run_dir: Path, trained, data, validation, learned_s
                                            min_lr=1e-5)),
         TimeBudget(budget, clock),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY), append=True),
         # last: an epoch counts as done only once its history row and best checkpoint are written
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         *(extra_callbacks or []),
     ]
-    history = trained.fit(data, epochs=config.epochs, callbacks=callbacks, verbose=0)
-    losses = history.history.get("loss", [])
-    if any(not math.isfinite(v) for v in losses):
-        raise TrainingDivergedError(f"the training loss became NaN/inf at epoch {len(losses)}; "
-                                    f"lower the learning rate (was {config.learning_rate})")
-    log_df = read_history(history_csv)
+
+
+def _selected_epoch(run_dir: Path, log_df: pd.DataFrame, monitor: str, trained, start_point: dict | None,
+                    start_weights: list | None, log: Callable[[str], None]) -> pd.Series:
+    """The history row of the epoch best.keras holds; when no epoch beat the learned weights training
+    started from, those weights (saved as best.keras) and their scores as epoch 0."""
+    best_path = run_dir / BEST
     selected = "val_accuracy" if monitor == "val_pair_accuracy" else monitor
     if best_path.exists():
-        best = log_df.loc[log_df[selected].idxmax()]
-    elif start_point is not None:  # no epoch beat the weights it started from: those are the model
-        trained.set_weights(start_weights)
-        trained.save(best_path)
-        best = pd.Series({**_history_columns(pd.DataFrame([start_point])).iloc[0].to_dict(), "epoch": 0})
-        log(f"no epoch beat the starting weights on validation ({monitor} {start_point[monitor]:.4f}): "
-            "registering them")
-    else:
+        return log_df.loc[log_df[selected].idxmax()]
+    if start_point is None:
         raise TrainingDivergedError("no epoch finished with a validation score; nothing to register")
-    return _record_fitted(run_dir, _fit_metrics(best, log_df, monitor, start_point))
+    trained.set_weights(start_weights)
+    trained.save(best_path)
+    log(f"no epoch beat the starting weights on validation ({monitor} {start_point[monitor]:.4f}): "
+        "registering them")
+    return pd.Series({**_history_columns(pd.DataFrame([start_point])).iloc[0].to_dict(), "epoch": 0})
 
 
 def _fit_metrics(best: pd.Series, log_df: pd.DataFrame, monitor: str, start_point: dict | None) -> dict:
@@ -391,15 +490,13 @@ def _freeze(models, config: TrainConfig, log: Callable[[str], None]) -> None:
     if config.frozen_levels:
         if config.architecture not in PRETRAINED:
             raise ValueError(f"frozen_levels keeps pretrained stages: {config.architecture} has none")
-        from model.dlib_resnet import freeze_levels
-
         log(f"the first {config.frozen_levels} stages stay as pretrained: "
             f"{freeze_levels(models.embedder, config.frozen_levels)} layers frozen")
 
 
 def _scores_line(scores: dict, monitor: str) -> str:
-    line = f"validation accuracy {scores['val_pair_accuracy']:.4f} at P(same) 0.5, {scores['val_threshold_accuracy']:.4f} " \
-           "at its best threshold"
+    line = (f"validation accuracy {scores['val_pair_accuracy']:.4f} at P(same) 0.5, "
+            f"{scores['val_threshold_accuracy']:.4f} at its best threshold")
     if "val_tar_at_far" in scores:
         line += f", TAR {scores['val_tar_at_far']:.4f} at FAR 1e-3 over every pair of its images"
     return line + f" (epochs are kept by {monitor})"
@@ -427,13 +524,6 @@ def start_head_from_embeddings(models, tensors, train_pairs: pd.DataFrame, index
     scale and bias fitted to the training pairs' cosines, and each identity's class centre (CosFace)
     the mean of its training images' embeddings. A random start makes the first batches' losses
     (and gradients) huge and drags the pretrained weights away before the head has caught up."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    from model.inputs import pair_rows
-    from model.layers import ClassCosines, SameLogit
-    from model.scoring import PairScorer
-
     left, right, same = pair_rows(train_pairs, index)
     rows = np.unique(np.concatenate([left, right] + (list(batches.rows) if batches else [])))
     scorer = PairScorer(models.pair)
@@ -467,8 +557,6 @@ def warm_start(store, config: TrainConfig, net, preprocess: dict, models, pairs,
     identification head starts afresh (its classes are this split's people). Returns the source and
     the people it learned from, which the new model inherits (none: from scratch). Refused when the
     source learned from anyone in today's validation or test pairs, or cannot say whom it learned from."""
-    from tasks.registry import load_model, read_champion, read_manifest, read_model_people
-
     if config.warm_start == "none":
         return None, {}
     version = read_champion(store) if config.warm_start == "champion" else config.warm_start
@@ -484,8 +572,8 @@ def warm_start(store, config: TrainConfig, net, preprocess: dict, models, pairs,
         raise ValueError(f"cannot warm-start from {version}: its network {manifest.get('network')} differs from "
                          f"this one {net.model_dump()}; train from scratch (warm_start: none) or match its settings")
     if manifest.get("preprocess") != preprocess:
-        raise ValueError(f"cannot warm-start from {version}: it learned from faces cut as {manifest.get('preprocess')}, "
-                         f"this dataset's are {preprocess}")
+        raise ValueError(f"cannot warm-start from {version}: it learned from faces cut as "
+                         f"{manifest.get('preprocess')}, this dataset's are {preprocess}")
     learned = read_model_people(store, version)
     if learned is None:
         raise ValueError(f"cannot warm-start from {version}: it does not record whom it learned from (registered "
@@ -504,8 +592,6 @@ def warm_start(store, config: TrainConfig, net, preprocess: dict, models, pairs,
 
 def _registered_with(store, config: TrainConfig):
     """(version, manifest) of every model registered with exactly ``config``, newest first."""
-    from tasks.registry import list_versions, read_manifest
-
     for version in reversed(list_versions(store)):
         if version.endswith(f"-{config.key()}"):  # versions end with their config's hash
             manifest = read_manifest(store, version)
