@@ -15,7 +15,7 @@ from tasks.data.prepared import PreparedDataError, load_index, load_tensors, rea
 from tasks.registry import ModelIntegrityError, load_model, publish
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainingDivergedError, train
-from tests.fakes import TINY_TRAIN, tiny_spec
+from tests.fakes import JAX_ENV, TINY_TRAIN, tiny_spec
 
 TINY = TINY_TRAIN
 
@@ -209,7 +209,7 @@ def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow(t
             "r = train(TINY_TRAIN.replace(epochs=2, steps_per_epoch=2), sys.argv[1], log=lambda _: None); "
             "print(json.dumps({'version': r.version, 'machine': r.manifest['machine'], 'metrics': r.metrics}))")
     out = subprocess.run([sys.executable, "-c", code, tiny_store], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "KERAS_BACKEND": "jax"})
+                         env={**os.environ, **JAX_ENV})
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["machine"]["backend"] == "jax" and "jax on the CPU" in result["machine"]["device"]

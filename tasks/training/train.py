@@ -36,6 +36,7 @@ from model.losses import InBatchBalancedAccuracy, InBatchPairLoss, MarginSoftmax
 from model.networks import PRETRAINED, NetworkConfig, SiameseModels, build_models
 from model.scoring import PairScorer
 from model.training_callbacks import CosineSchedule, PairValidation, ResumedEarlyStopping, TimeBudget, TrainingClock
+from model.training_state import build_training_state
 from settings import siamese_home
 from storage import Storage, catalog, open_storage
 from tasks.data.pairs import split_fingerprint, split_people_of
@@ -240,6 +241,8 @@ def build_training(config: TrainConfig, data: TrainingData, log: Callable[[str],
             models, trained, batches = _compile_in_batch(config, data, net, identify, optimizer, log)
         else:
             models, trained, batches = _compile_pairs(config, data, net, optimizer, log)
+    if machine["backend"] == "tensorflow" and "strategy" not in machine:  # one trace of the step, not two
+        build_training_state(trained, batches)
     pretrained = load_pretrained(models.embedder, data.store, log) if config.architecture in PRETRAINED else None
     warm_from, inherited = warm_start(data.store, config, net, data.faces.preprocess, models, data.pairs.frame, log)
     return TrainingSetup(machine, net, models, trained, batches, identify, pretrained, warm_from, inherited)
