@@ -135,13 +135,35 @@ def tiny_mirror(tmp_path) -> tuple[Path, dict[str, str]]:
     return folder, make_tiny_lfw(folder)
 
 
+# The in-process flows' test API records no task runs (its TaskRunRecorder service is off): nothing
+# here reads them back (the operations tests, which do, run against their own `prefect server
+# start`), and on SQLite the recorder's writes made every flow ~40% slower and now and then held
+# the database for its 60 s busy timeout, stalling the flow that was waiting on the API.
+HARNESS_SERVER_ENV = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false"}
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One Prefect test API for the whole session (start-up takes ~20 s)."""
+    """One Prefect test API for the whole session (start-up takes ~10 s); its server process
+    started with HARNESS_SERVER_ENV, which nothing else inherits."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    saved = {name: os.environ.get(name) for name in HARNESS_SERVER_ENV}
+    os.environ.update(HARNESS_SERVER_ENV)
+    try:
+        with prefect_test_harness(server_startup_timeout=120) as harness:
+            _restore_environment(saved)
+            yield harness
+    finally:
+        _restore_environment(saved)
+
+
+def _restore_environment(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @contextmanager
