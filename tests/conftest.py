@@ -145,7 +145,10 @@ HARNESS_SERVER_ENV = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "fals
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test API for the whole session (start-up takes ~10 s); its server process
-    started with HARNESS_SERVER_ENV, which nothing else inherits."""
+    started with HARNESS_SERVER_ENV, which nothing else inherits. In-process flow runs send no
+    heartbeats: a flow joins its heartbeat thread when it ends, up to 1 s each (subflows too), and
+    only a deployment's runs (the operations tests, which keep theirs) are watched for them."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     saved = {name: os.environ.get(name) for name in HARNESS_SERVER_ENV}
@@ -153,7 +156,8 @@ def prefect_harness():
     try:
         with prefect_test_harness(server_startup_timeout=120) as harness:
             _restore_environment(saved)
-            yield harness
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield harness
     finally:
         _restore_environment(saved)
 
