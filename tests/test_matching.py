@@ -220,31 +220,37 @@ def test_a_threshold_calibrated_anew_makes_a_new_run_never_a_mix(s3_setup, prefe
 
 def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harness, monkeypatch):
     import threading
-    import time
 
     import tasks.matching.prefect_tasks as match_tasks
     from flows.match import match_flow
 
-    active, peak, lock = [0], [0], threading.Lock()
+    shards, limit = 5, 2
+    active, started, peak = [0], [0], [0]
+    changed = threading.Condition()
     original = match_tasks.match_shard
 
     def watched(*args, **kwargs):
-        with lock:
+        with changed:
             active[0] += 1
+            started[0] += 1
             peak[0] = max(peak[0], active[0])
+            changed.notify_all()
+            # hold until the limit's worth of shards run together (or none is left to come): an unbounded
+            # flow starts the rest meanwhile; a bounded one cannot, until one of these ends
+            assert changed.wait_for(lambda: active[0] >= limit or started[0] == shards, timeout=120)
         try:
-            time.sleep(0.5)  # long enough for an unbounded flow to start every shard meanwhile
             return original(*args, **kwargs)
         finally:
-            with lock:
+            with changed:
                 active[0] -= 1
+                changed.notify_all()
 
     monkeypatch.setattr(match_tasks, "match_shard", watched)
     s = s3_setup
-    summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=2, concurrent_shards=2),
-                         s["storage"])
-    assert summary.complete and summary.shards == 5
-    assert peak[0] == 2
+    summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=2,
+                                     concurrent_shards=limit), s["storage"])
+    assert summary.complete and summary.shards == shards
+    assert peak[0] == limit
 
 
 def test_bad_inputs_become_one_error_row_each(s3_setup):
@@ -356,7 +362,12 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-def test_cli_match_and_verify_print_lines_and_exit_codes(tiny_registry, local_gallery, tmp_path):
+def test_cli_match_and_verify_print_lines_and_exit_codes(tiny_registry, local_gallery, tmp_path, capfd):
+    """``python -m flows.cli match`` in a process of its own (its stdout holds the result lines and
+    nothing else); verify through the same ``main`` in this process, stdout and stderr caught at
+    their file descriptors."""
+    from flows import cli
+
     storage, version, report = tiny_registry
     probe = local_gallery / "Person_B" / "Person_B_0001.jpg"
     broken = tmp_path / "broken.jpg"
@@ -370,14 +381,14 @@ def test_cli_match_and_verify_print_lines_and_exit_codes(tiny_registry, local_ga
     assert path == str(probe) and identity in set(GALLERY) | {"unknown"} and 0.0 <= float(score) <= 1.0
     assert f"{broken}: not an image" in out.stderr
 
-    verify = _cli("verify", "--storage", storage, str(probe), str(probe))
-    assert verify.returncode == 0
-    verdict, score = verify.stdout.strip().split(",")
+    capfd.readouterr()
+    assert cli.main(["verify", "--storage", storage, str(probe), str(probe)]) == 0
+    verdict, score = capfd.readouterr().out.strip().split(",")
     threshold = report["thresholds"]["accuracy"]
     assert verdict == ("same" if float(score) >= threshold else "different")
 
-    missing = _cli("verify", "--storage", storage, "-m", "no-such-version", str(probe), str(probe))
-    assert missing.returncode == 2 and "not registered" in missing.stderr
+    assert cli.main(["verify", "--storage", storage, "-m", "no-such-version", str(probe), str(probe)]) == 2
+    assert "not registered" in capfd.readouterr().err
 
 
 def test_dask_local_cluster_gives_the_same_results_as_the_local_run(s3_setup, prefect_harness, monkeypatch):
@@ -417,12 +428,11 @@ def test_dask_local_cluster_gives_the_same_results_as_the_local_run(s3_setup, pr
 
 def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_registry, prefect_harness,
                                                                           monkeypatch):
-    import threading
-
     from moto.server import ThreadedMotoServer
 
     from flows.match import match_flow
     from storage.location import s3_client
+    from tasks.matching import prefect_tasks
     from tasks.matching.prefect_tasks import cached_embedder
     from tests.servers import free_port
 
@@ -454,11 +464,23 @@ def test_s3_stopped_mid_match_then_restarted_loses_and_duplicates_nothing(tiny_r
         with pytest.raises(Exception, match="(?i)connect"):
             match_shard(run, 1, storage, embedder, gallery, limit, log=lambda _: None)
 
-        # the re-run starts while S3 is still down; Prefect's task retries carry it over the outage
-        restart = threading.Timer(3.0, lambda: (setattr(server, "_server", None), server.start()))
-        restart.start()
+        # the re-run starts while S3 is still down: its first storage read fails, the endpoint comes back
+        # then, and Prefect's task retry carries the run over the outage (retried at once, not after 5 s)
+        real, failures = prefect_tasks.resolve_version, []
+
+        def restarted_after_the_first_failure(*args, **kwargs):
+            try:
+                return real(*args, **kwargs)
+            except Exception as err:
+                failures.append(err)
+                server._server = None
+                server.start()
+                raise
+
+        monkeypatch.setattr(prefect_tasks, "resolve_version", restarted_after_the_first_failure)
+        monkeypatch.setattr(prefect_tasks.resolve_model, "retry_delay_seconds", 0)
         summary = match_flow(params, storage)
-        restart.join()
+        assert len(failures) == 1 and "connect" in str(failures[0]).lower()  # down when the re-run began
         assert summary.run_id == run["run_id"]  # the re-run resumes the run its first shard belongs to
         assert summary.complete and summary.shards_done == 3 and summary.errors == 0
         rows = pd.concat([store.read_parquet(i.key) for i in store.list(catalog.match_results_prefix(run["run_id"]))])
