@@ -201,7 +201,7 @@ class WebhookReceiver:
     def start(self) -> WebhookReceiver:
         import json
 
-        receiver = self
+        receiver, arrived = self, self._arrived = threading.Condition()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -209,13 +209,20 @@ class WebhookReceiver:
 
             def do_POST(self):  # noqa: N802 - http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.received.append({"path": self.path, **json.loads(body or b"{}")})
+                with arrived:
+                    receiver.received.append({"path": self.path, **json.loads(body or b"{}")})
+                    arrived.notify_all()
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
         self._server, self.url = serve(Handler)
         return self
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        """Whether ``count`` bodies have arrived, waiting up to ``timeout`` seconds for them."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.received) >= count, timeout)
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -200,9 +200,7 @@ def test_a_run_past_its_time_limit_and_a_run_without_a_gallery_fail_clearly_and_
     assert "siamese_gallery" in failed["state"]["message"]
     assert not ops.task_runs([no_gallery]), "the nightly did work before finding it had no gallery"
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(ops.receiver.received) < 2:
-        time.sleep(0.5)
+    ops.receiver.wait_for(2, timeout=120)
     alerts = {a["subject"]: a["body"] for a in ops.receiver.received}
     assert any("data" in s and "TimedOut" in s for s in alerts), alerts
     assert any("nightly-retrain" in s and "Failed" in s for s in alerts), alerts

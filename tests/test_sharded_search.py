@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import tasks.matching.sharded as sharded_module
 from model.scoring import cosine_head
 from tasks.matching.sharded import ShardedGallery, ShardMissingError, merge_top, probabilities, split_gallery
 from tasks.search.ranking import Gallery, score_against_gallery
@@ -78,16 +78,24 @@ def test_a_sharded_search_on_two_dask_workers_equals_the_unsharded_one_through_a
         assert_same_ranking(found, cosines, names, scores)
 
         # A worker killed (SIGKILL) while batches run: its shards load again on a worker, the
-        # searches that needed them run again, and the results are the same.
+        # searches that needed them run again, and the results are the same. It dies as the first
+        # batch's results are merged, with the other batches in flight or still to come.
         many = np.tile(probes, (16, 1))
         victim = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
         pid = client.run(os.getpid, workers=[victim])[victim]
-        killed = []
-        killer = threading.Timer(0.2, lambda: (os.kill(pid, signal.SIGKILL), killed.append(time.perf_counter())))
-        killer.start()
+        merged, killed = [], []
+
+        def kill_at_the_first_merge(parts, top_k):
+            merged.append(len(merged))
+            if len(merged) == 1:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(time.perf_counter())
+            return merge_top(parts, top_k)
+
+        monkeypatch.setattr(sharded_module, "merge_top", kill_at_the_first_merge)
         found, cosines = sharded.search(many, 5, batch=64, in_flight=2)
         ended = time.perf_counter()
-        killer.join()
         assert killed and killed[0] < ended, "the search ended before the kill: nothing was tested"
+        assert len(merged) == -(-len(many) // 64)  # every batch merged, all but the first after the kill
         assert not any(victim in holders for holders in client.who_has(sharded.shards).values())
         assert_same_ranking(found, cosines, np.tile(names, (16, 1)), np.tile(scores, (16, 1)))
