@@ -44,6 +44,36 @@ requires_lfw = pytest.mark.skipif(
     not lfw_available(), reason=f"real LFW not found at {LFW_DIR} (a fresh clone has no ../shared/data)")
 
 
+OPS_STACK = pytest.StashKey["OpsStack"]()
+
+
+def pytest_collection_finish(session):
+    """The operations tests' deployed stack (a Prefect server, its deployments, a worker and their
+    first runs: other processes) starts in the background as soon as those tests are selected, so it
+    is built on the second core while this process runs the tests before them."""
+    if not session.config.option.collectonly and any(item.path.name == "test_operations.py"
+                                                     for item in session.items):
+        from tests.operations_stack import OpsStack
+
+        session.config.stash[OPS_STACK] = OpsStack().start()
+
+
+def pytest_sessionfinish(session):
+    stack = session.config.stash.get(OPS_STACK, None)
+    if stack is not None:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def ops_stack(request):
+    """The stack pytest_collection_finish started (started now when it did not)."""
+    if OPS_STACK not in request.config.stash:
+        from tests.operations_stack import OpsStack
+
+        request.config.stash[OPS_STACK] = OpsStack().start()
+    return request.config.stash[OPS_STACK]
+
+
 @pytest.fixture(autouse=True)
 def siamese_home(tmp_path, monkeypatch) -> Path:
     """Every test gets its own cache and default storage."""

@@ -201,7 +201,8 @@ class WebhookReceiver:
     def start(self) -> WebhookReceiver:
         import json
 
-        receiver, arrived = self, self._arrived = threading.Condition()
+        receiver = self
+        arrived = self._arrived = threading.Condition()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):

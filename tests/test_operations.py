@@ -8,117 +8,31 @@ endpoint and settings apply."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from storage import catalog, open_storage
-from tasks.data.pairs import IdentityDisjointConfig
 from tasks.registry import list_versions, read_champion, read_champion_pointer, read_manifest, set_champion
-from tests.fakes import TINY_TRAIN, make_tiny_lfw
-from tests.servers import PrefectServer, WebhookReceiver, stop_process
-
-REPO = Path(__file__).resolve().parents[1]
-FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-# The tiny mirror's 12 people need smaller pair counts than LFW's defaults, and a tiny network.
-TINY_DATA = {"protocols": ["identity_disjoint", "lfw_official"],
-             "identity_disjoint": IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
-                                                         validation_share=0.25, seed=1).model_dump()}
-TINY_NET = TINY_TRAIN.model_dump(include={"architecture", "input_size", "width", "embedding_dim", "images_per_person",
-                                          "augment", "seed"}) | {
-    "epochs": 2, "steps_per_epoch": 3, "people_per_batch": 2, "time_budget_minutes": 5}
-TINY_EVAL = {"nway": [2], "nway_tasks": 10}
-
-
-@dataclass
-class Ops:
-    server: PrefectServer
-    storage: Path
-    receiver: WebhookReceiver
-    worker_log: Path
-
-    def deployment(self, name: str) -> dict:
-        return self.server.api(f"/deployments/name/{name}")
-
-    def start(self, name: str, parameters: dict | None = None, job_variables: dict | None = None) -> str:
-        body = {"parameters": parameters or {}, "job_variables": job_variables or {}}
-        return self.server.api(f"/deployments/{self.deployment(name)['id']}/create_flow_run", body)["id"]
-
-    def wait(self, run_id: str, seconds: float = 600) -> dict:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            run = self.server.api(f"/flow_runs/{run_id}")
-            if run["state"]["type"] in FINAL:
-                return run
-            time.sleep(0.5)
-        raise AssertionError(f"run {run_id} did not finish in {seconds} s: {self.worker_log.read_text()[-3000:]}")
-
-    def subflows(self, run_id: str) -> list[str]:
-        return [r["id"] for r in self.server.api("/flow_runs/filter", {
-            "flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}, "limit": 200})]
-
-    def logs(self, run_ids: list[str], expect: str = "", seconds: float = 60) -> list[str]:
-        """Log lines of runs; waits for ``expect`` (a run ships its last logs after it ends)."""
-        deadline = time.monotonic() + seconds
-        while True:
-            lines = [e["message"] for e in self.server.api("/logs/filter", {
-                "logs": {"flow_run_id": {"any_": run_ids}}, "limit": 200})]
-            if expect in "\n".join(lines) or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.5)
-
-    def task_runs(self, run_ids: list[str]) -> list[dict]:
-        return self.server.api("/task_runs/filter", {"flow_runs": {"id": {"any_": run_ids}}, "limit": 200})
+from tests.operations_stack import TINY_DATA, TINY_EVAL
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory):
-    root = tmp_path_factory.mktemp("operations")
-    server = PrefectServer(root / "server").start()
-    receiver = WebhookReceiver().start()
-    mirror, storage = root / "mirror", root / "store"
-    make_tiny_lfw(mirror, archive="lfw.tgz")  # the dataset lfw, for any process
-    run_env = {"SIAMESE_REPO_DIR": str(REPO), "SIAMESE_HOME": str(root / "home")}
-    for name in ("SIAMESE_STORAGE", "SIAMESE_GALLERY", "SIAMESE_MIRROR"):
-        server.env.pop(name, None)
-    worker = None
-    try:
-        server.cli("work-pool", "create", "siamese-process", "--type", "process", env=run_env, cwd=REPO)
-        server.cli("deploy", "--all", env=run_env, cwd=REPO)
-        # run-time settings from Prefect Variables: nothing about storage or mirror is in the worker
-        for name, value in (("siamese_storage", storage), ("siamese_mirror", mirror)):
-            server.api("/variables/", {"name": name, "value": str(value)})
-        out = subprocess.run([sys.executable, "-m", "flows.alerts", "--webhook", f"{receiver.url}/alerts"],
-                             env={**server.env, **run_env}, cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-        worker_log = root / "worker.log"
-        with open(worker_log, "wb") as log:  # asks for new runs every second (Prefect's default: 10 s)
-            worker = subprocess.Popen([server.prefect, "worker", "start", "--pool", "siamese-process"],
-                                      env={**server.env, **run_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=root,
-                                      stdout=log, stderr=subprocess.STDOUT)
-        yield Ops(server, storage, receiver, worker_log)
-    finally:
-        if worker is not None:
-            stop_process(worker)
-        receiver.stop()
-        server.stop()
+def ops(ops_stack):
+    """The stack (tests/operations_stack.py), started in the background when these tests were
+    collected; its worker and servers end with the module."""
+    yield ops_stack.ops()
+    ops_stack.stop()
 
 
 @pytest.fixture(scope="module")
-def main_run(ops) -> dict:
-    """The main deployment run once with its own defaults for every stage, only the data's pair
-    counts and the network's size shrunk to the tiny mirror."""
-    deployment = ops.deployment("siamese-faces/main")
-    defaults = deployment["parameters"]
-    run_id = ops.start("siamese-faces/main", {"data": TINY_DATA, "train": {**defaults["train"], **TINY_NET},
-                                              "evaluation": TINY_EVAL})
-    run = ops.wait(run_id)
-    assert run["state"]["type"] == "COMPLETED", (run["state"], ops.worker_log.read_text()[-4000:])
-    return {"id": run_id, "deployment": deployment, "run": run}
+def main_run(ops, ops_stack) -> dict:
+    return ops_stack.main_run()
+
+
+@pytest.fixture(scope="module")
+def trainings(main_run, ops_stack) -> list[str]:
+    return ops_stack.trainings()
 
 
 def test_the_main_deployment_with_its_defaults_trains_evaluates_and_promotes(ops, main_run):
@@ -136,9 +50,8 @@ def test_the_main_deployment_with_its_defaults_trains_evaluates_and_promotes(ops
     assert any("from the Prefect Variable siamese_storage" in line for line in lines), lines[:20]
 
 
-def test_two_trainings_started_at_once_run_one_after_the_other(ops, main_run):
-    config = {**TINY_NET, "protocol": "identity_disjoint"}
-    runs = [ops.start("train/train", {"config": {**config, "seed": seed}}) for seed in (11, 12)]
+def test_two_trainings_started_at_once_run_one_after_the_other(ops, trainings):
+    runs = trainings  # two train deployment runs started together once the main run had ended
     for run_id in runs:
         run = ops.wait(run_id)
         assert run["state"]["type"] == "COMPLETED", (run["state"], ops.worker_log.read_text()[-4000:])
@@ -152,7 +65,7 @@ def test_two_trainings_started_at_once_run_one_after_the_other(ops, main_run):
                for line in ops.logs(runs, "holds the slot"))
 
 
-def test_the_promote_deployment_rolls_the_champion_back(ops, main_run):
+def test_the_promote_deployment_rolls_the_champion_back(ops, main_run, trainings):
     store = open_storage(ops.storage)
     good = read_champion(store)
     worse = next(v for v in reversed(list_versions(store)) if v != good)
