@@ -47,18 +47,33 @@ requires_lfw = pytest.mark.skipif(
 OPS_STACK = pytest.StashKey["OpsStack"]()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "background_run(name): the test reads a process of tests/background_runs.py, "
+                                       "started when the test is collected")
+
+
 def pytest_collection_finish(session):
-    """The operations tests' deployed stack (a Prefect server, its deployments, a worker and their
-    first runs: other processes) starts in the background as soon as those tests are selected, so it
-    is built on the second core while this process runs the tests before them."""
-    if not session.config.option.collectonly and any(item.path.name == "test_operations.py"
-                                                     for item in session.items):
+    """What runs in other processes starts in the background as soon as its tests are selected, so
+    it works on the second core while this process runs the tests before them: the operations tests'
+    deployed stack (a Prefect server, its deployments, a worker and their first runs) and the
+    background_run processes."""
+    if session.config.option.collectonly:
+        return
+    from tests import background_runs
+
+    for item in session.items:
+        for mark in item.iter_markers("background_run"):
+            background_runs.start(*mark.args)
+    if any(item.path.name == "test_operations.py" for item in session.items):
         from tests.operations_stack import OpsStack
 
         session.config.stash[OPS_STACK] = OpsStack().start()
 
 
 def pytest_sessionfinish(session):
+    from tests import background_runs
+
+    background_runs.stop_all()
     stack = session.config.stash.get(OPS_STACK, None)
     if stack is not None:
         stack.stop()

@@ -182,24 +182,19 @@ def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_m
                                                             right.astype("float32")], verbose=0)), atol=2e-3)
 
 
-def test_the_network_runs_the_same_on_the_jax_backend(parsed, tmp_path):
-    """GPU machines this project borrows hold JAX, not TensorFlow: the port must compute the same there."""
-    import os
+@pytest.mark.background_run("dlib-on-jax")
+def test_the_network_runs_the_same_on_the_jax_backend(parsed):
+    """GPU machines this project borrows hold JAX, not TensorFlow: the port must compute the same there
+    (the JAX process started when this test was collected: tests/background_runs.py)."""
+    from tests import background_runs
 
-    chips = np.random.default_rng(0).integers(0, 256, (3, 150, 150, 3)).astype(np.uint8)
-    np.save(tmp_path / "chips.npy", chips)
-    code = ("import sys, numpy as np, model; from model.dlib_resnet import build_dlib_resnet, load_dlib_weights, "
-            "read_face_resnet\nwith model.policy('float32'):\n    n = build_dlib_resnet()\n"
-            "load_dlib_weights(n, read_face_resnet()[0]); import keras; print(keras.backend.backend()); "
-            "np.save(sys.argv[2], np.asarray(n.predict_on_batch(np.load(sys.argv[1]).astype('float32'))))")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "chips.npy"), str(tmp_path / "jax.npy")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "KERAS_BACKEND": "jax"})
+    out, folder = background_runs.finished("dlib-on-jax")
     assert out.returncode == 0 and out.stdout.strip().endswith("jax"), out.stderr[-3000:]
+    chips = np.load(folder / "chips.npy")
     with model.policy("float32"):
         network = build_dlib_resnet()
     load_dlib_weights(network, parsed)
-    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), network.predict_on_batch(chips.astype("float32")),
+    np.testing.assert_allclose(np.load(folder / "jax.npy"), network.predict_on_batch(chips.astype("float32")),
                                atol=1e-4)
 
 

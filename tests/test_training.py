@@ -15,7 +15,7 @@ from tasks.data.prepared import PreparedDataError, load_index, load_tensors, rea
 from tasks.registry import ModelIntegrityError, load_model, publish
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainingDivergedError, train
-from tests.fakes import JAX_ENV, TINY_TRAIN, tiny_spec
+from tests.fakes import TINY_TRAIN, tiny_spec
 
 TINY = TINY_TRAIN
 
@@ -198,25 +198,23 @@ def test_cosine_schedule_warms_up_peaks_and_decays_to_the_floor():
     assert cosine_learning_rate(6, 20, 2e-3, elapsed_fraction=1.2) == pytest.approx(2e-5)
 
 
-def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow(tiny_store):
-    """The GPU machines this project can borrow hold JAX, not TensorFlow: training must run there."""
+@pytest.mark.background_run("jax-training")
+def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow():
+    """The GPU machines this project can borrow hold JAX, not TensorFlow: training must run there. The
+    tiny dataset's data stages and a short training in a process on the JAX backend (started when this
+    test was collected: tests/background_runs.py)."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    code = ("import json, sys; from tasks.training.train import train; from tests.fakes import TINY_TRAIN; "
-            "r = train(TINY_TRAIN.replace(epochs=2, steps_per_epoch=2), sys.argv[1], log=lambda _: None); "
-            "print(json.dumps({'version': r.version, 'machine': r.manifest['machine'], 'metrics': r.metrics}))")
-    out = subprocess.run([sys.executable, "-c", code, tiny_store], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, **JAX_ENV})
+    from tests import background_runs
+
+    out, folder = background_runs.finished("jax-training")
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["machine"]["backend"] == "jax" and "jax on the CPU" in result["machine"]["device"]
     # the model trained on JAX, scored here on TensorFlow, reproduces what JAX measured on validation (JAX on
     # the CPU computes in float32, and the model keeps its policy when loaded as saved)
     assert result["machine"]["dtype_policy"] == "float32"
-    accuracy, loss = validation_scores(open_storage(tiny_store), result["version"])
+    accuracy, loss = validation_scores(open_storage(str(folder / "store")), result["version"])
     assert accuracy == pytest.approx(result["metrics"]["val_accuracy"])
     assert loss == pytest.approx(result["metrics"]["val_loss"], rel=1e-3)
 
