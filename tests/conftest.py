@@ -45,6 +45,7 @@ requires_lfw = pytest.mark.skipif(
 
 
 OPS_STACK = pytest.StashKey["OpsStack"]()
+PREFECT_API = pytest.StashKey["BackgroundHarness"]()
 
 
 def pytest_configure(config):
@@ -54,13 +55,17 @@ def pytest_configure(config):
 
 def pytest_collection_finish(session):
     """What runs in other processes starts in the background as soon as its tests are selected, so
-    it works on the second core while this process runs the tests before them: the operations tests'
-    deployed stack (a Prefect server, its deployments, a worker and their first runs) and the
-    background_run processes."""
+    it works on the second core while this process runs the tests before them: the Prefect test API,
+    the operations tests' deployed stack (a Prefect server, its deployments, a worker and their first
+    runs) and the background_run processes."""
     if session.config.option.collectonly:
         return
     from tests import background_runs
 
+    if any("prefect_harness" in item.fixturenames for item in session.items):
+        from tests.prefect_api import BackgroundHarness
+
+        session.config.stash[PREFECT_API] = BackgroundHarness().start()
     for item in session.items:
         for mark in item.iter_markers("background_run"):
             background_runs.start(*mark.args)
@@ -74,9 +79,10 @@ def pytest_sessionfinish(session):
     from tests import background_runs
 
     background_runs.stop_all()
-    stack = session.config.stash.get(OPS_STACK, None)
-    if stack is not None:
-        stack.stop()
+    for key in (OPS_STACK, PREFECT_API):
+        started = session.config.stash.get(key, None)
+        if started is not None:
+            started.stop()
 
 
 @pytest.fixture(scope="session")
@@ -180,39 +186,21 @@ def tiny_mirror(tmp_path) -> tuple[Path, dict[str, str]]:
     return folder, make_tiny_lfw(folder)
 
 
-# The in-process flows' test API records no task runs (its TaskRunRecorder service is off): nothing
-# here reads them back (the operations tests, which do, run against their own `prefect server
-# start`), and on SQLite the recorder's writes made every flow ~40% slower and now and then held
-# the database for its 60 s busy timeout, stalling the flow that was waiting on the API.
-HARNESS_SERVER_ENV = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED": "false"}
-
-
 @pytest.fixture(scope="session")
-def prefect_harness():
-    """One Prefect test API for the whole session (start-up takes ~10 s); its server process
-    started with HARNESS_SERVER_ENV, which nothing else inherits. In-process flow runs send no
-    heartbeats: a flow joins its heartbeat thread when it ends, up to 1 s each (subflows too), and
-    only a deployment's runs (the operations tests, which keep theirs) are watched for them."""
+def prefect_harness(request):
+    """One Prefect test API for the whole session (tests/prefect_api.py), started when the tests were
+    collected. In-process flow runs send no heartbeats: a flow joins its heartbeat thread when it
+    ends, up to 1 s each (subflows too), and only a deployment's runs (the operations tests, which
+    keep theirs) are watched for them."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
 
-    saved = {name: os.environ.get(name) for name in HARNESS_SERVER_ENV}
-    os.environ.update(HARNESS_SERVER_ENV)
-    try:
-        with prefect_test_harness(server_startup_timeout=120) as harness:
-            _restore_environment(saved)
-            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                yield harness
-    finally:
-        _restore_environment(saved)
+    if PREFECT_API not in request.config.stash:
+        from tests.prefect_api import BackgroundHarness
 
-
-def _restore_environment(saved: dict[str, str | None]) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+        request.config.stash[PREFECT_API] = BackgroundHarness().start()
+    request.config.stash[PREFECT_API].wait()
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 @contextmanager
