@@ -1,6 +1,9 @@
 """Training on tiny generated data: loss falls, safe save/load, resume after a kill, clear errors."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import keras
 import numpy as np
 import pandas as pd
@@ -83,10 +86,68 @@ class KillAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt("killed")
 
 
-def test_killed_run_resumes_at_the_next_epoch(tiny_store):
-    config = small(epochs=4, early_stopping_patience=100)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+# The stopped trainings that two tests each go on from: made once for the module, copied per test.
+STOPPED = small(epochs=4, early_stopping_patience=100)
+
+
+def _stopped_training(root, stop) -> dict:
+    """The tiny dataset's data stages in ``root``/store and STOPPED trained there until ``stop`` raised
+    (with ``root``/home as SIAMESE_HOME, which holds what the run leaves to resume or publish)."""
+    from tests.conftest import tiny_registered
+    from tests.fakes import make_tiny_lfw, prepare_tiny
+
+    sums = make_tiny_lfw(root / "mirror")
+    with tiny_registered(sums, root / "home"):
+        prepare_tiny(str(root / "store"), root / "mirror", sums)
+        stop(str(root / "store"))
+    return {"root": root, "sums": sums}
+
+
+def _copied(made: dict, tmp_path, siamese_home, monkeypatch) -> tuple[str, Path, dict]:
+    """This test's copy: (storage, mirror folder, checksums); the run's folders in this test's SIAMESE_HOME."""
+    shutil.copytree(made["root"] / "store", tmp_path / "store")
+    shutil.copytree(made["root"] / "home", siamese_home)
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(made["sums"]))
+    return str(tmp_path / "store"), made["root"] / "mirror", made["sums"]
+
+
+@pytest.fixture(scope="module")
+def killed_template(tmp_path_factory) -> dict:
+    def killed_after_two_epochs(storage):
+        with pytest.raises(KeyboardInterrupt):
+            train(STOPPED, storage, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+
+    return _stopped_training(tmp_path_factory.mktemp("killed"), killed_after_two_epochs)
+
+
+@pytest.fixture
+def killed_run(killed_template, tmp_path, siamese_home, monkeypatch) -> tuple[str, Path, dict]:
+    """STOPPED killed once its second epoch was saved: (storage, mirror folder, checksums)."""
+    return _copied(killed_template, tmp_path, siamese_home, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def unpublished_template(tmp_path_factory) -> dict:
+    def publish_fails(storage):
+        registry = Path(storage) / "models"
+        registry.write_text("a file where the registry's folder goes")  # publishing fails once fit has finished
+        with pytest.raises(OSError):
+            train(STOPPED, storage, log=lambda _: None)
+        registry.unlink()
+
+    return _stopped_training(tmp_path_factory.mktemp("unpublished"), publish_fails)
+
+
+@pytest.fixture
+def unpublished_fit(unpublished_template, tmp_path, siamese_home, monkeypatch) -> str:
+    """STOPPED fitted to the end, its publishing failed (a file stood where the registry goes, since
+    removed): the storage."""
+    return _copied(unpublished_template, tmp_path, siamese_home, monkeypatch)[0]
+
+
+def test_killed_run_resumes_at_the_next_epoch(killed_run):
+    tiny_store, _, _ = killed_run
+    config = STOPPED
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
     result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
@@ -219,18 +280,11 @@ def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow()
     assert loss == pytest.approx(result["metrics"]["val_loss"], rel=1e-3)
 
 
-def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_training_again(tiny_store):
-    from pathlib import Path
-
-    config = small(epochs=4, early_stopping_patience=100)
-    registry = Path(tiny_store) / "models"
-    registry.write_text("a file where the registry's folder goes")  # publishing fails once fit has finished
-    with pytest.raises(OSError):
-        train(config, tiny_store, log=lambda _: None)
-    registry.unlink()
+def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_training_again(unpublished_fit):
+    tiny_store = unpublished_fit
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
-    result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
+    result = train(STOPPED, tiny_store, extra_callbacks=[record], log=lambda _: None)
     assert seen == []  # not trained again
     history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]  # one run's rows, not two histories appended
@@ -241,33 +295,25 @@ def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_train
     assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
 
 
-def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_history(tiny_store, siamese_home):
-    from pathlib import Path
-
-    config = small(epochs=3, early_stopping_patience=100)
-    registry = Path(tiny_store) / "models"
-    registry.write_text("a file where the registry's folder goes")
-    with pytest.raises(OSError):
-        train(config, tiny_store, log=lambda _: None)
-    registry.unlink()
+def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_history(unpublished_fit,
+                                                                                       siamese_home):
+    tiny_store = unpublished_fit
     (run,) = (siamese_home / "runs").iterdir()
     (run / "fitted.json").unlink(missing_ok=True)  # killed once fit ended (Keras deletes its backup), before the record
-    result = train(config, tiny_store, log=lambda _: None)
+    result = train(STOPPED, tiny_store, log=lambda _: None)
     history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
-    assert list(history["epoch"]) == [0, 1, 2]
+    assert list(history["epoch"]) == [0, 1, 2, 3]
     assert result.metrics["val_accuracy"] == history["val_pair_accuracy"].max()
 
-def test_a_killed_run_is_not_resumed_on_other_faces(tiny_store, tiny_mirror):
+
+def test_a_killed_run_is_not_resumed_on_other_faces(killed_run):
     """Faces cut otherwise (another preprocessing, other tensors) make another run, not a resumed one."""
     from tasks.data.steps import preprocess_for, run_index
 
-    folder, sums = tiny_mirror
-    config = small(epochs=3, early_stopping_patience=100)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+    tiny_store, folder, sums = killed_run
     run_index("tiny", tiny_store, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny", size=32))
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
-    result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
-    assert seen == [0, 1, 2] and result.metrics["epochs_run"] == 3
+    result = train(STOPPED, tiny_store, extra_callbacks=[record], log=lambda _: None)
+    assert seen == [0, 1, 2, 3] and result.metrics["epochs_run"] == 4
     assert result.manifest["preprocess"]["size"] == 32
