@@ -119,7 +119,7 @@ class BackgroundRun:
             env = {**os.environ, **self.run.environment, "SIAMESE_HOME": str(self.folder / "home")}
             if self.run.needs_api:
                 env["PREFECT_API_URL"] = self._api_url()
-            args = [sys.executable, *self.run.arguments(self.folder)]
+            args = ["nice", "-n", "10", sys.executable, *self.run.arguments(self.folder)]  # the tests come first
             with open(self.folder / "stdout", "wb") as out, open(self.folder / "stderr", "wb") as err:
                 if not self._stopping.is_set():
                     self._process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err)
