@@ -95,7 +95,7 @@ class Run:
     arguments: Callable[[Path], list[str]]  # the Python arguments for a run in this folder
     environment: dict[str, str] = field(default_factory=dict)  # over this process's
     needs_api: bool = False
-    nice: int = 5  # the tests in the foreground come first; a run needed late (15) after the others
+    nice: int = 5  # the tests in the foreground come first
 
 
 def _train_on_jax(folder: Path) -> list[str]:
@@ -120,7 +120,7 @@ def _main_job(folder: Path) -> list[str]:
             str(folder / "mirror" / "tiny"), "--storage", str(folder / "store"), "--params", str(folder / "tiny.json")]
 
 
-RUNS = {"jax-training": Run(_train_on_jax, JAX_ENV, nice=15),
+RUNS = {"jax-training": Run(_train_on_jax, JAX_ENV),
         "dlib-on-jax": Run(_dlib_on_jax, {"KERAS_BACKEND": "jax"}),
         "dlib-twin": Run(lambda folder: ["-c", FINE_TUNE_TWIN, str(folder)]),
         "main-job": Run(_main_job, needs_api=True)}

@@ -35,9 +35,9 @@ TINY_NET = TINY_TRAIN.model_dump(include={"architecture", "input_size", "width",
     "epochs": 2, "steps_per_epoch": 3, "people_per_batch": 2, "time_budget_minutes": 5}
 TINY_EVAL = {"nway": [2], "nway_tasks": 10}
 TRAINING_SEEDS = (11, 12)
-# The stack's processes (the worker's flow runs too) yield the CPU to the tests in the foreground and
-# to the background runs needed sooner (tests/background_runs.py): its tests come late.
-NICE = 15
+# The stack's processes (the worker's flow runs too) yield the CPU to the tests in the foreground, but
+# not so far that other load on the machine could starve the server while a test waits on it.
+NICE = 5
 
 
 @dataclass
