@@ -2,8 +2,8 @@
 marked ``@pytest.mark.background_run("name")`` (or a fixture that needs one, see conftest) gets its
 process started by conftest's pytest_collection_finish, on the second core while this process runs
 the tests before it, and reads the ended process with ``finished("name")``. The JAX checks run this
-way (this process cannot switch to JAX), and so do the main job's command line and the fine-tuning
-of the pretrained twin that test_dlib_port reads.
+way (this process cannot switch to JAX), and so do the main job's command line, the fine-tuning of
+the pretrained twin that test_dlib_port reads and the stopped trainings test_training goes on from.
 
 Each run works in a folder of its own, written to by nothing else; its output goes to files there
 (a pipe nobody reads until the test comes could fill up and stall it). A run that needs the Prefect
@@ -76,6 +76,36 @@ assert config.architecture == "dlib_resnet" and config.input_size == 150, config
 print(json.dumps(dataclasses.asdict(train(config, str(folder / "store"), log=lambda _: None))))
 """
 
+# TINY_TRAIN for 4 epochs on the tiny dataset, stopped before it could publish: killed once its second
+# epoch was saved ("killed"), or fitted to the end with a file where the registry's folder goes so that
+# publishing fails, the file removed after ("unpublished"). Two tests of test_training go on from each.
+STOPPED_TRAIN = TINY_TRAIN.replace(epochs=4, early_stopping_patience=100)
+STOP_TRAINING = """\
+import sys
+from pathlib import Path
+from tasks.data.datasets import DATASETS
+from tasks.training.config import TrainConfig
+from tasks.training.train import train
+from tests.fakes import kill_after, make_tiny_lfw, prepare_tiny, tiny_spec
+folder, how, config = Path(sys.argv[1]), sys.argv[2], TrainConfig.model_validate_json(sys.argv[3])
+sums, storage = make_tiny_lfw(folder / "mirror"), folder / "store"
+DATASETS["tiny"] = tiny_spec(sums)
+prepare_tiny(str(storage), folder / "mirror", sums)
+if how == "killed":
+    try:
+        train(config, str(storage), extra_callbacks=[kill_after(2)], log=lambda _: None)
+    except KeyboardInterrupt:
+        sys.exit(0)
+else:
+    (storage / "models").write_text("a file where the registry's folder goes")  # publishing fails after the fit
+    try:
+        train(config, str(storage), log=lambda _: None)
+    except OSError:
+        (storage / "models").unlink()
+        sys.exit(0)
+sys.exit(f"the training was not stopped ({how})")
+"""
+
 # The main job's command line on a tiny mirror of its own, the tiny dataset registered first.
 MAIN_JOB = """\
 import sys
@@ -123,7 +153,10 @@ def _main_job(folder: Path) -> list[str]:
 RUNS = {"jax-training": Run(_train_on_jax, JAX_ENV),
         "dlib-on-jax": Run(_dlib_on_jax, {"KERAS_BACKEND": "jax"}),
         "dlib-twin": Run(lambda folder: ["-c", FINE_TUNE_TWIN, str(folder)]),
-        "main-job": Run(_main_job, needs_api=True)}
+        "main-job": Run(_main_job, needs_api=True),
+        **{f"{how}-training": Run(lambda folder, how=how: ["-c", STOP_TRAINING, str(folder), how,
+                                                            STOPPED_TRAIN.model_dump_json()])
+           for how in ("killed", "unpublished")}}
 
 
 class BackgroundRun:

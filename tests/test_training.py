@@ -18,7 +18,8 @@ from tasks.data.prepared import PreparedDataError, load_index, load_tensors, rea
 from tasks.registry import ModelIntegrityError, load_model, publish
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainingDivergedError, train
-from tests.fakes import TINY_TRAIN, tiny_spec
+from tests.background_runs import STOPPED_TRAIN as STOPPED
+from tests.fakes import TINY_TRAIN, kill_after, tiny_spec
 
 TINY = TINY_TRAIN
 
@@ -74,33 +75,15 @@ def test_save_then_safe_load_gives_identical_predictions(tmp_path):
         load_model(store, "v1")
 
 
-class KillAfter(keras.callbacks.Callback):
-    """Simulates a killed process: raises once the backup of ``epoch`` has been written."""
+# The stopped trainings two tests each go on from (tests/background_runs.py): each made once, in a
+# process started when these tests were collected, and copied per test.
+def _stopped(name: str) -> dict:
+    from tests import background_runs
+    from tests.conftest import read_sums
 
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt("killed")
-
-
-# The stopped trainings that two tests each go on from: made once for the module, copied per test.
-STOPPED = small(epochs=4, early_stopping_patience=100)
-
-
-def _stopped_training(root, stop) -> dict:
-    """The tiny dataset's data stages in ``root``/store and STOPPED trained there until ``stop`` raised
-    (with ``root``/home as SIAMESE_HOME, which holds what the run leaves to resume or publish)."""
-    from tests.conftest import tiny_registered
-    from tests.fakes import make_tiny_lfw, prepare_tiny
-
-    sums = make_tiny_lfw(root / "mirror")
-    with tiny_registered(sums, root / "home"):
-        prepare_tiny(str(root / "store"), root / "mirror", sums)
-        stop(str(root / "store"))
-    return {"root": root, "sums": sums}
+    out, folder = background_runs.finished(name)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"root": folder, "sums": read_sums(folder / "mirror")}
 
 
 def _copied(made: dict, tmp_path, siamese_home, monkeypatch) -> tuple[str, Path, dict]:
@@ -112,12 +95,8 @@ def _copied(made: dict, tmp_path, siamese_home, monkeypatch) -> tuple[str, Path,
 
 
 @pytest.fixture(scope="module")
-def killed_template(tmp_path_factory) -> dict:
-    def killed_after_two_epochs(storage):
-        with pytest.raises(KeyboardInterrupt):
-            train(STOPPED, storage, extra_callbacks=[KillAfter(2)], log=lambda _: None)
-
-    return _stopped_training(tmp_path_factory.mktemp("killed"), killed_after_two_epochs)
+def killed_template() -> dict:
+    return _stopped("killed-training")
 
 
 @pytest.fixture
@@ -127,15 +106,8 @@ def killed_run(killed_template, tmp_path, siamese_home, monkeypatch) -> tuple[st
 
 
 @pytest.fixture(scope="module")
-def unpublished_template(tmp_path_factory) -> dict:
-    def publish_fails(storage):
-        registry = Path(storage) / "models"
-        registry.write_text("a file where the registry's folder goes")  # publishing fails once fit has finished
-        with pytest.raises(OSError):
-            train(STOPPED, storage, log=lambda _: None)
-        registry.unlink()
-
-    return _stopped_training(tmp_path_factory.mktemp("unpublished"), publish_fails)
+def unpublished_template() -> dict:
+    return _stopped("unpublished-training")
 
 
 @pytest.fixture
@@ -145,6 +117,7 @@ def unpublished_fit(unpublished_template, tmp_path, siamese_home, monkeypatch) -
     return _copied(unpublished_template, tmp_path, siamese_home, monkeypatch)[0]
 
 
+@pytest.mark.background_run("killed-training")
 def test_killed_run_resumes_at_the_next_epoch(killed_run):
     tiny_store, _, _ = killed_run
     config = STOPPED
@@ -162,7 +135,7 @@ def test_a_killed_run_resumes_with_its_best_epoch_and_its_original_budget(tiny_s
     monkeypatch.setattr(training_callbacks, "now", lambda: next(ticks))
     config = small(epochs=8, early_stopping_patience=100, time_budget_minutes=35 / 60)  # 10 s an epoch: 4 epochs
     with pytest.raises(KeyboardInterrupt):
-        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+        train(config, tiny_store, extra_callbacks=[kill_after(2)], log=lambda _: None)
     result = train(config, tiny_store, log=lambda _: None)
     m = result.metrics
     assert m["epochs_run"] == 4 and m["training_seconds"] == 40  # 20 s before the kill count against the budget
@@ -280,6 +253,7 @@ def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow()
     assert loss == pytest.approx(result["metrics"]["val_loss"], rel=1e-3)
 
 
+@pytest.mark.background_run("unpublished-training")
 def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_training_again(unpublished_fit):
     tiny_store = unpublished_fit
     seen = []
@@ -295,6 +269,7 @@ def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_train
     assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
 
 
+@pytest.mark.background_run("unpublished-training")
 def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_history(unpublished_fit,
                                                                                        siamese_home):
     tiny_store = unpublished_fit
@@ -306,6 +281,7 @@ def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_h
     assert result.metrics["val_accuracy"] == history["val_pair_accuracy"].max()
 
 
+@pytest.mark.background_run("killed-training")
 def test_a_killed_run_is_not_resumed_on_other_faces(killed_run):
     """Faces cut otherwise (another preprocessing, other tensors) make another run, not a resumed one."""
     from tasks.data.steps import preprocess_for, run_index
