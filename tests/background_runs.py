@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,9 +160,49 @@ RUNS = {"jax-training": Run(_train_on_jax, JAX_ENV),
            for how in ("killed", "unpublished")}}
 
 
+class _Turns:
+    """At most ``limit`` runs at once (two cores: more at once would only share them, and hold more
+    memory); a free turn goes to the ready run that was started first."""
+
+    def __init__(self, limit: int):
+        self._limit, self._running, self._tickets = limit, 0, 0
+        self._ready: set[int] = set()
+        self._changed = threading.Condition()
+
+    def ticket(self) -> int:
+        with self._changed:
+            self._tickets += 1
+            return self._tickets
+
+    def wake(self) -> None:
+        """Lets waiting runs see that they are stopping."""
+        with self._changed:
+            self._changed.notify_all()
+
+    @contextmanager
+    def turn(self, ticket: int, stopping: threading.Event):
+        with self._changed:
+            self._ready.add(ticket)
+            self._changed.wait_for(lambda: stopping.is_set() or (self._running < self._limit
+                                                                   and ticket == min(self._ready)))
+            self._ready.discard(ticket)
+            self._running += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+
+_turns = _Turns(limit=2)
+
+
 class BackgroundRun:
     def __init__(self, name: str, api_url: Callable[[], str] | None):
         self.name, self.run = name, RUNS[name]
+        self._ticket = _turns.ticket()  # its place in line: the order runs are started in
         self.folder = Path(tempfile.mkdtemp(prefix=f"siamese-{name}-"))
         self._api_url = api_url
         self._process: subprocess.Popen | None = None
@@ -179,11 +220,12 @@ class BackgroundRun:
             if self.run.needs_api:
                 env["PREFECT_API_URL"] = self._api_url()
             args = ["nice", "-n", str(self.run.nice), sys.executable, *self.run.arguments(self.folder)]
-            with open(self.folder / "stdout", "wb") as out, open(self.folder / "stderr", "wb") as err:
-                if not self._stopping.is_set():
-                    self._process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err)
-            if self._process is not None:
-                self._process.wait()
+            with _turns.turn(self._ticket, self._stopping):
+                with open(self.folder / "stdout", "wb") as out, open(self.folder / "stderr", "wb") as err:
+                    if not self._stopping.is_set():
+                        self._process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err)
+                if self._process is not None:
+                    self._process.wait()
         except BaseException as err:  # raised in the test that reads the run
             self._error = err
 
@@ -198,6 +240,7 @@ class BackgroundRun:
 
     def stop(self) -> None:
         self._stopping.set()
+        _turns.wake()
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
         self._thread.join(timeout=60)
