@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 
 # Settings that must exist before prefect is imported anywhere.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="siamese-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)  # this session's; its processes end with it
 os.environ.update({
     "PREFECT_HOME": _PREFECT_HOME,
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
