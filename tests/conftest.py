@@ -1,17 +1,17 @@
 from __future__ import annotations
 
-import io
-import json
+import atexit
 import os
 import shutil
 import tempfile
 import uuid
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 # Settings that must exist before prefect is imported anywhere.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="siamese-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)  # this session's; its processes end with it
 os.environ.update({
     "PREFECT_HOME": _PREFECT_HOME,
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -63,9 +63,9 @@ def pytest_collection_finish(session):
     from tests import background_runs
 
     if any("prefect_harness" in item.fixturenames for item in session.items):
-        from tests.prefect_api import BackgroundHarness
-
-        session.config.stash[PREFECT_API] = BackgroundHarness().start()
+        prefect_api(session.config)
+    if any("main_job" in item.fixturenames for item in session.items):
+        background_runs.start("main-job", lambda: prefect_api(session.config).wait())
     for item in session.items:
         for mark in item.iter_markers("background_run"):
             background_runs.start(*mark.args)
@@ -194,13 +194,18 @@ def prefect_harness(request):
     keep theirs) are watched for them."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    if PREFECT_API not in request.config.stash:
-        from tests.prefect_api import BackgroundHarness
-
-        request.config.stash[PREFECT_API] = BackgroundHarness().start()
-    request.config.stash[PREFECT_API].wait()
+    prefect_api(request.config).wait()
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def prefect_api(config):
+    """The session's Prefect test API (tests/prefect_api.py), started on the first call."""
+    if PREFECT_API not in config.stash:
+        from tests.prefect_api import BackgroundHarness
+
+        config.stash[PREFECT_API] = BackgroundHarness().start()
+    return config.stash[PREFECT_API]
 
 
 @contextmanager
@@ -290,9 +295,11 @@ def tiny_model(tiny_registry, tmp_path, monkeypatch) -> tuple[str, str]:
 @dataclass(frozen=True)
 class MainJob:
     """The main job run once through its command line on the tiny mirror (identity_disjoint and the
-    LFW protocol pairs): its exit code, what it printed, the storage it filled and its inputs."""
+    LFW protocol pairs): its exit code, what it printed (stdout's lines, stderr), the storage it filled
+    and its inputs."""
     exit_code: int
     lines: list[str]
+    stderr: str
     storage: Path
     mirror: Path
     sums: dict[str, str]
@@ -303,31 +310,17 @@ class MainJob:
         return str(target)
 
 
-MAIN_JOB_TRAIN = {"protocol": "identity_disjoint", "people_per_batch": 2}  # over TINY_TRAIN
-MAIN_JOB_EVAL = {"nway": [2], "nway_tasks": 10}
-
-
 @pytest.fixture(scope="session")
-def main_job(tmp_path_factory, prefect_harness) -> MainJob:
-    """``python -m flows.main`` (its ``main``) once per session; tests that go on from its storage copy it."""
-    from flows import main
-    from tests.fakes import TINY_IDENTITY_DISJOINT, TINY_TRAIN
+def main_job(request, prefect_harness) -> MainJob:
+    """``python -m flows.main`` once per session, in a process of its own against the session's
+    Prefect test API (started when its tests were collected: tests/background_runs.py); tests that go
+    on from its storage copy it."""
+    from tests import background_runs
 
-    root = tmp_path_factory.mktemp("main-job")
-    mirror = root / "mirror" / "tiny"
-    sums = make_tiny_lfw(mirror)
-    settings_file = root / "tiny.json"
-    settings_file.write_text(json.dumps({
-        "data": {"protocols": ["identity_disjoint", "lfw_official"],
-                 "identity_disjoint": TINY_IDENTITY_DISJOINT.model_dump()},
-        "train": {**TINY_TRAIN.model_dump(exclude={"dataset"}), **MAIN_JOB_TRAIN},
-        "evaluation": MAIN_JOB_EVAL}))
-    storage = root / "store"
-    printed = io.StringIO()
-    with tiny_registered(sums, root / "home"), redirect_stdout(printed):
-        code = main.main(["--dataset", "tiny", "--mirror", str(mirror), "--storage", str(storage),
-                          "--params", str(settings_file)])
-    return MainJob(code, printed.getvalue().splitlines(), storage, mirror, sums)
+    out, folder = background_runs.finished("main-job", lambda: prefect_api(request.config).wait())
+    mirror = folder / "mirror" / "tiny"
+    return MainJob(out.returncode, out.stdout.splitlines(), out.stderr, folder / "store", mirror,
+                   read_sums(mirror))
 
 
 def copy_models(source: str, target) -> None:

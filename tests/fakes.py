@@ -136,3 +136,16 @@ def clustered_gallery(people: int, per_person: int, dim: int = 32, seed: int = 0
     n = min(500, people)
     probes = unit_rows(centres[:n] + noise * rng.normal(size=(n, dim)))
     return Gallery(names, keys, emb), probes
+
+
+def kill_after(epoch: int):
+    """A Keras callback that simulates a killed process: it raises once the backup of ``epoch`` has been
+    written (KeyboardInterrupt, as Ctrl-C would)."""
+    import keras
+
+    class KillAfter(keras.callbacks.Callback):
+        def on_epoch_end(self, finished, logs=None):
+            if finished + 1 == epoch:
+                raise KeyboardInterrupt("killed")
+
+    return KillAfter()

@@ -1,6 +1,7 @@
 """The operations tests' deployed stack: a real `prefect server start`, the deployments of
 prefect.yaml, a process worker and a webhook receiver for alerts, on a tiny LFW-shaped mirror; and
-the runs the tests then look at (the main deployment's first run, two trainings started at once).
+the runs the tests then look at (the main deployment's first run, two trainings started at once, a
+run past its time limit and a nightly without a gallery).
 
 It is started in a thread of its own as soon as the operations tests are collected (conftest's
 pytest_collection_finish): its server, its command-line calls and the worker's flow runs are other
@@ -9,6 +10,7 @@ The tests wait for what they need; a failure in the background is raised in the 
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tasks.data.pairs import IdentityDisjointConfig
 from tests.fakes import TINY_TRAIN, make_tiny_lfw
-from tests.servers import PrefectServer, WebhookReceiver, stop_process
+from tests.servers import HttpFiles, PrefectServer, WebhookReceiver, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -33,6 +35,9 @@ TINY_NET = TINY_TRAIN.model_dump(include={"architecture", "input_size", "width",
     "epochs": 2, "steps_per_epoch": 3, "people_per_batch": 2, "time_budget_minutes": 5}
 TINY_EVAL = {"nway": [2], "nway_tasks": 10}
 TRAINING_SEEDS = (11, 12)
+# The stack's processes (the worker's flow runs too) yield the CPU to the tests in the foreground, but
+# not so far that other load on the machine could starve the server while a test waits on it.
+NICE = 5
 
 
 @dataclass
@@ -80,7 +85,7 @@ class OpsStack:
     """Builds the stack and makes the first runs in a background thread; ``ops()``, ``main_run()`` and
     ``trainings()`` wait for their part and raise what went wrong there (or before it)."""
 
-    PARTS = ("ops", "main_run", "trainings")
+    PARTS = ("ops", "main_run", "trainings", "failing_runs")
 
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="siamese-operations-"))
@@ -107,6 +112,11 @@ class OpsStack:
         """The ids of two train deployment runs started at once after the main run, both ended."""
         return self._wait("trainings")
 
+    def failing_runs(self) -> dict:
+        """The ids of a data run started with a time limit of 0.6 s and a nightly run without a gallery
+        (after the trainings), both ended."""
+        return self._wait("failing_runs")
+
     def _wait(self, part: str):
         if self._thread.ident is None:
             raise RuntimeError("the operations stack was never started")
@@ -118,7 +128,8 @@ class OpsStack:
 
     def _build(self) -> None:
         steps = {"ops": self._start_stack, "main_run": lambda: self._first_main_run(self._ready["ops"]),
-                 "trainings": lambda: self._two_trainings_at_once(self._ready["ops"])}
+                 "trainings": lambda: self._two_trainings_at_once(self._ready["ops"]),
+                 "failing_runs": lambda: self._failing_runs(self._ready["ops"])}
         part = self.PARTS[0]
         try:
             for part in self.PARTS:
@@ -132,7 +143,7 @@ class OpsStack:
 
     def _start_stack(self) -> Ops:
         root = self.root
-        server = self._server = PrefectServer(root / "server").start()
+        server = self._server = PrefectServer(root / "server", nice=NICE).start()
         receiver = self._receiver = WebhookReceiver().start()
         mirror, storage = root / "mirror", root / "store"
         make_tiny_lfw(mirror, archive="lfw.tgz")  # the dataset lfw, for any process
@@ -144,12 +155,14 @@ class OpsStack:
         # run-time settings from Prefect Variables: nothing about storage or mirror is in the worker
         for name, value in (("siamese_storage", storage), ("siamese_mirror", mirror)):
             server.api("/variables/", {"name": name, "value": str(value)})
-        out = subprocess.run([sys.executable, "-m", "flows.alerts", "--webhook", f"{receiver.url}/alerts"],
-                             env={**server.env, **run_env}, cwd=REPO, capture_output=True, text=True, timeout=120)
+        out = subprocess.run([*server.niced, sys.executable, "-m", "flows.alerts", "--webhook",
+                              f"{receiver.url}/alerts"], env={**server.env, **run_env}, cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
         worker_log = root / "worker.log"
         with open(worker_log, "wb") as log:  # asks for new runs every second (Prefect's default: 10 s)
-            self._worker = subprocess.Popen([server.prefect, "worker", "start", "--pool", "siamese-process"],
+            self._worker = subprocess.Popen([*server.niced, server.prefect, "worker", "start", "--pool",
+                                             "siamese-process"],
                                             env={**server.env, **run_env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
                                             cwd=root, stdout=log, stderr=subprocess.STDOUT)
         return Ops(server, storage, receiver, worker_log)
@@ -171,6 +184,23 @@ class OpsStack:
         for run_id in runs:
             ops.wait(run_id)
         return runs
+
+    @staticmethod
+    def _failing_runs(ops: Ops) -> dict:
+        # the tiny mirror over HTTP, each answer held until 1 s after the run's first request: the run is
+        # past its 0.6 s limit before its data stage can end, however fast the machine
+        mirror = HttpFiles(ops.storage.parent / "mirror", hold=1.0).start()
+        try:
+            limited = ops.start("data/data", {"params": {**TINY_DATA, "mirror": mirror.url,
+                                                         "trust_mirror_checksums": True},
+                                              "storage": str(ops.storage.parent / "fresh-store")},
+                                job_variables={"env": {"SIAMESE_TIME_LIMITS": json.dumps({"data": 0.01})}})
+            no_gallery = ops.start("nightly-retrain/nightly-retrain", {"data": TINY_DATA})
+            for run_id in (limited, no_gallery):
+                ops.wait(run_id, 300)
+        finally:
+            mirror.stop()
+        return {"limited": limited, "no_gallery": no_gallery}
 
     def stop(self) -> None:
         """Stops the worker and the servers (after the background thread, which may still be waiting

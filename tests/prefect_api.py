@@ -17,6 +17,7 @@ class BackgroundHarness:
     def __init__(self):
         self._ready, self._leave = threading.Event(), threading.Event()
         self._error: BaseException | None = None
+        self._url: str | None = None
         self._thread = threading.Thread(target=self._hold, name="prefect-test-api", daemon=True)
 
     def start(self) -> BackgroundHarness:
@@ -31,6 +32,7 @@ class BackgroundHarness:
         try:  # the setting reaches the server process through the harness's settings, not os.environ
             with prefect.settings.temporary_settings(updates={recorder: False}), \
                     prefect_test_harness(server_startup_timeout=120):
+                self._url = prefect.settings.PREFECT_API_URL.value()
                 self._ready.set()
                 self._leave.wait()
         except BaseException as err:  # raised where the API is needed
@@ -38,10 +40,12 @@ class BackgroundHarness:
         finally:
             self._ready.set()
 
-    def wait(self) -> None:
+    def wait(self) -> str:
+        """The API's address, once it is up."""
         self._ready.wait()
         if self._error is not None:
             raise RuntimeError("the Prefect test API did not start") from self._error
+        return self._url
 
     def stop(self) -> None:
         self._leave.set()

@@ -246,11 +246,14 @@ class PrefectServer:
     """``prefect server start`` on a free port with a PREFECT_HOME of its own (UI off unless asked);
     ``env`` is the environment for clients, workers and CLI calls against it."""
 
-    def __init__(self, home: Path, ui: bool = False):
+    def __init__(self, home: Path, ui: bool = False, nice: int = 0):
+        """``nice``: the server's and its command-line calls' niceness, as `nice -n` takes it (a server
+        built in the background yields the CPU to the tests in the foreground)."""
         import os
         import sys
 
         self.home, self.port = home, free_port()
+        self.niced = ["nice", "-n", str(nice)] if nice else []
         self.prefect = str(Path(sys.executable).with_name("prefect"))
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "PREFECT_API_URL": self.url,
@@ -263,8 +266,9 @@ class PrefectServer:
 
         self.home.mkdir(parents=True, exist_ok=True)
         self._log = open(self.home / "server.log", "wb")
-        self.process = subprocess.Popen([self.prefect, "server", "start", "--host", "127.0.0.1", "--port",
-                                         str(self.port)], env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([*self.niced, self.prefect, "server", "start", "--host", "127.0.0.1",
+                                         "--port", str(self.port)], env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
         for _ in range(240):
             try:
                 self.api("/health")
@@ -298,8 +302,8 @@ class PrefectServer:
     def cli(self, *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 180) -> str:
         import subprocess
 
-        out = subprocess.run([self.prefect, "--no-prompt", *args], env={**self.env, **(env or {})}, cwd=cwd,
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([*self.niced, self.prefect, "--no-prompt", *args], env={**self.env, **(env or {})},
+                             cwd=cwd, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise AssertionError(f"prefect {' '.join(args)}: {out.stdout[-3000:]}{out.stderr[-3000:]}")
         return out.stdout

