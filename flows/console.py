@@ -34,7 +34,9 @@ def report(result: DataResult, store: Storage, seconds: float, model: TrainResul
 
 def as_json(result: DataResult, model: TrainResult | None, evaluation: JudgedChallenger | None) -> str:
     return json.dumps({"data": asdict(result), "model": asdict(model) if model else None,
-                       "evaluation": asdict(evaluation) if evaluation else None},
+                       "evaluation": ({"report_key": evaluation.report_key, "report": evaluation.report,
+                                       **evaluation.decision.record(), "demo": evaluation.demo}
+                                      if evaluation else None)},
                       default=str, indent=2)
 
 

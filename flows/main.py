@@ -175,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if not json_output:
         print(f"compute: {device_summary()}; {precision_summary()}", flush=True)
-    result, model, decision = main_flow(data, train or TrainConfig(), evaluation, storage,
-                                        train_and_evaluate=train is not None)
+    result, model, judged = main_flow(data, train or TrainConfig(), evaluation, storage,
+                                      train_and_evaluate=train is not None)
     seconds = time.perf_counter() - start
     if json_output:
-        print(console.as_json(result, model, decision))
+        print(console.as_json(result, model, judged))
     else:
-        print(console.report(result, open_storage(storage), seconds, model, decision))
+        print(console.report(result, open_storage(storage), seconds, model, judged))
     return 0
 
 

@@ -343,7 +343,7 @@ def _publish(store: Storage, gid: str, version: str, manifest: dict, published: 
 
 
 def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source: Storage, todo: pd.DataFrame,
-                  detect: str, embedder: Embedder, log: Callable[[str], None], progress: Progress = _no_progress
+                  detect: str, embedder: Embedder, log: Callable[[str], None], progress: Progress
                   ) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """Embed ``todo`` in checkpoints of CHECKPOINT_IMAGES, each saved under the pending prefix as it is
     done (a killed enrolment resumes from them); (rows, error rows, the saved parts' keys)."""
@@ -368,11 +368,11 @@ def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source
     return (pd.concat(parts, ignore_index=True) if parts else EMPTY), errors, saved
 
 
-EMBED_SLICE = 64  # images fetched and embedded at a time: how often an enrolment's progress moves
+EMBED_SLICE = 512  # images fetched and embedded at a time (the scorer's largest batch): progress moves per slice
 
 
 def _embed_chunk(source: Storage, todo: pd.DataFrame, detect: str, embedder: Embedder,
-                 embedded: Callable[[int], None] = lambda done: None) -> tuple[pd.DataFrame, list[dict]]:
+                 embedded: Callable[[int], None]) -> tuple[pd.DataFrame, list[dict]]:
     """Rows (with their embedding) for the images of ``todo`` with a face, and error rows for the
     others; ``embedded`` hears how many of them are done after each slice of EMBED_SLICE."""
     etag_of, identity_of = dict(zip(todo["key"], todo["etag"])), dict(zip(todo["key"], todo["identity"]))

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from sklearn.linear_model import LogisticRegression
 
 import model
 from model import keras
@@ -107,6 +105,8 @@ def _distribution_scope(machine: dict):
 
 def plot_curves(history: pd.DataFrame, title: str) -> bytes:
     """face-comparer's loss/accuracy figure: raw values and a 20-epoch moving average."""
+    from matplotlib.figure import Figure  # matplotlib only for the figure (flows.console imports this module)
+
     fig = Figure(figsize=(10, 4), dpi=80)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -241,8 +241,6 @@ def build_training(config: TrainConfig, data: TrainingData, log: Callable[[str],
             models, trained, batches = _compile_in_batch(config, data, net, identify, optimizer, log)
         else:
             models, trained, batches = _compile_pairs(config, data, net, optimizer, log)
-    if machine["backend"] == "tensorflow" and "strategy" not in machine:  # one trace of the step, not two
-        build_training_state(trained, batches)
     pretrained = load_pretrained(models.embedder, data.store, log) if config.architecture in PRETRAINED else None
     warm_from, inherited = warm_start(data.store, config, net, data.faces.preprocess, models, data.pairs.frame, log)
     return TrainingSetup(machine, net, models, trained, batches, identify, pretrained, warm_from, inherited)
@@ -297,6 +295,8 @@ def fit_once(config: TrainConfig, data: TrainingData, setup: TrainingSetup, extr
         validation = PairValidation(setup.models.pair, data.tensors, val_left, val_right, val_same,
                                     **_all_pairs_validation(setup.models, data.val_pairs, data.index,
                                                             config.selection_metric()))
+        if setup.machine["backend"] == "tensorflow" and "strategy" not in setup.machine:
+            build_training_state(setup.trained, setup.batches)  # one trace of the train step, not two
         fitted = fit(config, run_dir, setup.trained, setup.batches, validation,
                      bool(setup.pretrained or setup.warm_from), extra_callbacks, log)
     else:
@@ -533,6 +533,8 @@ def start_head_from_embeddings(models, tensors, train_pairs: pd.DataFrame, index
     embedded = np.zeros((int(rows.max()) + 1, scorer.dim), "float32")
     embedded[rows] = scorer.embed(tensors[rows])
     cosines = np.einsum("nd,nd->n", embedded[left], embedded[right])[:, None]
+    from sklearn.linear_model import LogisticRegression  # as matplotlib above: only where it is used
+
     fit = LogisticRegression(C=1e4).fit(cosines, same.astype(int))
     scale, bias = max(float(fit.coef_[0, 0]), 1e-3), float(fit.intercept_[0])
     logit = next(layer for layer in models.pair.layers if isinstance(layer, SameLogit))
