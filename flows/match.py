@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact
-from prefect.futures import as_completed, wait
+from prefect.futures import as_completed
 
 from flows.args import add_model_arguments, model_from_arguments
 from flows.runtime import run_gallery, run_storage
@@ -61,8 +61,6 @@ def match_flow(params: MatchParams, storage: str | None = None) -> MatchSummary:
                              range(run["shards"]), params.concurrent_shards)
     # Any end but Completed (Failed, Crashed when a Dask worker dies, Cancelled) is a shard without
     # results, and a run missing any probe's results is Failed: the alert fires, a re-run resumes.
-    for future in futures:
-        future.wait()  # its final state from the task itself: the API's copy may not have caught up
     unfinished = sorted(f"{f.state.name}" for f in futures if not f.state.is_completed())
     summary = summarize(run, storage)
     if unfinished or not summary.complete:
@@ -76,7 +74,7 @@ def match_flow(params: MatchParams, storage: str | None = None) -> MatchSummary:
 
 def bounded_submit(submit, items, limit: int) -> list:
     """``submit(item)`` for every item, never more than ``limit`` unfinished at once (a new one starts
-    as soon as any finishes); returns every future once all are done."""
+    as soon as any finishes); returns every future once all are done, each with its final state."""
     running, done = [], []
     for item in items:
         if len(running) >= limit:
@@ -84,7 +82,8 @@ def bounded_submit(submit, items, limit: int) -> list:
             running.remove(finished)
             done.append(finished)
         running.append(submit(item))
-    wait(running)
+    for future in done + running:
+        future.wait()  # its final state from the task itself: the API's copy may not have caught up
     return done + running
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.fakes import JAX_ENV, TINY_IDENTITY_DISJOINT, TINY_TRAIN
+from tests.fakes import JAX_ENV, TINY_EVAL, TINY_IDENTITY_DISJOINT, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,13 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_ON_JAX = """\
 import json, sys
 from pathlib import Path
-from tasks.data.datasets import DATASETS
 from tasks.training.train import train
-from tests.fakes import TINY_TRAIN, make_tiny_lfw, prepare_tiny, tiny_spec
+from tests.fakes import TINY_TRAIN, tiny_dataset_in
 folder = Path(sys.argv[1])
-sums = make_tiny_lfw(folder / "mirror")
-DATASETS["tiny"] = tiny_spec(sums)
-prepare_tiny(str(folder / "store"), folder / "mirror", sums)
+tiny_dataset_in(folder)
 r = train(TINY_TRAIN.replace(epochs=2, steps_per_epoch=2), str(folder / "store"), log=lambda _: None)
 print(json.dumps({"version": r.version, "machine": r.manifest["machine"], "metrics": r.metrics}))
 """
@@ -60,15 +57,12 @@ np.save(sys.argv[2], np.asarray(n.predict_on_batch(np.load(sys.argv[1]).astype("
 FINE_TUNE_TWIN = """\
 import dataclasses, json, sys
 from pathlib import Path
-from tasks.data.datasets import DATASETS
 from tasks.data.steps import run_chips
 from tasks.training.config import TrainConfig
 from tasks.training.train import train
-from tests.fakes import make_tiny_lfw, prepare_tiny, tiny_spec
+from tests.fakes import tiny_dataset_in
 folder = Path(sys.argv[1])
-sums = make_tiny_lfw(folder / "mirror")
-DATASETS["tiny"] = tiny_spec(sums)
-summary = prepare_tiny(str(folder / "store"), folder / "mirror", sums)
+summary = tiny_dataset_in(folder)
 chips = run_chips("tiny", str(folder / "store"), summary, log=lambda _: None)
 assert chips.chips == summary.images and chips.errors == 0, chips
 config = TrainConfig(dataset="tiny", protocol="face_comparer", epochs=2, steps_per_epoch=2, people_per_batch=2,
@@ -84,14 +78,12 @@ STOPPED_TRAIN = TINY_TRAIN.replace(epochs=4, early_stopping_patience=100)
 STOP_TRAINING = """\
 import sys
 from pathlib import Path
-from tasks.data.datasets import DATASETS
 from tasks.training.config import TrainConfig
 from tasks.training.train import train
-from tests.fakes import kill_after, make_tiny_lfw, prepare_tiny, tiny_spec
+from tests.fakes import kill_after, tiny_dataset_in
 folder, how, config = Path(sys.argv[1]), sys.argv[2], TrainConfig.model_validate_json(sys.argv[3])
-sums, storage = make_tiny_lfw(folder / "mirror"), folder / "store"
-DATASETS["tiny"] = tiny_spec(sums)
-prepare_tiny(str(storage), folder / "mirror", sums)
+storage = folder / "store"
+tiny_dataset_in(folder)
 if how == "killed":
     try:
         train(config, str(storage), extra_callbacks=[kill_after(2)], log=lambda _: None)
@@ -118,7 +110,6 @@ from flows import main
 sys.exit(main.main(sys.argv[2:]))
 """
 MAIN_JOB_TRAIN = {"protocol": "identity_disjoint", "people_per_batch": 2}  # over TINY_TRAIN
-MAIN_JOB_EVAL = {"nway": [2], "nway_tasks": 10}
 
 
 @dataclass(frozen=True)
@@ -146,7 +137,7 @@ def _main_job(folder: Path) -> list[str]:
         "data": {"protocols": ["identity_disjoint", "lfw_official"],
                  "identity_disjoint": TINY_IDENTITY_DISJOINT.model_dump()},
         "train": {**TINY_TRAIN.model_dump(exclude={"dataset"}), **MAIN_JOB_TRAIN},
-        "evaluation": MAIN_JOB_EVAL}))
+        "evaluation": TINY_EVAL}))
     return ["-c", MAIN_JOB, str(folder / "mirror" / "tiny"), "--dataset", "tiny", "--mirror",
             str(folder / "mirror" / "tiny"), "--storage", str(folder / "store"), "--params", str(folder / "tiny.json")]
 
@@ -208,6 +199,7 @@ class BackgroundRun:
         self._process: subprocess.Popen | None = None
         self._error: BaseException | None = None
         self._stopping = threading.Event()
+        self._launch = threading.Lock()  # a process starts, or stop() sees it, never neither
         self._thread = threading.Thread(target=self._run, name=f"background-{name}", daemon=True)
 
     def start(self) -> BackgroundRun:
@@ -221,7 +213,8 @@ class BackgroundRun:
                 env["PREFECT_API_URL"] = self._api_url()
             args = ["nice", "-n", str(self.run.nice), sys.executable, *self.run.arguments(self.folder)]
             with _turns.turn(self._ticket, self._stopping):
-                with open(self.folder / "stdout", "wb") as out, open(self.folder / "stderr", "wb") as err:
+                with open(self.folder / "stdout", "wb") as out, open(self.folder / "stderr", "wb") as err, \
+                        self._launch:
                     if not self._stopping.is_set():
                         self._process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err)
                 if self._process is not None:
@@ -239,7 +232,8 @@ class BackgroundRun:
                                            (self.folder / "stdout").read_text(), (self.folder / "stderr").read_text())
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._launch:
+            self._stopping.set()
         _turns.wake()
         if self._process is not None and self._process.poll() is None:
             self._process.kill()

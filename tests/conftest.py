@@ -186,6 +186,17 @@ def tiny_mirror(tmp_path) -> tuple[Path, dict[str, str]]:
     return folder, make_tiny_lfw(folder)
 
 
+@pytest.fixture
+def local_gallery(tmp_path) -> Path:
+    """The matching tests' GALLERY in a folder: ``<person>/<person>_<k>.jpg``."""
+    from storage import open_storage
+    from tests.fakes import write_gallery
+
+    folder = tmp_path / "gallery"
+    write_gallery(open_storage(str(folder)))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(request):
     """One Prefect test API for the whole session (tests/prefect_api.py), started when the tests were

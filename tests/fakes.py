@@ -25,6 +25,7 @@ TINY_IDENTITY_DISJOINT = IdentityDisjointConfig(train_pairs=20, validation_pairs
 TINY_TRAIN = TrainConfig(dataset="tiny", protocol="face_comparer", architecture="resnet", input_size=16, width=8,
                          embedding_dim=16, epochs=3, steps_per_epoch=4, people_per_batch=4, images_per_person=2,
                          time_budget_minutes=5, augment="none", seed=1)
+TINY_EVAL = {"nway": [2], "nway_tasks": 10}  # the evaluation's settings (EvalConfig fields): 2-way tasks only
 
 # A test's JAX subprocess: XLA's CPU backend without LLVM's optimisation passes compiles a train step
 # in half the time (10 s -> 5 s here); the tests compare what it computes with TensorFlow all the same.
@@ -118,6 +119,28 @@ def prepare_tiny(storage: str, folder: Path, sums: dict[str, str], official: boo
     if official:
         run_pairs("tiny", storage, index, "lfw_official", {}, {p.name: str(p) for p in folder.glob("*.txt")})
     return index
+
+
+GALLERY = {f"Person_{c}": 2 for c in "ABCD"}  # the matching tests' gallery: person -> photos
+
+
+def write_gallery(store) -> None:
+    """GALLERY as ``<person>/<person>_<k>.jpg`` in a storage (a folder or a bucket), each photo its own noise."""
+    seed = 100
+    for person, n in GALLERY.items():
+        for k in range(1, n + 1):
+            store.write_bytes(f"{person}/{person}_{k:04d}.jpg", jpeg(seed))
+            seed += 1
+
+
+def tiny_dataset_in(folder: Path):
+    """For a process of its own: the tiny mirror made in ``folder/mirror``, the dataset "tiny"
+    registered with its checksums and its data stage's outputs in ``folder/store``; the index summary."""
+    from tasks.data.datasets import DATASETS
+
+    sums = make_tiny_lfw(folder / "mirror")
+    DATASETS["tiny"] = tiny_spec(sums)
+    return prepare_tiny(str(folder / "store"), folder / "mirror", sums)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -20,20 +20,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.data.pairs import IdentityDisjointConfig
-from tests.fakes import TINY_TRAIN, make_tiny_lfw
+from tests.fakes import TINY_EVAL, TINY_IDENTITY_DISJOINT, TINY_TRAIN, make_tiny_lfw
 from tests.servers import HttpFiles, PrefectServer, WebhookReceiver, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # The tiny mirror's 12 people need smaller pair counts than LFW's defaults, and a tiny network.
 TINY_DATA = {"protocols": ["identity_disjoint", "lfw_official"],
-             "identity_disjoint": IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
-                                                         validation_share=0.25, seed=1).model_dump()}
+             "identity_disjoint": TINY_IDENTITY_DISJOINT.model_dump()}
 TINY_NET = TINY_TRAIN.model_dump(include={"architecture", "input_size", "width", "embedding_dim", "images_per_person",
                                           "augment", "seed"}) | {
     "epochs": 2, "steps_per_epoch": 3, "people_per_batch": 2, "time_budget_minutes": 5}
-TINY_EVAL = {"nway": [2], "nway_tasks": 10}
 TRAINING_SEEDS = (11, 12)
 # The stack's processes (the worker's flow runs too) yield the CPU to the tests in the foreground, but
 # not so far that other load on the machine could starve the server while a test waits on it.
@@ -94,6 +91,7 @@ class OpsStack:
         self._done = {part: threading.Event() for part in self.PARTS}
         self._server = self._receiver = self._worker = None
         self._stopped = False
+        self._launch = threading.Lock()  # a process starts before stop() looks, or never: none is left behind
         self._thread = threading.Thread(target=self._build, name="operations-stack", daemon=True)
 
     def start(self) -> OpsStack:
@@ -143,8 +141,8 @@ class OpsStack:
 
     def _start_stack(self) -> Ops:
         root = self.root
-        server = self._server = PrefectServer(root / "server", nice=NICE).start()
-        receiver = self._receiver = WebhookReceiver().start()
+        server = self._launched("_server", lambda: PrefectServer(root / "server", nice=NICE).start())
+        receiver = self._launched("_receiver", lambda: WebhookReceiver().start())
         mirror, storage = root / "mirror", root / "store"
         make_tiny_lfw(mirror, archive="lfw.tgz")  # the dataset lfw, for any process
         run_env = {"SIAMESE_REPO_DIR": str(REPO), "SIAMESE_HOME": str(root / "home")}
@@ -161,11 +159,19 @@ class OpsStack:
         assert out.returncode == 0, out.stdout + out.stderr
         worker_log = root / "worker.log"
         with open(worker_log, "wb") as log:  # asks for new runs every second (Prefect's default: 10 s)
-            self._worker = subprocess.Popen([*server.niced, server.prefect, "worker", "start", "--pool",
-                                             "siamese-process"],
-                                            env={**server.env, **run_env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
-                                            cwd=root, stdout=log, stderr=subprocess.STDOUT)
+            self._launched("_worker", lambda: subprocess.Popen(
+                [*server.niced, server.prefect, "worker", "start", "--pool", "siamese-process"],
+                env={**server.env, **run_env, "PREFECT_WORKER_QUERY_SECONDS": "1"}, cwd=root, stdout=log,
+                stderr=subprocess.STDOUT))
         return Ops(server, storage, receiver, worker_log)
+
+    def _launched(self, name: str, start):
+        """``start()`` kept as this stack's ``name``, unless the stack is stopping: then nothing starts."""
+        with self._launch:
+            if self._stopped:
+                raise RuntimeError("the operations stack was stopped while it was being built")
+            setattr(self, name, start())
+            return getattr(self, name)
 
     @staticmethod
     def _first_main_run(ops: Ops) -> dict:
@@ -205,9 +211,10 @@ class OpsStack:
     def stop(self) -> None:
         """Stops the worker and the servers (after the background thread, which may still be waiting
         on a run); the folder goes with them. Once."""
-        if self._stopped:
-            return
-        self._stopped = True
+        with self._launch:
+            if self._stopped:
+                return
+            self._stopped = True
         if self._worker is not None:
             stop_process(self._worker)
         if self._thread.is_alive():

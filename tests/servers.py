@@ -277,7 +277,9 @@ class PrefectServer:
                 if self.process.poll() is not None:
                     raise RuntimeError((self.home / "server.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
-        raise RuntimeError("prefect server did not become healthy in 120 s")
+        self.stop()  # not left running behind the error
+        raise RuntimeError("prefect server did not become healthy in 120 s: "
+                           + (self.home / "server.log").read_text()[-2000:])
 
     def api(self, path: str, body: dict | None = None, method: str | None = None):
         import json

@@ -11,29 +11,25 @@ from flows import cli, main
 from flows.progress import TerminalProgress
 from storage import open_storage
 from tests.conftest import copy_models
-from tests.fakes import jpeg
+from tests.fakes import GALLERY
 
 
-def test_cli_match_shows_the_enrolment_on_stderr_and_only_result_lines_on_stdout(tiny_registry, tmp_path, capsys):
+def test_cli_match_shows_the_enrolment_on_stderr_and_only_result_lines_on_stdout(tiny_registry, local_gallery,
+                                                                                   tmp_path, capsys):
     source, version, _ = tiny_registry
     storage = str(tmp_path / "store")
     copy_models(source, open_storage(storage))
-    gallery = tmp_path / "gallery"
-    for p, person in enumerate("ABC"):
-        (gallery / f"Person_{person}").mkdir(parents=True)
-        for k in range(2):
-            (gallery / f"Person_{person}" / f"{k}.jpg").write_bytes(jpeg(100 + 2 * p + k))
-    probe = str(gallery / "Person_A" / "0.jpg")
-    assert cli.main(["match", "--storage", storage, "--gallery", str(gallery), "-m", version, probe, probe]) == 0
+    probe = str(local_gallery / "Person_A" / "Person_A_0001.jpg")
+    assert cli.main(["match", "--storage", storage, "--gallery", str(local_gallery), "-m", version, probe, probe]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert len(lines) == 2  # one line per face, nothing else
     for line in lines:
         path, identity, score = line.split(",")
-        assert path == probe and identity in {"Person_A", "Person_B", "Person_C", "unknown"} and 0 <= float(score) <= 1
+        assert path == probe and identity in set(GALLERY) | {"unknown"} and 0 <= float(score) <= 1
     # stderr is no terminal here: plain progress lines, the first and the last at least, then the log
-    assert "enrolling the gallery: 0 of 6 (0%)" in err and "enrolling the gallery: 6 of 6 (100%)" in err
-    assert f"with {version}: 3 identities, 6 images (6 embedded, 0 kept, 0 removed, 0 errors)" in err
+    assert "enrolling the gallery: 0 of 8 (0%)" in err and "enrolling the gallery: 8 of 8 (100%)" in err
+    assert f"with {version}: 4 identities, 8 images (8 embedded, 0 kept, 0 removed, 0 errors)" in err
 
 
 class _Terminal(io.StringIO):

@@ -8,8 +8,7 @@ from flows.data import data_flow
 from storage import open_storage
 from tasks.data.config import DataParams
 from tasks.data.datasets import DATASETS
-from tasks.data.pairs import IdentityDisjointConfig
-from tests.fakes import TINY_FACE_COMPARER, tiny_spec
+from tests.fakes import TINY_FACE_COMPARER, TINY_IDENTITY_DISJOINT, tiny_spec
 
 PROTOCOL_FILES = ("pairs.parquet", "manifest.json", "skew.md", "skew.csv")
 
@@ -23,8 +22,7 @@ def tiny_params(tiny_mirror, http_files, monkeypatch):
 
     return DataParams(
         dataset="tiny", mirror=http_files.url, face_comparer=TINY_FACE_COMPARER,
-        identity_disjoint=IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8,
-                                                 validation_share=0.25, seed=1),
+        identity_disjoint=TINY_IDENTITY_DISJOINT,
     )
 
 

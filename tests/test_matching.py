@@ -16,9 +16,7 @@ from tasks.matching.config import MatchParams
 from tasks.matching.gallery import GalleryError, enrol, read_gallery, validate_identity
 from tasks.matching.runs import list_probes, match_shard, run_params, summarize_run
 from tests.conftest import copy_models
-from tests.fakes import jpeg
-
-GALLERY = {f"Person_{c}": 2 for c in "ABCD"}
+from tests.fakes import GALLERY, jpeg, write_gallery
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -66,12 +64,7 @@ def s3_setup(tiny_registry, seaweed_bucket):
     storage = f"s3://{s3_bucket}/siamese"
     store = open_storage(storage)
     copy_models(local, store)
-    gallery = open_storage(f"s3://{s3_bucket}/gallery")
-    seed = 100
-    for person, n in GALLERY.items():
-        for k in range(1, n + 1):
-            gallery.write_bytes(f"{person}/{person}_{k:04d}.jpg", jpeg(seed))
-            seed += 1
+    write_gallery(open_storage(f"s3://{s3_bucket}/gallery"))
     probes = open_storage(f"s3://{s3_bucket}/probes")
     for i in range(10):
         probes.write_bytes(f"batch/p{i:03d}.jpg", jpeg(200 + i))
@@ -221,13 +214,20 @@ def test_a_threshold_calibrated_anew_makes_a_new_run_never_a_mix(s3_setup, prefe
 def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harness, monkeypatch):
     import threading
 
+    import flows.match as match_flow_module
     import tasks.matching.prefect_tasks as match_tasks
     from flows.match import match_flow
 
     shards, limit = 5, 2
     active, started, peak = [0], [0], [0]
-    changed = threading.Condition()
-    original = match_tasks.match_shard
+    changed, flow_waits = threading.Condition(), threading.Event()
+    original_shard, original_as_completed = match_tasks.match_shard, match_flow_module.as_completed
+
+    def waiting_for_a_shard(futures):  # the flow holds back the next shard until one of these ends
+        with changed:
+            flow_waits.set()
+            changed.notify_all()
+        return original_as_completed(futures)
 
     def watched(*args, **kwargs):
         with changed:
@@ -235,17 +235,20 @@ def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harnes
             started[0] += 1
             peak[0] = max(peak[0], active[0])
             changed.notify_all()
-            # hold until the limit's worth of shards run together (or none is left to come): an unbounded
-            # flow starts the rest meanwhile; a bounded one cannot, until one of these ends
-            assert changed.wait_for(lambda: active[0] >= limit or started[0] == shards, timeout=120)
+            # held until the limit's worth of shards run together and the flow waits for one of them to
+            # end, or until every shard has started: a flow that does not bound them starts them all
+            # meanwhile (peak 5), however fast or slow the threads are
+            assert changed.wait_for(lambda: (active[0] >= limit and flow_waits.is_set()) or started[0] == shards,
+                                    timeout=120)
         try:
-            return original(*args, **kwargs)
+            return original_shard(*args, **kwargs)
         finally:
             with changed:
                 active[0] -= 1
                 changed.notify_all()
 
     monkeypatch.setattr(match_tasks, "match_shard", watched)
+    monkeypatch.setattr(match_flow_module, "as_completed", waiting_for_a_shard)
     s = s3_setup
     summary = match_flow(MatchParams(probes=s["probes"], gallery=s["gallery"], shard_size=2,
                                      concurrent_shards=limit), s["storage"])
@@ -344,18 +347,6 @@ def test_face_detection_modes():
     upright = faces_from_bytes(jpeg(7), "none")[0].pixels
     turned = faces_from_bytes(rotated, "none")[0].pixels
     assert not np.array_equal(upright, turned)  # EXIF orientation was applied before cropping
-
-
-@pytest.fixture
-def local_gallery(tmp_path, tiny_registry):
-    folder = tmp_path / "gallery"
-    seed = 100
-    for person, n in GALLERY.items():
-        (folder / person).mkdir(parents=True)
-        for k in range(1, n + 1):
-            (folder / person / f"{person}_{k:04d}.jpg").write_bytes(jpeg(seed))
-            seed += 1
-    return folder
 
 
 def _cli(*args, cwd=None):

@@ -96,6 +96,7 @@ def test_the_main_job_then_the_nightly_compare_on_their_shared_protocol(main_job
     promoted only beyond the noise."""
     from flows.nightly import nightly_flow
 
+    assert main_job.exit_code == 0, f"the main job it goes on from failed: {main_job.stderr[-3000:]}"
     monkeypatch.setitem(DATASETS, "tiny", tiny_spec(main_job.sums))
     storage = main_job.copy_storage(tmp_path / "store")
     data = DataParams(dataset="tiny", mirror=str(main_job.mirror), protocols=["identity_disjoint", "lfw_official"],

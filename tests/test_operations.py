@@ -14,7 +14,7 @@ import pytest
 
 from storage import catalog, open_storage
 from tasks.registry import list_versions, read_champion, read_champion_pointer, read_manifest, set_champion
-from tests.operations_stack import TINY_EVAL
+from tests.fakes import TINY_EVAL
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from tasks.registry import ModelIntegrityError, load_model, publish
 from tasks.training.config import TrainConfig
 from tasks.training.train import TrainingDivergedError, train
 from tests.background_runs import STOPPED_TRAIN as STOPPED
-from tests.fakes import TINY_TRAIN, kill_after, tiny_spec
+from tests.fakes import TINY_IDENTITY_DISJOINT, TINY_TRAIN, kill_after, tiny_spec
 
 TINY = TINY_TRAIN
 
@@ -147,15 +147,14 @@ def test_a_killed_run_resumes_with_its_best_epoch_and_its_original_budget(tiny_s
 
 def test_identification_learns_only_the_training_identities(tiny_mirror, tmp_path, monkeypatch):
     from model.inputs import split_pairs
-    from tasks.data.pairs import IdentityDisjointConfig, people_in
+    from tasks.data.pairs import people_in
     from tasks.data.steps import preprocess_for, run_index, run_pairs
 
     folder, sums = tiny_mirror
     monkeypatch.setitem(DATASETS, "tiny", tiny_spec(sums))
     storage = str(tmp_path / "store")
     index = run_index("tiny", storage, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny"))
-    config = IdentityDisjointConfig(train_pairs=20, validation_pairs=2, test_pairs=8, validation_share=0.25, seed=1)
-    run_pairs("tiny", storage, index, "identity_disjoint", config.model_dump(),
+    run_pairs("tiny", storage, index, "identity_disjoint", TINY_IDENTITY_DISJOINT.model_dump(),
               {p.name: str(p) for p in folder.glob("*.txt")})
     store = open_storage(storage)
     pairs = read_pairs(store, "tiny", "identity_disjoint").frame
