@@ -166,7 +166,8 @@ class OpsStack:
         return Ops(server, storage, receiver, worker_log)
 
     def _launched(self, name: str, start):
-        """``start()`` kept as this stack's ``name``, unless the stack is stopping: then nothing starts."""
+        """``start()`` kept as this stack's ``name``, unless the stack is stopping: then nothing starts.
+        A stop() meanwhile waits for the start (a Prefect server's: at most its 120 s health wait)."""
         with self._launch:
             if self._stopped:
                 raise RuntimeError("the operations stack was stopped while it was being built")

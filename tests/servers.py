@@ -275,6 +275,7 @@ class PrefectServer:
                 return self
             except OSError:
                 if self.process.poll() is not None:
+                    self._log.close()
                     raise RuntimeError((self.home / "server.log").read_text()[-2000:]) from None
                 time.sleep(0.5)
         self.stop()  # not left running behind the error

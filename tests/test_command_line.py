@@ -79,3 +79,30 @@ def test_main_job_options_are_its_parameters_fields(capsys):
     with pytest.raises(SystemExit):
         main.parse_args(["--train-epochs", "0"])
     assert "train.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_the_main_jobs_json_holds_the_evaluation_and_its_decision_flat():
+    """``python -m flows.main --json``: the evaluation's report key and report, the champion decision's
+    fields beside them (as the champion pointer stores them) and the demo; one JSON document."""
+    import json
+    from dataclasses import dataclass
+
+    from flows.challenger import JudgedChallenger
+    from flows.console import as_json
+    from tasks.evaluation.champion import PromotionDecision
+
+    @dataclass
+    class Counted:  # as_json takes any dataclass for the data stages' result
+        images: int
+
+    decision = PromotionDecision(metric="test_accuracy", challenger="v2", challenger_score=0.99, champion="v1",
+                                 champion_score=0.98, challenger_learned_from="dlib_resnet_v1",
+                                 champion_learned_from=None, promote=True, reason="better", gain=0.01,
+                                 standard_error=0.002)
+    judged = JudgedChallenger("models/v2/report.json", {"version": "v2"}, decision, demo={"rank1": 0.9})
+    out = json.loads(as_json(Counted(57), None, judged))
+    assert out["data"] == {"images": 57} and out["model"] is None
+    assert out["evaluation"] == {"report_key": "models/v2/report.json", "report": {"version": "v2"},
+                                 **decision.record(), "demo": {"rank1": 0.9}}
+    assert out["evaluation"]["promote"] is True and out["evaluation"]["gain"] == 0.01
+    assert json.loads(as_json(Counted(57), None, None))["evaluation"] is None

@@ -223,8 +223,12 @@ def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harnes
     changed, flow_waits = threading.Condition(), threading.Event()
     original_shard, original_as_completed = match_tasks.match_shard, match_flow_module.as_completed
 
+    # bounded_submit waits with flows.match.as_completed: a flow that waited another way would never
+    # release the held shards (the test then fails after 120 s rather than passing)
     def waiting_for_a_shard(futures):  # the flow holds back the next shard until one of these ends
         with changed:
+            if not flow_waits.is_set():  # the first wait: every shard submitted so far runs (none can end yet)
+                assert changed.wait_for(lambda: active[0] >= len(futures), timeout=120)
             flow_waits.set()
             changed.notify_all()
         return original_as_completed(futures)
@@ -236,8 +240,8 @@ def test_at_most_the_given_number_of_shards_run_at_once(s3_setup, prefect_harnes
             peak[0] = max(peak[0], active[0])
             changed.notify_all()
             # held until the limit's worth of shards run together and the flow waits for one of them to
-            # end, or until every shard has started: a flow that does not bound them starts them all
-            # meanwhile (peak 5), however fast or slow the threads are
+            # end, or until every shard has started: a flow that submits more than the limit before it
+            # first waits has them all running then, however fast or slow the threads are
             assert changed.wait_for(lambda: (active[0] >= limit and flow_waits.is_set()) or started[0] == shards,
                                     timeout=120)
         try:

@@ -94,6 +94,7 @@ def test_a_sharded_search_on_two_dask_workers_equals_the_unsharded_one_through_a
         monkeypatch.setattr(sharded_module, "merge_top", kill_at_the_first_merge)
         found, cosines = sharded.search(many, 5, batch=64, in_flight=2)
         assert killed == [victim], "no worker was killed: nothing was tested"
+        assert victim not in client.scheduler_info(n_workers=-1)["workers"]  # it died (a new one took its place)
         assert len(merged) == -(-len(many) // 64)  # every batch merged, all but the first after the kill
         assert not any(victim in holders for holders in client.who_has(sharded.shards).values())
         assert_same_ranking(found, cosines, np.tile(names, (16, 1)), np.tile(scores, (16, 1)))

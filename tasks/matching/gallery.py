@@ -368,7 +368,9 @@ def _embed_saving(store: Storage, gid: str, version: str, settings: dict, source
     return (pd.concat(parts, ignore_index=True) if parts else EMPTY), errors, saved
 
 
-EMBED_SLICE = 512  # images fetched and embedded at a time (the scorer's largest batch): progress moves per slice
+# images fetched and embedded at a time, progress told after each: one to three of the scorer's batches
+# (512 small crops, 186 chips of 150 px)
+EMBED_SLICE = 512
 
 
 def _embed_chunk(source: Storage, todo: pd.DataFrame, detect: str, embedder: Embedder,

@@ -105,7 +105,7 @@ def _distribution_scope(machine: dict):
 
 def plot_curves(history: pd.DataFrame, title: str) -> bytes:
     """face-comparer's loss/accuracy figure: raw values and a 20-epoch moving average."""
-    from matplotlib.figure import Figure  # matplotlib only for the figure (flows.console imports this module)
+    from matplotlib.figure import Figure  # imported where used: only a finished training draws its curves
 
     fig = Figure(figsize=(10, 4), dpi=80)
     axes = fig.subplots(1, 2)
@@ -533,7 +533,7 @@ def start_head_from_embeddings(models, tensors, train_pairs: pd.DataFrame, index
     embedded = np.zeros((int(rows.max()) + 1, scorer.dim), "float32")
     embedded[rows] = scorer.embed(tensors[rows])
     cosines = np.einsum("nd,nd->n", embedded[left], embedded[right])[:, None]
-    from sklearn.linear_model import LogisticRegression  # as matplotlib above: only where it is used
+    from sklearn.linear_model import LogisticRegression  # imported where used, as matplotlib above
 
     fit = LogisticRegression(C=1e4).fit(cosines, same.astype(int))
     scale, bias = max(float(fit.coef_[0, 0]), 1e-3), float(fit.intercept_[0])
