@@ -52,5 +52,6 @@ def evaluate_and_decide(version: str, storage: str | None, evaluation: EvalConfi
     plain = evaluate_flow(version, storage, evaluation.replace(tta_passes=0))
     if evaluation.tta_passes:
         evaluate_flow(version, storage, evaluation)
-    decision = decide_promotion(plain.report, storage, before, metric, min_gain, refused)
+    decision = decide_promotion(plain.report, storage, champion_version=before, metric=metric,
+                                min_gain=min_gain, rescore_refused=refused)
     return JudgedChallenger(plain.report_key, plain.report, decision)

@@ -62,7 +62,7 @@ def main_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConfig(
     model = train_flow(train, storage, reuse_key=f"main-{flow_run.get_id()}")
     judged = evaluate_and_decide(model.version, storage, evaluation)
     if judged.decision.promote:
-        promote(model.version, judged.decision, storage)
+        promote(model.version, judged.decision.record(), storage)
     return prepared, model, replace(judged, demo=demo_matching(storage))
 
 

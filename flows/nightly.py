@@ -80,5 +80,5 @@ def nightly_flow(data: DataParams = DataParams(), train: TrainConfig = TrainConf
     if decision.promote:
         if gallery:
             enrolled = enrol_flow(EnrolParams(gallery=gallery, model=version, detect=detect), storage)
-        promote(version, decision, storage)
+        promote(version, decision.record(), storage)
     return NightlyResult(version, trained, decision, enrolled, changes)

@@ -173,6 +173,15 @@ def looks_like_a_photo(pixels: np.ndarray) -> bool:
     return neighbour_correlation(pixels) >= PHOTO_MIN_NEIGHBOUR_CORRELATION
 
 
+def dataset_detect(pixels: np.ndarray, detect: str) -> str:
+    """A labelled dataset's ``auto`` (the folder index and the chip store): an LFW-framed photo keeps
+    the frame's crop (``none``), any other is detected (``largest``). Unlike matching's ``auto``
+    (find_faces), no noise check: a dataset's photo is labelled as showing its person."""
+    if detect != "auto":
+        return detect
+    return "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
+
+
 def find_faces(pixels: np.ndarray, detect: Detect = "auto", preprocess: FaceInput = PreprocessConfig(),
                detector_name: Detector | None = None) -> list[Face]:
     """The faces of a photo (grey, or colour for a colour model) as the model's inputs, cut as its

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -200,8 +200,6 @@ def roll_back_champion(store: Storage, reason: str) -> dict:
 
 
 def _champion_pointer(version: str, decision: dict, history: list[str]) -> dict:
-    from datetime import datetime
-
     return {"version": version, "decision": decision,
             "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "history": history[-HISTORY_KEPT:]}
 

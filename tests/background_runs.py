@@ -131,7 +131,8 @@ def _dlib_on_jax(folder: Path) -> list[str]:
 
 
 def _main_job(folder: Path) -> list[str]:
-    """``python -m flows.main --dataset tiny --mirror <folder>/mirror/tiny --storage <folder>/store
+    """MAIN_JOB with ``flows.main.main``'s arguments (what ``python -m flows.main`` runs, the tiny
+    dataset registered first): ``--dataset tiny --mirror <folder>/mirror/tiny --storage <folder>/store
     --params <folder>/tiny.json`` (identity_disjoint and the LFW protocol pairs, TINY_TRAIN)."""
     (folder / "tiny.json").write_text(json.dumps({
         "data": {"protocols": ["identity_disjoint", "lfw_official"],
@@ -200,6 +201,7 @@ class BackgroundRun:
         self._error: BaseException | None = None
         self._stopping = threading.Event()
         self._launch = threading.Lock()  # a process starts, or stop() sees it, never neither
+        self._environ = dict(os.environ)  # as the session began: not as a foreground test has patched it since
         self._thread = threading.Thread(target=self._run, name=f"background-{name}", daemon=True)
 
     def start(self) -> BackgroundRun:
@@ -208,7 +210,7 @@ class BackgroundRun:
 
     def _run(self) -> None:
         try:
-            env = {**os.environ, **self.run.environment, "SIAMESE_HOME": str(self.folder / "home")}
+            env = {**self._environ, **self.run.environment, "SIAMESE_HOME": str(self.folder / "home")}
             if self.run.needs_api:
                 env["PREFECT_API_URL"] = self._api_url()
             args = ["nice", "-n", str(self.run.nice), sys.executable, *self.run.arguments(self.folder)]

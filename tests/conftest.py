@@ -323,9 +323,9 @@ class MainJob:
 
 @pytest.fixture(scope="session")
 def main_job(request, prefect_harness) -> MainJob:
-    """``python -m flows.main`` once per session, in a process of its own against the session's
-    Prefect test API (started when its tests were collected: tests/background_runs.py); tests that go
-    on from its storage copy it."""
+    """The main job's command line (``flows.main.main``, the tiny dataset registered first) once per
+    session, in a process of its own against the session's Prefect test API (started when its tests
+    were collected: tests/background_runs.py); tests that go on from its storage copy it."""
     from tests import background_runs
 
     out, folder = background_runs.finished("main-job", lambda: prefect_api(request.config).wait())

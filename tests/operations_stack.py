@@ -11,6 +11,7 @@ The tests wait for what they need; a failure in the background is raised in the 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,7 @@ class OpsStack:
         self._server = self._receiver = self._worker = None
         self._stopped = False
         self._launch = threading.Lock()  # a process starts before stop() looks, or never: none is left behind
+        self._environ = dict(os.environ)  # as the session began: not as a foreground test has patched it since
         self._thread = threading.Thread(target=self._build, name="operations-stack", daemon=True)
 
     def start(self) -> OpsStack:
@@ -141,7 +143,8 @@ class OpsStack:
 
     def _start_stack(self) -> Ops:
         root = self.root
-        server = self._launched("_server", lambda: PrefectServer(root / "server", nice=NICE).start())
+        server = self._launched("_server", lambda: PrefectServer(root / "server", nice=NICE,
+                                                                       environ=self._environ).start())
         receiver = self._launched("_receiver", lambda: WebhookReceiver().start())
         mirror, storage = root / "mirror", root / "store"
         make_tiny_lfw(mirror, archive="lfw.tgz")  # the dataset lfw, for any process

@@ -5,7 +5,7 @@ which this process's tests then see; the thread holds it open until the session 
 
 Its server records no task runs (its TaskRunRecorder service is off): nothing in-process reads them
 back (the operations tests, which do, run against their own `prefect server start`), and on SQLite
-the recorder's writes made every flow ~40% slower and now and then held the database for its 60 s
+the recorder's writes slowed every flow and now and then held the database for its 60 s
 busy timeout, stalling the flow that was waiting on the API.
 """
 from __future__ import annotations

@@ -246,9 +246,10 @@ class PrefectServer:
     """``prefect server start`` on a free port with a PREFECT_HOME of its own (UI off unless asked);
     ``env`` is the environment for clients, workers and CLI calls against it."""
 
-    def __init__(self, home: Path, ui: bool = False, nice: int = 0):
+    def __init__(self, home: Path, ui: bool = False, nice: int = 0, environ: dict[str, str] | None = None):
         """``nice``: the server's and its command-line calls' niceness, as `nice -n` takes it (a server
-        built in the background yields the CPU to the tests in the foreground)."""
+        built in the background yields the CPU to the tests in the foreground); ``environ``: the
+        environment to start from (default this process's now)."""
         import os
         import sys
 
@@ -256,7 +257,8 @@ class PrefectServer:
         self.niced = ["nice", "-n", str(nice)] if nice else []
         self.prefect = str(Path(sys.executable).with_name("prefect"))
         self.url = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "PREFECT_API_URL": self.url,
+        base = os.environ if environ is None else environ
+        self.env = {**base, "PREFECT_HOME": str(home / "prefect-home"), "PREFECT_API_URL": self.url,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true" if ui else "false"}
         self.env.pop("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", None)
 

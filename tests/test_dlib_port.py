@@ -198,11 +198,14 @@ def test_chips_without_dlib_name_the_pip_command():
 
 
 @pytest.mark.background_run("dlib-twin")
-def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(fine_tuned_twin, monkeypatch):
+def test_a_fine_tuned_twin_is_evaluated_beside_the_untouched_network(fine_tuned_twin, monkeypatch, tmp_path):
+    import shutil
+
     from tasks.evaluation.config import EvalConfig
     from tasks.evaluation.evaluate import evaluate
 
-    storage, result, home = fine_tuned_twin
+    source, result, home = fine_tuned_twin
+    storage = str(shutil.copytree(source, tmp_path / "store"))  # the module's twin stays unevaluated
     monkeypatch.setenv("SIAMESE_HOME", str(home))  # where the data stages extracted its photos (the throughput's)
     report = evaluate(result.version, storage, EvalConfig(nway=(2,), nway_tasks=10), log=lambda _: None).report
     untouched = report["untouched"]

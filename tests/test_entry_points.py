@@ -12,7 +12,8 @@ from tasks.registry import read_champion
 
 
 def test_main_job_runs_every_stage_and_ends_with_the_numbers(main_job):
-    """``python -m flows.main --dataset tiny --mirror ... --storage ... --params tiny.json`` (conftest's main_job)."""
+    """``flows.main.main(["--dataset", "tiny", "--mirror", ..., "--storage", ..., "--params", "tiny.json"])``
+    in a process of its own (conftest's main_job): what ``python -m flows.main`` runs."""
     assert main_job.exit_code == 0, main_job.stderr[-3000:]
     out = main_job.lines
     store = open_storage(main_job.storage)

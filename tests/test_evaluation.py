@@ -96,6 +96,7 @@ def test_evaluation_writes_the_report_and_calibrates_on_validation_only(tiny_mod
     storage, version = tiny_model
     store = open_storage(storage)
     first = evaluate(version, storage, SMALL_EVAL, log=lambda _: None)
+    assert not first.reused  # tiny_model holds no evaluation: this one is made here
     report = first.report
     assert set(report["splits"]) == {"train", "validation", "test"}
     assert report["thresholds"]["calibrated_on"] == "tiny/face_comparer/validation"
@@ -137,9 +138,9 @@ def test_evaluate_flow_publishes_artifacts_and_the_main_step_promotes(tiny_model
     storage, version = tiny_model
     result = evaluate_flow("latest", storage, SMALL_EVAL)
     assert result.version == version
-    decision = decide_promotion(result.report, storage, read_champion(open_storage(storage)))
+    decision = decide_promotion(result.report, storage, champion_version=read_champion(open_storage(storage)))
     assert decision.promote
-    promote(version, decision, storage)
+    promote(version, decision.record(), storage)
     assert read_champion(open_storage(storage)) == version
 
     async def artifacts(key):

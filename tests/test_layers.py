@@ -148,6 +148,11 @@ def test_nothing_below_flows_imports_flows():
     assert not found, "imports that run back up into flows: " + "; ".join(found)
 
 
+def test_model_and_storage_do_not_import_tasks():
+    found = _violations(_graph(), ("model", "storage", "settings"), "tasks")
+    assert not found, "imports that run back up into tasks: " + "; ".join(found)
+
+
 def test_flows_do_not_import_the_entry_point():
     found = _violations(_graph(), ("flows",), "flows.main", allowed=("flows.main",))
     assert not found, "flows importing the entry point flows.main: " + "; ".join(found)

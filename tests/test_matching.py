@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from storage import catalog, open_storage
+from tasks.folders import validate_identity
 from tasks.matching.config import MatchParams
-from tasks.matching.gallery import GalleryError, enrol, read_gallery, validate_identity
+from tasks.matching.gallery import GalleryError, enrol, read_gallery
 from tasks.matching.runs import list_probes, match_shard, run_params, summarize_run
 from tests.conftest import copy_models
 from tests.fakes import GALLERY, jpeg, write_gallery
@@ -353,7 +354,7 @@ def test_face_detection_modes():
     assert not np.array_equal(upright, turned)  # EXIF orientation was applied before cropping
 
 
-def _cli(*args, cwd=None):
+def _cli(*args):
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=300)
 
 
@@ -363,7 +364,9 @@ def test_cli_match_and_verify_print_lines_and_exit_codes(tiny_registry, local_ga
     their file descriptors."""
     from flows import cli
 
-    storage, version, report = tiny_registry
+    source, version, report = tiny_registry
+    storage = str(tmp_path / "store")  # the session's registry stays as it was: the enrolment writes here
+    copy_models(source, open_storage(storage))
     probe = local_gallery / "Person_B" / "Person_B_0001.jpg"
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")

@@ -147,7 +147,6 @@ def test_a_killed_run_resumes_with_its_best_epoch_and_its_original_budget(tiny_s
 
 def test_identification_learns_only_the_training_identities(tiny_mirror, tmp_path, monkeypatch):
     from model.inputs import split_pairs
-    from tasks.data.pairs import people_in
     from tasks.data.steps import preprocess_for, run_index, run_pairs
 
     folder, sums = tiny_mirror
@@ -158,7 +157,8 @@ def test_identification_learns_only_the_training_identities(tiny_mirror, tmp_pat
               {p.name: str(p) for p in folder.glob("*.txt")})
     store = open_storage(storage)
     pairs = read_pairs(store, "tiny", "identity_disjoint").frame
-    held_out_people = people_in(pairs[pairs["split"] != "train"])
+    held_out = pairs[pairs["split"] != "train"]
+    held_out_people = set(held_out["left_person"]) | set(held_out["right_person"])
     # the classes are the people the batches draw from: the training split's, none held out
     images = load_index(store, read_index_summary(store, "tiny"))
     batches = IdentityBatches(np.zeros((57, 16, 16), np.uint8), rows_by_person(split_pairs(pairs, "train"), images),
@@ -281,11 +281,12 @@ def test_a_fit_that_left_no_record_starts_afresh_instead_of_appending_a_second_h
 
 
 @pytest.mark.background_run("killed-training")
-def test_a_killed_run_is_not_resumed_on_other_faces(killed_run):
+def test_a_killed_run_is_not_resumed_on_other_faces(killed_run, siamese_home):
     """Faces cut otherwise (another preprocessing, other tensors) make another run, not a resumed one."""
     from tasks.data.steps import preprocess_for, run_index
 
     tiny_store, folder, sums = killed_run
+    assert len(list((siamese_home / "runs").iterdir())) == 1  # the killed run is there to be resumed
     run_index("tiny", tiny_store, str(folder / "tiny.tgz"), sums["tiny.tgz"], preprocess_for("tiny", size=32))
     seen = []
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(epoch))

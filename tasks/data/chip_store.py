@@ -26,7 +26,7 @@ import pandas as pd
 from storage import NotFoundError, Storage, catalog
 from storage.manifests import IntegrityError, read_verified, sha256_bytes
 from tasks.data.index import npy_to_tensors, tensors_to_npy
-from tasks.images import BLANK_STD, LFW_FACE_BOX, LFW_FRAME, ChipConfig, ImageDecodeError, decode
+from tasks.images import BLANK_STD, LFW_FACE_BOX, ChipConfig, ImageDecodeError, decode
 from tasks.parallel_fetch import fetch_pool
 
 CHIPS_FORMAT = 2  # 2: a table per batch
@@ -103,15 +103,13 @@ def _read_table(store: Storage, manifest: dict | None) -> pd.DataFrame:
 
 def _chip_or_error(data: bytes, settings: ChipSettings) -> tuple[np.ndarray | None, str | None, str | None]:
     """(chip, how its face was found, None) or (None, None, why there is none)."""
-    from tasks.faces import find_faces
+    from tasks.faces import dataset_detect, find_faces
 
     try:
         rgb = decode(data, grey=False)
     except ImageDecodeError as err:
         return None, None, str(err)
-    detect = settings.detect
-    if detect == "auto":  # as the index and matching: an LFW-framed photo from the frame, others detected
-        detect = "none" if rgb.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
+    detect = dataset_detect(rgb, settings.detect)  # as the folder index
     faces = find_faces(rgb, detect, settings.chip, settings.detector)
     if not faces:
         return None, None, "no face found" if detect != "none" else "no face: the chip is blank"

@@ -27,9 +27,9 @@ import pandas as pd
 
 from storage import Storage
 from tasks.data.index import INDEX_COLUMNS
-from tasks.faces import Detector, find_faces
+from tasks.faces import Detector, dataset_detect, find_faces
 from tasks.folders import FolderListing, list_people_folder
-from tasks.images import LFW_FRAME, ImageDecodeError, PreprocessConfig, decode
+from tasks.images import ImageDecodeError, PreprocessConfig, decode
 from tasks.parallel_fetch import fetch_pool
 
 FOLDER_INDEX_FORMAT = 1
@@ -55,8 +55,8 @@ class FolderIndex:
 
 @dataclass(frozen=True)
 class FaceCut:
-    """How a folder dataset's faces are cut, as matching cuts them: the preprocessing, when to detect
-    (``auto``: an aligned LFW-framed photo keeps the training crop, any other is detected) and the
+    """How a folder dataset's faces are cut: the preprocessing, when to detect (``auto``: an
+    LFW-framed photo keeps the training crop, any other is detected; see dataset_detect) and the
     detector. A labelled photo shows its person, so ``all`` is refused."""
 
     preprocess: PreprocessConfig
@@ -75,9 +75,7 @@ class FaceCut:
     def face(self, data: bytes) -> tuple[int, int, np.ndarray, str]:
         """(width, height, the face's pixels, "aligned" or "detected") of one photo's bytes."""
         pixels = decode(data, grey=self.preprocess.grey)
-        detect = self.detect
-        if detect == "auto":
-            detect = "none" if pixels.shape[:2] == (LFW_FRAME, LFW_FRAME) else "largest"
+        detect = dataset_detect(pixels, self.detect)
         faces = find_faces(pixels, detect, self.preprocess, self.detector)
         if not faces:
             raise ImageDecodeError("no face found" if detect != "none" else "no face: the crop is blank")

@@ -282,6 +282,14 @@ def people_in(pairs: pd.DataFrame) -> set[str]:
     return set(pairs["left_person"]).union(pairs["right_person"])
 
 
+def images_in(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The images these pairs show, on either side, once each with their person (columns image,
+    person; left sides first, in the pairs' order)."""
+    return pd.concat([pairs[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
+                      pairs[["right_image", "right_person"]].set_axis(["image", "person"], axis=1)]
+                     ).drop_duplicates("image")
+
+
 def pairs_showing(pairs: pd.DataFrame, people: Iterable[str]) -> pd.Series:
     """For each pair: does it show one of ``people`` (on either side)?"""
     people = set(people)

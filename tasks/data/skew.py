@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # the object API: thread-safe, unlike pyplot
 
+from tasks.data.pairs import images_in
+
 # (label, lowest, highest) image counts; face-comparer's buckets.
 BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6-10", 6, 10), ("11-25", 11, 25),
@@ -28,11 +30,7 @@ def split_images_per_person(pairs: pd.DataFrame) -> dict[str, pd.Series]:
     """split -> person -> distinct images used by that split's pairs."""
     out = {}
     for split, g in pairs.groupby("split", sort=False):
-        both = pd.concat([
-            g[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
-            g[["right_image", "right_person"]].set_axis(["image", "person"], axis=1),
-        ]).drop_duplicates()
-        out[str(split)] = both.groupby("person").size()
+        out[str(split)] = images_in(g).groupby("person").size()
     return out
 
 

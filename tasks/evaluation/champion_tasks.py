@@ -18,7 +18,7 @@ def _source(outside: str | None) -> str:
 
 @task(tags=["siamese-faces", "champion"],
       name="decide-promotion", task_run_name="decide-{report[version]}", cache_policy=NO_CACHE)
-def decide_promotion(report: dict, storage_url: str | None, champion_version: str | None,
+def decide_promotion(report: dict, storage_url: str | None, *, champion_version: str | None,
                      metric: str = PROMOTION_METRIC, min_gain: float = 0.0,
                      rescore_refused: str | None = None) -> PromotionDecision:
     """``champion_version``: the champion the caller read once for this decision (the pointer only
@@ -43,10 +43,11 @@ def decide_promotion(report: dict, storage_url: str | None, champion_version: st
 
 @task(tags=["siamese-faces", "champion"],
       name="promote", task_run_name="promote-{version}", cache_policy=NO_CACHE)
-def promote(version: str, decision: PromotionDecision | dict, storage_url: str | None) -> dict:
-    """``decision``: the automatic one, or a dict saying why by hand (flows.promote)."""
+def promote(version: str, decision: dict, storage_url: str | None) -> dict:
+    """``decision``: what the pointer stores of why: the automatic one's ``record()``, or a dict saying
+    why by hand (flows.promote)."""
     store = open_storage(storage_url)
-    pointer = set_champion(store, version, decision.record() if isinstance(decision, PromotionDecision) else decision)
+    pointer = set_champion(store, version, decision)
     get_run_logger().info("champion is now %s", version)
     announce_champion(store, pointer)
     return pointer

@@ -21,7 +21,7 @@ from model.scoring import PairScorer
 from storage import Storage, catalog, open_storage
 from storage.manifests import same_inputs
 from tasks.data.chip_store import ChipStoreError
-from tasks.data.pairs import pairs_showing, people_in
+from tasks.data.pairs import images_in, pairs_showing, people_in
 from tasks.data.prepared import (
     IndexSummary,
     PairsTable,
@@ -187,9 +187,7 @@ def validation_different_scores(emb, validation: pd.DataFrame, row_of: pd.Series
                                 ) -> np.ndarray:
     """Scores of every different-person pair of the validation images (not only the pairs table's):
     the hundreds of thousands a gallery-sized false-accept rate needs (seeded sample above ``limit``)."""
-    images = pd.concat([validation[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
-                        validation[["right_image", "right_person"]].set_axis(["image", "person"], axis=1)]
-                       ).drop_duplicates("image")
+    images = images_in(validation)
     rows, people = row_of[images["image"]].to_numpy(), pd.factorize(images["person"])[0]
     left, right = np.triu_indices(len(rows), k=1)
     different = people[left] != people[right]
@@ -315,7 +313,10 @@ def load_evaluation_data(store: Storage, inputs: EvaluationInputs, log: Callable
         log(f"{len(faces.missing)} photos have no face input (the chip store's error rows say why): the pairs and "
             "identification sets that show them are left out")
     row_of = pd.Series(index["row"].to_numpy(), index=index["image_id"].to_numpy())
-    held_out = images_of_held_out_people(index[~index["row"].isin(faces.missing)], pairs, inputs.learned)
+    # who was seen comes from every pair, those without a face too: leaving pairs out never makes a
+    # trained-on person held out
+    held_out = images_of_held_out_people(index[~index["row"].isin(faces.missing)], inputs.protocol_pairs.frame,
+                                         inputs.learned)
     data = EvaluationData(pairs, official, held_out, row_of, inputs.dataset, inputs.protocol)
     for n in config.nway:
         try:
@@ -359,10 +360,9 @@ def score_everything(store: Storage, inputs: EvaluationInputs, loaded: LoadedDat
 
 
 def render_figures(inputs: EvaluationInputs, loaded: LoadedData, measured: dict) -> tuple[dict[str, bytes], dict]:
-    """(the report's files: ROC, score histogram, error grids, ROC points; the report without the
-    figures' working data)."""
+    """(the report's files: ROC, score histogram, error grids, ROC points; ``measured`` itself, the
+    figures' working data taken out of it: what goes into the report)."""
     config, version = inputs.config, inputs.version
-    measured = dict(measured)
     curves, by_split, scores_by_split = measured.pop("curves"), measured.pop("by_split"), measured.pop("scores")
     thresholds, splits, untouched = measured["thresholds"], measured["splits"], measured["untouched"]
     files: dict[str, bytes] = {}

@@ -26,7 +26,7 @@ from storage.local import OutsideStorageError
 from storage.manifests import IntegrityError, read_verified, sha256_bytes
 from storage.pointers import PointerMovedError, read_pointer, swap_pointer
 from tasks.faces import faces_from_bytes
-from tasks.folders import FolderListing, PeopleFolderError, is_image_key, list_people_folder, validate_identity  # noqa: F401
+from tasks.folders import FolderListing, PeopleFolderError, list_people_folder
 from tasks.images import ImageDecodeError
 from tasks.matching.embedders import Embedder, model_embedder
 from tasks.parallel_fetch import fetch_pool

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from storage import Storage, catalog, open_storage
 from storage.base import normalize_key
 from storage.location import check_allowed, split_object_url
+from tasks.folders import is_image_key
 from tasks.matching.config import MatchParams
 from tasks.matching.embedders import Embedder
-from tasks.matching.gallery import EnrolledGallery, fetch_faces, is_image_key
+from tasks.matching.gallery import EnrolledGallery, fetch_faces
 from tasks.search.ranking import UNKNOWN, Gallery, score_against_gallery
 
 RESULT_COLUMNS = ["probe_key", "face", "box", "identity", "score", "top_identities", "top_scores", "error"]

@@ -3,6 +3,7 @@ bulk matching runs and that evaluation's identification measures (so neither imp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,20 @@ class Gallery:
     embeddings: np.ndarray  # (n, D) float32
     index: GalleryIndex | None = None
 
-    @property
+    # Worked out once per gallery, not per probe batch: a sha256 per key and a sort over all of them.
+    @cached_property
     def ids(self) -> np.ndarray:
         return key_ids(self.keys)
+
+    @cached_property
+    def rows_by_id(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the rows in the order of their ids, the ids in that order): an id's row by binary search."""
+        order = np.argsort(self.ids)
+        return order, self.ids[order]
+
+    @cached_property
+    def images_per_identity(self) -> pd.Series:
+        return pd.Series(self.identities).value_counts()
 
 
 def _identity_blocks(gallery: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,12 +70,10 @@ def _indexed_top(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: 
     """The top identities through the gallery's index (cosine head). The k nearest images with k =
     top_k x the most images any identity has always hold the best image of each of the top_k
     identities, so with the exact index this equals the exhaustive search."""
-    identities = gallery.identities
-    most = int(pd.Series(identities).value_counts().max())
-    k = min(gallery.index.size, top_k * most)
+    identities, counts = gallery.identities, gallery.images_per_identity
+    k = min(gallery.index.size, top_k * int(counts.max()))
     cosines, ids = gallery.index.search(probes, k)
-    order = np.argsort(gallery.ids)
-    sorted_ids = gallery.ids[order]
+    order, sorted_ids = gallery.rows_by_id
     found = ids >= 0
     positions = np.clip(np.searchsorted(sorted_ids, np.where(found, ids, 0)), 0, len(order) - 1)
     stray = found & (sorted_ids[positions] != ids)
@@ -74,7 +84,7 @@ def _indexed_top(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: 
     rows = order[positions]
     names = identities[rows]
     probabilities = 1.0 / (1.0 + np.exp(-scorer.logits_from_cosines(cosines)))
-    return identity_top(names, probabilities, found, min(top_k, int(pd.Series(identities).nunique())), UNKNOWN)
+    return identity_top(names, probabilities, found, min(top_k, len(counts)), UNKNOWN)
 
 
 def score_against_gallery(scorer: PairHead, probes: np.ndarray, gallery: Gallery, top_k: int,

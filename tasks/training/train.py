@@ -37,7 +37,7 @@ from model.training_callbacks import CosineSchedule, PairValidation, ResumedEarl
 from model.training_state import build_training_state
 from settings import siamese_home
 from storage import Storage, catalog, open_storage
-from tasks.data.pairs import split_fingerprint, split_people_of
+from tasks.data.pairs import images_in, split_fingerprint, split_people_of
 from tasks.data.prepared import (
     Faces,
     IndexSummary,
@@ -93,9 +93,14 @@ def _machine() -> dict:
     return info
 
 
+def _mirrored(machine: dict) -> bool:
+    """Whether training runs under TensorFlow's MirroredStrategy: TensorFlow with several GPUs."""
+    return machine["backend"] == "tensorflow" and len(machine["gpus"]) > 1
+
+
 def _distribution_scope(machine: dict):
     """MirroredStrategy's scope when TensorFlow sees several GPUs; otherwise nothing changes."""
-    if machine["backend"] == "tensorflow" and len(machine["gpus"]) > 1:
+    if _mirrored(machine):
         import tensorflow as tf  # only under TensorFlow (see _machine)
 
         machine["strategy"] = f"MirroredStrategy over {len(machine['gpus'])} GPUs"
@@ -295,7 +300,7 @@ def fit_once(config: TrainConfig, data: TrainingData, setup: TrainingSetup, extr
         validation = PairValidation(setup.models.pair, data.tensors, val_left, val_right, val_same,
                                     **_all_pairs_validation(setup.models, data.val_pairs, data.index,
                                                             config.selection_metric()))
-        if setup.machine["backend"] == "tensorflow" and "strategy" not in setup.machine:
+        if setup.machine["backend"] == "tensorflow" and not _mirrored(setup.machine):
             build_training_state(setup.trained, setup.batches)  # one trace of the train step, not two
         fitted = fit(config, run_dir, setup.trained, setup.batches, validation,
                      bool(setup.pretrained or setup.warm_from), extra_callbacks, log)
@@ -512,9 +517,7 @@ def _all_pairs_validation(models, val_pairs: pd.DataFrame, index: pd.DataFrame, 
     """PairValidation's every-pair TAR when it picks the epoch (a cosine head's unit embeddings)."""
     if monitor != "val_tar_at_far":
         return {}
-    images = pd.concat([val_pairs[["left_image", "left_person"]].set_axis(["image", "person"], axis=1),
-                        val_pairs[["right_image", "right_person"]].set_axis(["image", "person"], axis=1)]
-                       ).drop_duplicates("image")
+    images = images_in(val_pairs)
     if len(images) > ALL_PAIRS_IMAGES:
         images = images.sample(ALL_PAIRS_IMAGES, random_state=0)
     rows = images.merge(index[["image_id", "row"]], left_on="image", right_on="image_id")["row"].to_numpy()
